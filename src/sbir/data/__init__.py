@@ -1,0 +1,1 @@
+"""Datasets, the one image loader, transforms and stroke rasterisation."""

@@ -1,0 +1,270 @@
+"""Checkpoints and run folders.
+
+A run folder holds::
+
+    config.yaml          the full TrainConfig of the run
+    split.json           the seeded validation split (photo ids on each side)
+    metrics.csv          one row per epoch; acc.png the training curves
+    best.safetensors     weights of the best validation epoch (+ config in metadata)
+    last.json            pointer to the newest complete checkpoint directory
+    checkpoints/epoch-NNNN/
+        model.safetensors   weights (+ config, epoch in metadata)
+        train_state.pt      optimizer, scheduler, epoch, RNG states, best score
+
+Every write goes to a temporary name first and is moved into place with
+``os.replace``, so a kill at any moment leaves the previous checkpoint intact.
+Weights are safetensors; the training state is loaded with ``weights_only=True``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+import torch
+try:
+    from safetensors import SafetensorError as SafetensorsError
+except ImportError:  # older safetensors
+    SafetensorsError = Exception
+from safetensors.torch import load_file, safe_open, save_file
+
+from sbir.config import TrainConfig, config_from_dict, to_dict
+from sbir.errors import CheckpointError, SbirError
+
+FORMAT_TAG = "sbir-checkpoint-v1"
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(str(path), os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    _fsync_dir(path.parent)
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def state_dict_for_save(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    # safetensors refuses shared storage (e.g. a shared encoder); clone to contiguous copies.
+    return {k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}
+
+
+def save_weights(model: torch.nn.Module, path: Path, cfg: TrainConfig, extra: Optional[dict] = None) -> None:
+    """Write weights with the config in the safetensors metadata, atomically."""
+    path = Path(path)
+    meta = {"format": FORMAT_TAG, "config": json.dumps(to_dict(cfg))}
+    for k, v in (extra or {}).items():
+        meta[k] = json.dumps(v)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        save_file(state_dict_for_save(model), tmp, metadata=meta)
+        with open(tmp, "rb") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    _fsync_dir(path.parent)
+
+
+def read_weights(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """Read an sbir ``.safetensors``; a file not made by sbir is a CheckpointError."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist")
+    try:
+        with safe_open(str(path), framework="pt") as fh:
+            meta = fh.metadata() or {}
+        tensors = load_file(str(path))
+    except (SafetensorsError, OSError, ValueError, RuntimeError) as exc:
+        raise CheckpointError(
+            f"{path} is not a readable safetensors file ({exc}). Pass a run folder or a .safetensors written by 'sbir train'."
+        ) from exc
+    if meta.get("format") != FORMAT_TAG or "config" not in meta:
+        raise CheckpointError(
+            f"{path} is a safetensors file but not an sbir checkpoint (no sbir config in its metadata). "
+            "Pass a run folder or a checkpoint written by 'sbir train'; for plain backbone weights use model.weights_path."
+        )
+    return tensors, meta
+
+
+def file_digest(path: Path, length: int = 16) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()[:length]
+
+
+# ---------------------------------------------------------------- RNG state
+
+
+def capture_rng_state() -> dict[str, Any]:
+    np_state = np.random.get_state()
+    state = {
+        "python": list(random.getstate()[1]) + [random.getstate()[2] if random.getstate()[2] is not None else -1],
+        "python_version": random.getstate()[0],
+        "numpy_keys": torch.from_numpy(np_state[1].astype(np.int64)),
+        "numpy_pos": int(np_state[2]),
+        "numpy_has_gauss": int(np_state[3]),
+        "numpy_gauss": float(np_state[4]),
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def restore_rng_state(state: dict[str, Any]) -> None:
+    py = state["python"]
+    gauss = py[-1]
+    random.setstate((state["python_version"], tuple(py[:-1]), None if gauss == -1 else gauss))
+    np.random.set_state(
+        ("MT19937", state["numpy_keys"].numpy().astype(np.uint32), state["numpy_pos"], state["numpy_has_gauss"], state["numpy_gauss"])
+    )
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+# ---------------------------------------------------------------- run folder checkpoints
+
+
+def save_training_checkpoint(
+    run_dir: Path, model: torch.nn.Module, cfg: TrainConfig, train_state: dict[str, Any], keep: int = 1
+) -> Path:
+    """Write ``checkpoints/epoch-NNNN`` and then point ``last.json`` at it."""
+    run_dir = Path(run_dir)
+    epoch = int(train_state["epoch"])
+    ckpt_root = run_dir / "checkpoints"
+    ckpt_root.mkdir(parents=True, exist_ok=True)
+    final = ckpt_root / f"epoch-{epoch:04d}"
+    tmp = Path(tempfile.mkdtemp(dir=ckpt_root, prefix=f".epoch-{epoch:04d}."))
+    try:
+        save_weights(model, tmp / "model.safetensors", cfg, {"epoch": epoch})
+        buf_path = tmp / "train_state.pt"
+        torch.save(train_state, buf_path)
+        with open(buf_path, "rb") as fh:
+            os.fsync(fh.fileno())
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    _fsync_dir(ckpt_root)
+    atomic_write_text(run_dir / "last.json", json.dumps({"checkpoint": f"checkpoints/{final.name}", "epoch": epoch}))
+    # Prune older complete checkpoints (never the one just written).
+    olds = sorted(p for p in ckpt_root.glob("epoch-*") if p != final)
+    for p in olds[: max(0, len(olds) - (keep - 1))]:
+        shutil.rmtree(p, ignore_errors=True)
+    for p in ckpt_root.glob(".epoch-*"):  # leftovers of killed writes
+        shutil.rmtree(p, ignore_errors=True)
+    return final
+
+
+def load_training_checkpoint(run_dir: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any], TrainConfig]:
+    run_dir = Path(run_dir)
+    pointer = run_dir / "last.json"
+    if not pointer.is_file():
+        raise CheckpointError(
+            f"{run_dir} has no last.json: it is not an sbir run folder or no epoch finished yet. "
+            "Start a new run with 'sbir train' instead of --resume."
+        )
+    try:
+        rel = json.loads(pointer.read_text())["checkpoint"]
+    except (ValueError, KeyError) as exc:
+        raise CheckpointError(f"{pointer} is corrupt ({exc}); delete the run folder and train again") from exc
+    ckpt = run_dir / rel
+    tensors, meta = read_weights(ckpt / "model.safetensors")
+    try:
+        state = torch.load(ckpt / "train_state.pt", map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001
+        raise CheckpointError(f"cannot read training state {ckpt / 'train_state.pt'}: {exc}") from exc
+    cfg = config_from_dict(json.loads(meta["config"]))
+    return tensors, state, cfg
+
+
+# ---------------------------------------------------------------- loading models for eval / index / serve
+
+
+def resolve_weights(spec: str | Path) -> Path:
+    """A run folder (its best.safetensors) or a .safetensors file."""
+    p = Path(spec)
+    if p.is_dir():
+        for name in ("best.safetensors", "model.safetensors"):
+            if (p / name).is_file():
+                return p / name
+        raise CheckpointError(
+            f"{p} contains no best.safetensors: not an sbir run folder, or training has not finished an epoch"
+        )
+    if p.is_file():
+        return p
+    raise CheckpointError(f"model {p} does not exist (expected a run folder or a .safetensors checkpoint)")
+
+
+def load_model(spec: Optional[str | Path] = None, device: str = "cpu"):
+    """Load a model for inference.
+
+    ``spec`` is a run folder, an sbir ``.safetensors`` checkpoint, or ``None`` /
+    ``"pretrained"`` / ``"pretrained:<backbone>"`` for off-the-shelf ImageNet
+    features (shared encoder, no projection). Returns ``(model, cfg, model_id)``;
+    ``model_id`` identifies the weights, so embeddings of different models are
+    never mixed.
+    """
+    from sbir.config import ModelConfig, TrainConfig
+    from sbir.models.fgsbir import build_model
+
+    spec_s = "pretrained" if spec is None else str(spec)
+    if spec_s == "pretrained" or spec_s.startswith("pretrained:"):
+        backbone = spec_s.split(":", 1)[1] if ":" in spec_s else "efficientnet_lite0"
+        cfg = TrainConfig(model=ModelConfig(backbone=backbone, pretrained=True, shared_encoder=True, head="identity"))
+        model = build_model(cfg.model).to(device).eval()
+        return model, cfg, f"pretrained:{backbone}"
+    path = resolve_weights(spec_s)
+    tensors, meta = read_weights(path)
+    try:
+        cfg = config_from_dict(json.loads(meta["config"]))
+    except (ValueError, SbirError) as exc:
+        raise CheckpointError(f"{path} has an invalid sbir config in its metadata: {exc}") from exc
+    model = build_model(cfg.model, pretrained=False)
+    missing, unexpected = model.load_state_dict(tensors, strict=False)
+    if missing or unexpected:
+        raise CheckpointError(
+            f"{path} does not fit the model its config describes ({len(missing)} missing, "
+            f"{len(unexpected)} unexpected tensors); was it written by another sbir version?"
+        )
+    return model.to(device).eval(), cfg, f"{cfg.model.backbone}:{file_digest(path)}"

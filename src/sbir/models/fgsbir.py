@@ -1,0 +1,83 @@
+"""Fine-grained SBIR model: sketch and photo encoders with projection heads (EffNet/ARNet).
+
+By default the sketch and photo branches are separate networks (ARNet's double
+siamese design); ``shared_encoder=True`` ties the backbone while keeping one
+projection head per domain. ``embed(x, domain)`` returns L2-normalised
+embeddings, so cosine similarity is a dot product.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+from torch import nn
+
+from sbir.config import ModelConfig
+from sbir.models.heads import ProjectionHead
+from sbir.models.registry import create_backbone
+
+DOMAINS = ("sketch", "photo")
+
+
+class SBIRModel(nn.Module):
+    def __init__(self, cfg: ModelConfig, pretrained: bool | None = None):
+        super().__init__()
+        self.cfg = cfg
+        use_pretrained = cfg.pretrained if pretrained is None else pretrained
+        sketch_backbone = create_backbone(cfg.backbone, pretrained=use_pretrained, weights_path=cfg.weights_path)
+        self.sketch_encoder = sketch_backbone
+        # A deep copy keeps both branches initialised from the same weights without loading twice.
+        self.photo_encoder = sketch_backbone if cfg.shared_encoder else copy.deepcopy(sketch_backbone)
+        nf = sketch_backbone.num_features
+        self.sketch_head = ProjectionHead(nf, cfg.embed_dim, cfg.head, cfg.dropout)
+        self.photo_head = ProjectionHead(nf, cfg.embed_dim, cfg.head, cfg.dropout)
+        self.mean = tuple(sketch_backbone.mean)
+        self.std = tuple(sketch_backbone.std)
+        self.embed_dim = cfg.embed_dim
+        if cfg.freeze_stages > 0:
+            self.freeze_stages(cfg.freeze_stages)
+
+    def freeze_stages(self, n: int) -> None:
+        for enc in {id(self.sketch_encoder): self.sketch_encoder, id(self.photo_encoder): self.photo_encoder}.values():
+            stages = enc.stages() if hasattr(enc, "stages") else []
+            for stage in stages[:n]:
+                for p in stage.parameters():
+                    p.requires_grad_(False)
+
+    def encoder(self, domain: str) -> nn.Module:
+        if domain == "sketch":
+            return self.sketch_encoder
+        if domain == "photo":
+            return self.photo_encoder
+        raise ValueError(f"domain must be one of {DOMAINS}, got {domain!r}")
+
+    def head(self, domain: str) -> nn.Module:
+        return self.sketch_head if domain == "sketch" else self.photo_head
+
+    def embed(self, x: torch.Tensor, domain: str) -> torch.Tensor:
+        return self.head(domain)(self.encoder(domain)(x))
+
+    def embed_sketch(self, x: torch.Tensor) -> torch.Tensor:
+        return self.embed(x, "sketch")
+
+    def embed_photo(self, x: torch.Tensor) -> torch.Tensor:
+        return self.embed(x, "photo")
+
+    def param_groups(self, lr: float, backbone_lr_mult: float, weight_decay: float) -> list[dict]:
+        """Backbone parameters at ``lr * backbone_lr_mult``, heads at ``lr``."""
+        seen: set[int] = set()
+        backbone, heads = [], []
+        for module, bucket in ((self.sketch_encoder, backbone), (self.photo_encoder, backbone), (self.sketch_head, heads), (self.photo_head, heads)):
+            for p in module.parameters():
+                if p.requires_grad and id(p) not in seen:
+                    seen.add(id(p))
+                    bucket.append(p)
+        return [
+            {"params": backbone, "lr": lr * backbone_lr_mult, "weight_decay": weight_decay, "name": "backbone"},
+            {"params": heads, "lr": lr, "weight_decay": weight_decay, "name": "heads"},
+        ]
+
+
+def build_model(cfg: ModelConfig, pretrained: bool | None = None) -> SBIRModel:
+    return SBIRModel(cfg, pretrained=pretrained)

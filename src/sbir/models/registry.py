@@ -1,0 +1,133 @@
+"""Backbone registry in the style of timm's ``create_model``.
+
+``create_backbone(name, pretrained=...)`` returns an ``nn.Module`` with
+
+* ``num_features``: width of the pooled feature vector,
+* ``forward_features(x)``: the last feature map ``(B, C, H, W)`` (or tokens),
+* ``forward_head(feats)``: global pooling to ``(B, num_features)``,
+* ``forward(x)`` = ``forward_head(forward_features(x))``.
+
+Families register a builder with :func:`register_backbone`; names that no
+family claims fall through to timm, so any timm model works (with pretrained
+weights when the user has network, or from ``weights_path``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable, Optional, Union
+
+import torch
+from torch import nn
+
+from sbir.errors import ConfigError
+
+BackboneBuilder = Callable[..., nn.Module]
+_REGISTRY: dict[str, BackboneBuilder] = {}
+
+
+def register_backbone(name: str) -> Callable[[BackboneBuilder], BackboneBuilder]:
+    def deco(fn: BackboneBuilder) -> BackboneBuilder:
+        _REGISTRY[name] = fn
+        return fn
+
+    return deco
+
+
+def list_backbones() -> list[str]:
+    return sorted(_REGISTRY)
+
+
+class TimmBackbone(nn.Module):
+    """Wraps a timm model created with ``num_classes=0`` (pooled features)."""
+
+    def __init__(self, model: nn.Module, name: str):
+        super().__init__()
+        self.model = model
+        self.name = name
+        self.num_features = int(model.num_features)
+        cfg = getattr(model, "pretrained_cfg", {}) or {}
+        self.mean = tuple(cfg.get("mean", (0.485, 0.456, 0.406)))
+        self.std = tuple(cfg.get("std", (0.229, 0.224, 0.225)))
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model.forward_features(x)
+
+    def forward_head(self, feats: torch.Tensor) -> torch.Tensor:
+        return self.model.forward_head(feats, pre_logits=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x))
+
+    def stages(self) -> list[nn.Module]:
+        """Ordered trunk stages, for freezing the first N."""
+        m = self.model
+        if hasattr(m, "blocks"):
+            pre = [mod for mod in (getattr(m, "conv_stem", None), getattr(m, "bn1", None)) if mod is not None]
+            return [nn.ModuleList(pre), *list(m.blocks)]
+        if hasattr(m, "layer1"):
+            pre = [mod for mod in (m.conv1, m.bn1) if mod is not None]
+            return [nn.ModuleList(pre), m.layer1, m.layer2, m.layer3, m.layer4]
+        if hasattr(m, "stages"):
+            return [m.stem, *list(m.stages)] if hasattr(m, "stem") else list(m.stages)
+        return []
+
+
+def load_weights_file(model: nn.Module, path: Union[str, Path]) -> None:
+    """Load a local ``.safetensors`` / ``.pth`` state dict into ``model`` strictly."""
+    from sbir.errors import CheckpointError
+
+    p = Path(path)
+    if not p.is_file():
+        raise CheckpointError(f"weights file {p} does not exist")
+    try:
+        if p.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            sd = load_file(str(p))
+        else:
+            sd = torch.load(str(p), map_location="cpu", weights_only=True)
+            if isinstance(sd, dict) and "state_dict" in sd and isinstance(sd["state_dict"], dict):
+                sd = sd["state_dict"]
+    except Exception as exc:  # noqa: BLE001 - any decode failure is the user's file
+        raise CheckpointError(f"cannot read weights file {p}: {exc}") from exc
+    sd = {k: v for k, v in sd.items() if not k.startswith(("classifier.", "fc.", "head.fc."))}
+    missing, unexpected = model.load_state_dict(sd, strict=False)
+    if unexpected or len(missing) > 0:
+        raise CheckpointError(
+            f"weights file {p} does not match backbone: {len(missing)} missing keys "
+            f"(e.g. {missing[:3]}), {len(unexpected)} unexpected (e.g. {unexpected[:3]})"
+        )
+
+
+def create_backbone(
+    name: str,
+    pretrained: bool = True,
+    weights_path: Optional[Union[str, Path]] = None,
+    **kwargs,
+) -> nn.Module:
+    """Create a backbone by name; see the module docstring for its interface."""
+    # Importing the family modules registers them.
+    from sbir.models import efficientnet_lite  # noqa: F401
+
+    if name in _REGISTRY:
+        return _REGISTRY[name](pretrained=pretrained, weights_path=weights_path, **kwargs)
+    import timm
+
+    if not timm.is_model(name):
+        raise ConfigError(
+            f"unknown backbone {name!r}: neither an sbir backbone ({', '.join(list_backbones())}) "
+            "nor a timm model name (see timm.list_models())"
+        )
+    use_hub = bool(pretrained) and weights_path is None
+    try:
+        model = timm.create_model(name, pretrained=use_hub, num_classes=0, **kwargs)
+    except Exception as exc:  # noqa: BLE001 - network / hub failures
+        raise ConfigError(
+            f"could not create timm model {name!r} with pretrained weights ({type(exc).__name__}: {exc}). "
+            "Without network, pass model.weights_path=FILE or model.pretrained=false."
+        ) from exc
+    backbone = TimmBackbone(model, name)
+    if weights_path is not None:
+        load_weights_file(backbone.model, weights_path)
+    return backbone
