@@ -2,7 +2,8 @@
 
 Decodes any image Pillow understands and normalises it to 8-bit RGB on a white
 background: palette, alpha (composited on white, since sketches are drawn on
-white), CMYK, 16-bit and 32-bit float greyscale, 1-bit. Any failure becomes an
+white), CMYK, 16-bit and 32-bit float greyscale, 1-bit; the EXIF orientation tag
+is applied (phone photos). Any failure becomes an
 :class:`~sbir.errors.ImageLoadError` naming the file, never a library traceback.
 """
 
@@ -15,7 +16,7 @@ from pathlib import Path
 from typing import Union
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from sbir.errors import ImageLoadError
 
@@ -42,7 +43,8 @@ def to_rgb(img: Image.Image, background: tuple[int, int, int] = (255, 255, 255))
         scale = 255.0 / (hi - lo) if hi > lo else 0.0
         arr8 = np.clip((arr - lo) * scale, 0, 255).astype(np.uint8)
         img = Image.fromarray(arr8, mode="L")
-    if img.mode == "P" and "transparency" in img.info:
+    if "transparency" in img.info and img.mode in ("P", "L", "1", "RGB"):
+        # tRNS chunk / GIF transparency: a colour (or palette entry) that means "transparent".
         img = img.convert("RGBA")
     if img.mode in ("RGBA", "LA", "PA", "La", "RGBa"):
         img = img.convert("RGBA")
@@ -54,6 +56,23 @@ def to_rgb(img: Image.Image, background: tuple[int, int, int] = (255, 255, 255))
     return img
 
 
+def _apply_exif_orientation(img: Image.Image) -> Image.Image:
+    """Rotate/flip as the EXIF orientation tag says (phone photos), so pixels match what viewers show.
+
+    A malformed EXIF block is ignored rather than failing the whole image.
+    """
+    try:
+        orientation = img.getexif().get(0x0112, 1)
+    except Exception:
+        return img
+    if orientation in (None, 1):
+        return img
+    try:
+        return ImageOps.exif_transpose(img)
+    except Exception:
+        return img
+
+
 def _decode(fp, name: str, max_pixels: int) -> Image.Image:
     try:
         with warnings.catch_warnings():
@@ -63,6 +82,7 @@ def _decode(fp, name: str, max_pixels: int) -> Image.Image:
             if w * h > max_pixels:
                 raise ImageLoadError(name, f"{w}x{h} pixels exceeds the limit of {max_pixels} (possible decompression bomb)")
             img.load()
+            img = _apply_exif_orientation(img)
             img = to_rgb(img)
     except ImageLoadError:
         raise
@@ -74,6 +94,10 @@ def _decode(fp, name: str, max_pixels: int) -> Image.Image:
         raise ImageLoadError(name, f"image is too large (possible decompression bomb): {exc}") from exc
     except (OSError, SyntaxError, ValueError, EOFError) as exc:
         raise ImageLoadError(name, f"corrupt or truncated image data ({exc})") from exc
+    except MemoryError as exc:
+        raise ImageLoadError(name, "not enough memory to decode the image") from exc
+    except Exception as exc:  # any other decoder failure (zlib.error, struct.error, ...) is bad input
+        raise ImageLoadError(name, f"cannot decode image data ({type(exc).__name__}: {exc})") from exc
     if img.size[0] == 0 or img.size[1] == 0:
         raise ImageLoadError(name, "image has zero width or height")
     return img

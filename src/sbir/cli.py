@@ -1,0 +1,239 @@
+"""The ``sbir`` command line.
+
+Sub-commands: ``demo``, ``train``, ``eval``, ``index``, ``search``, ``serve``.
+User errors (:class:`sbir.errors.SbirError`) print one line and exit 2; they
+never show a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Optional, Sequence
+
+from sbir import __version__
+from sbir.errors import SbirError
+
+EXIT_USER_ERROR = 2
+
+
+# ---------------------------------------------------------------- helpers
+
+
+def _print_table(title: str, metrics: dict, keys: Sequence[str]) -> None:
+    print(title)
+    for k in keys:
+        if k in metrics:
+            v = metrics[k]
+            print(f"  {k:<10} {v:8.2f}" if isinstance(v, float) else f"  {k:<10} {v:>8}")
+
+
+FG_KEYS = ("acc@1", "acc@5", "acc@10", "%corr", "n_queries", "n_gallery")
+
+
+def _train_overrides(args: argparse.Namespace) -> list[str]:
+    """Map convenience flags onto dotted config overrides."""
+    mapping = {
+        "data": "data.path",
+        "format": "data.format",
+        "task": "task",
+        "epochs": "optim.epochs",
+        "batch_size": "optim.batch_size",
+        "lr": "optim.lr",
+        "image_size": "data.image_size",
+        "backbone": "model.backbone",
+        "device": "device",
+        "seed": "seed",
+        "unseen": "data.unseen",
+        "workers": "data.num_workers",
+    }
+    out = []
+    for attr, key in mapping.items():
+        val = getattr(args, attr, None)
+        if val is not None:
+            out.append(f"{key}={val}")
+    if getattr(args, "skip_orphans", False):
+        out.append("data.skip_orphans=true")
+    if getattr(args, "shared_encoder", False):
+        out.append("model.shared_encoder=true")
+    return out + list(args.set or [])
+
+
+def _add_common_data_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data", help="dataset folder (format auto-detected)")
+    p.add_argument("--format", help="force the dataset format (paired, qmul_v1, sketchy, category, ...)")
+    p.add_argument(
+        "--skip-orphans", action="store_true", help="skip sketches whose photo is missing instead of failing"
+    )
+
+
+# ---------------------------------------------------------------- train
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from sbir.config import load_config
+    from sbir.engine.trainer import Trainer
+
+    progress = not args.no_progress
+    if args.resume:
+        trainer = Trainer(None, args.resume, resume=True, progress=progress)  # type: ignore[arg-type]
+        print(f"resuming {args.resume} at epoch {trainer.start_epoch}/{trainer.cfg.optim.epochs}", file=sys.stderr)
+    else:
+        cfg = load_config(args.config, _train_overrides(args))
+        out = Path(args.out) if args.out else Path("runs") / f"{time.strftime('%Y%m%d-%H%M%S')}-{cfg.task}"
+        trainer = Trainer(cfg, out, progress=progress)
+        print(f"run folder: {out}", file=sys.stderr)
+    summary = trainer.fit()
+    sel = trainer.cfg.select_metric
+    print(f"best epoch {summary['best_epoch']}: val {sel} = {summary[f'best_val_{sel}']:.2f}")
+    print(f"run folder: {trainer.run_dir}")
+    return 0
+
+
+# ---------------------------------------------------------------- eval
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from sbir.engine.evaluate import evaluate_run
+
+    metrics, out_dir = evaluate_run(
+        args.run,
+        data=args.data,
+        fmt=args.format,
+        split=args.split,
+        out_dir=args.out,
+        flip_tta=args.flip_tta,
+        skip_orphans=args.skip_orphans,
+        progress=not args.no_progress,
+    )
+    if args.json:
+        print(json.dumps({k: v for k, v in metrics.items() if k != "ranks"}, indent=2))
+    else:
+        keys = [k for k in metrics if k not in ("ranks", "split")]
+        _print_table(f"{args.split} metrics ({metrics.get('n_queries')} queries):", metrics, keys)
+        print(f"wrote {out_dir / 'metrics.json'}")
+    return 0
+
+
+# ---------------------------------------------------------------- demo
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from sbir.engine.demo import run_demo
+
+    run_demo(
+        out_dir=Path(args.out),
+        data=args.data,
+        fmt=args.format,
+        epochs=args.epochs,
+        image_size=args.image_size,
+        skip_orphans=args.skip_orphans,
+        progress=not args.no_progress,
+        seed=args.seed,
+    )
+    return 0
+
+
+# ---------------------------------------------------------------- parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="sbir",
+        description="Sketch-based image retrieval: train, evaluate, index and serve.",
+    )
+    parser.add_argument("--version", action="version", version=f"sbir {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show full tracebacks for errors")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    p = sub.add_parser(
+        "demo",
+        help="train and evaluate briefly on generated (or your) data; writes a retrieval grid",
+        description="Offline demo: generate paired sketch/photo data (or use --data), print Acc@1/5/10 of the "
+        "off-the-shelf ImageNet model, train briefly, print Acc@1/5/10 again and write retrieval.png.",
+    )
+    _add_common_data_args(p)
+    p.add_argument("--out", default="sbir_demo", help="output folder (default: ./sbir_demo)")
+    p.add_argument("--epochs", type=int, default=None, help="training epochs (default: 6 on generated data)")
+    p.add_argument("--image-size", type=int, default=None, help="input size (default: 128 generated, 224 real)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser(
+        "train",
+        help="train a model into a run folder (or --resume one)",
+        description="Train an SBIR model. Settings come from the defaults, then --config YAML, then the flags "
+        "below, then --set key.sub=value overrides. The full config is saved in the run folder and in every "
+        "checkpoint. The best epoch is chosen on a validation split carved from the training data.",
+    )
+    _add_common_data_args(p)
+    p.add_argument("--config", help="YAML config file (see configs/)")
+    p.add_argument("--out", help="run folder (default: runs/<time>-<task>)")
+    p.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its last checkpoint")
+    p.add_argument("--task", choices=["finegrained", "category", "zeroshot"])
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--lr", type=float)
+    p.add_argument("--image-size", type=int)
+    p.add_argument("--backbone", help="sbir or timm backbone name (default efficientnet_lite0)")
+    p.add_argument("--shared-encoder", action="store_true", help="one encoder for sketches and photos")
+    p.add_argument("--device", help="auto, cpu or cuda")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--workers", type=int, help="data-loading worker processes")
+    p.add_argument("--unseen", help="zero-shot: builtin split name, class-list file or comma-separated classes")
+    p.add_argument("--set", nargs="*", metavar="KEY=VALUE", help="config overrides, e.g. optim.lr=1e-4")
+    p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser(
+        "eval",
+        help="evaluate a run on its validation split or a test split",
+        description="Evaluate the best checkpoint of RUN_DIR. Prints a table and writes metrics.json "
+        "(acc@1, acc@5, acc@10, n_queries, n_gallery, per-query ranks) and a retrieval grid.",
+    )
+    p.add_argument("run", metavar="RUN_DIR", help="run folder written by 'sbir train' (or a .safetensors checkpoint)")
+    _add_common_data_args(p)
+    p.add_argument("--split", choices=["val", "test"], default="test")
+    p.add_argument("--out", help="output folder (default: RUN_DIR/eval-<split>)")
+    p.add_argument(
+        "--flip-tta", action=argparse.BooleanOptionalAction, default=None, help="flip test-time augmentation"
+    )
+    p.add_argument("--json", action="store_true", help="print the metrics as JSON")
+    p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    p.set_defaults(func=cmd_eval)
+
+    for mod, fn in (("sbir.index.commands", "add_index_commands"), ("sbir.serve.commands", "add_serve_command")):
+        try:
+            module = __import__(mod, fromlist=[fn])
+        except ModuleNotFoundError as exc:  # that part is not in this build; other import errors are bugs
+            if exc.name not in (mod, mod.rsplit(".", 1)[0]):
+                raise
+            continue
+        getattr(module, fn)(sub)
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return EXIT_USER_ERROR
+    try:
+        return int(args.func(args) or 0)
+    except SbirError as exc:
+        if args.debug:
+            raise
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,264 @@
+"""The training loop shared by every task (fine-grained, category, zero-shot).
+
+A *task* (see :mod:`sbir.engine.finegrained`) knows its data, model, loss and
+validation metric; the :class:`Trainer` owns everything else: seeding, the
+optimizer and LR schedule, mixed precision on GPU, progress bars, per-epoch
+validation, best-epoch selection on the validation split (never test),
+``metrics.csv`` and the training-curve PNG, and an atomic checkpoint every
+epoch from which ``--resume`` continues to the same result as an
+uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import random
+import sys
+import time
+from pathlib import Path
+from typing import Any, Optional, Protocol
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from sbir.config import TrainConfig, save_config, to_dict
+from sbir.engine.checkpoint import (
+    atomic_write_text,
+    capture_rng_state,
+    load_training_checkpoint,
+    restore_rng_state,
+    save_training_checkpoint,
+    save_weights,
+)
+from sbir.engine.embed import resolve_device
+from sbir.engine.schedule import warmup_cosine
+from sbir.errors import CheckpointError, ConfigError
+
+
+class Task(Protocol):
+    """What the trainer needs from a method."""
+
+    model: nn.Module
+    criterion: nn.Module  # may hold learnable parameters (e.g. class centres)
+
+    def steps_per_epoch(self) -> int: ...
+
+    def train_batches(self, epoch: int): ...  # iterable of batches
+
+    def compute_loss(self, batch: Any, device: torch.device) -> tuple[torch.Tensor, dict[str, float]]: ...
+
+    def evaluate(self, split: str = "val") -> dict[str, Any]: ...
+
+    def on_best(self, run_dir: Path) -> None: ...
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    if torch.cuda.is_available():
+        torch.cuda.manual_seed_all(seed)
+
+
+def build_task(cfg: TrainConfig, run_dir: Path, progress: bool, split_record: Optional[dict]):
+    if cfg.task == "finegrained":
+        from sbir.engine.finegrained import FineGrainedTask
+
+        return FineGrainedTask(cfg, run_dir, progress=progress, split_record=split_record)
+    if cfg.task in ("category", "zeroshot"):
+        try:
+            from sbir.engine.category import CategoryTask
+        except ImportError as exc:  # pragma: no cover - until the category task lands
+            raise ConfigError(f"task {cfg.task!r} is not available in this build: {exc}") from exc
+        return CategoryTask(cfg, run_dir, progress=progress, split_record=split_record)
+    raise ConfigError(f"unknown task {cfg.task!r}")
+
+
+CSV_FIELDS_FIRST = ["epoch", "train_loss"]
+
+
+class Trainer:
+    """Train ``cfg`` into ``run_dir``; ``resume=True`` continues from its last checkpoint."""
+
+    def __init__(self, cfg: TrainConfig, run_dir: str | Path, resume: bool = False, progress: bool = True):
+        self.run_dir = Path(run_dir)
+        self.progress = progress
+        self.resume_state: Optional[dict] = None
+        resume_tensors = None
+        if resume:
+            resume_tensors, self.resume_state, cfg = load_training_checkpoint(self.run_dir)
+        else:
+            if (self.run_dir / "last.json").exists():
+                raise CheckpointError(
+                    f"{self.run_dir} already holds a run; continue it with 'sbir train --resume {self.run_dir}' "
+                    "or choose another --out folder"
+                )
+        self.cfg = cfg.validate()
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.device = resolve_device(cfg.device)
+        seed_everything(cfg.seed)
+
+        split_record = None
+        if resume:
+            split_path = self.run_dir / "split.json"
+            if not split_path.is_file():
+                raise CheckpointError(f"{split_path} is missing; the run folder is incomplete")
+            split_record = json.loads(split_path.read_text())
+        self.task = build_task(cfg, self.run_dir, progress, split_record)
+        if not resume:
+            save_config(cfg, self.run_dir / "config.yaml")
+        self.model = self.task.model.to(self.device)
+        self.criterion = self.task.criterion.to(self.device)
+
+        params = self.model.param_groups(cfg.optim.lr, cfg.optim.backbone_lr_mult, cfg.optim.weight_decay)
+        crit_params = [p for p in self.criterion.parameters() if p.requires_grad]
+        if crit_params:
+            params.append({"params": crit_params, "lr": cfg.optim.lr, "weight_decay": 0.0, "name": "criterion"})
+        params = [g for g in params if g["params"]]
+        self.optimizer = torch.optim.AdamW(params, lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
+        self.steps_per_epoch = self.task.steps_per_epoch()
+        total = self.steps_per_epoch * cfg.optim.epochs
+        warmup = int(round(cfg.optim.warmup_epochs * self.steps_per_epoch))
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lambda s: warmup_cosine(s, total, warmup, cfg.optim.scheduler)
+        )
+        self.use_amp = bool(cfg.amp and self.device.type == "cuda")
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp)
+
+        self.start_epoch = 1
+        self.history: list[dict[str, Any]] = []
+        self.best_score = -math.inf
+        self.best_epoch = 0
+        if resume:
+            self._load_resume(resume_tensors)
+
+    # ------------------------------------------------------------------ state
+
+    def _load_resume(self, tensors: dict[str, torch.Tensor]) -> None:
+        st = self.resume_state
+        self.model.load_state_dict(tensors)
+        self.criterion.load_state_dict(st["criterion"])
+        self.optimizer.load_state_dict(st["optimizer"])
+        self.scheduler.load_state_dict(st["scheduler"])
+        if "scaler" in st and self.use_amp:
+            self.scaler.load_state_dict(st["scaler"])
+        self.start_epoch = int(st["epoch"]) + 1
+        self.history = json.loads(st["history"])
+        self.best_score = float(st["best_score"])
+        self.best_epoch = int(st["best_epoch"])
+        restore_rng_state(st["rng"])
+
+    def _train_state(self, epoch: int) -> dict[str, Any]:
+        return {
+            "epoch": epoch,
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "criterion": self.criterion.state_dict(),
+            "history": json.dumps(self.history),
+            "best_score": self.best_score,
+            "best_epoch": self.best_epoch,
+            "rng": capture_rng_state(),
+        }
+
+    # ------------------------------------------------------------------ loop
+
+    def train_epoch(self, epoch: int) -> dict[str, float]:
+        self.model.train()
+        self.criterion.train()
+        totals: dict[str, float] = {}
+        n = 0
+        bar = tqdm(
+            total=self.steps_per_epoch,
+            desc=f"epoch {epoch}/{self.cfg.optim.epochs}",
+            unit="batch",
+            disable=not self.progress,
+            file=sys.stderr,
+            leave=False,
+        )
+        for batch in self.task.train_batches(epoch):
+            with torch.autocast(device_type=self.device.type, dtype=torch.float16, enabled=self.use_amp):
+                loss, parts = self.task.compute_loss(batch, self.device)
+            if not torch.isfinite(loss):
+                raise FloatingPointError(
+                    f"loss became {loss.item()} at epoch {epoch}; lower optim.lr or check the data"
+                )
+            self.optimizer.zero_grad(set_to_none=True)
+            self.scaler.scale(loss).backward()
+            if self.cfg.optim.grad_clip > 0:
+                self.scaler.unscale_(self.optimizer)
+                torch.nn.utils.clip_grad_norm_(
+                    [p for g in self.optimizer.param_groups for p in g["params"]], self.cfg.optim.grad_clip
+                )
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+            self.scheduler.step()
+            n += 1
+            totals["loss"] = totals.get("loss", 0.0) + float(loss.detach())
+            for k, v in parts.items():
+                totals[k] = totals.get(k, 0.0) + float(v)
+            bar.update(1)
+            bar.set_postfix(loss=f"{totals['loss'] / n:.4f}")
+        bar.close()
+        return {k: v / max(n, 1) for k, v in totals.items()}
+
+    def fit(self) -> dict[str, Any]:
+        cfg = self.cfg
+        select = cfg.select_metric
+        for epoch in range(self.start_epoch, cfg.optim.epochs + 1):
+            t0 = time.time()
+            losses = self.train_epoch(epoch)
+            val = self.task.evaluate("val")
+            row: dict[str, Any] = {"epoch": epoch, "train_loss": round(losses.pop("loss"), 6)}
+            row.update({f"train_{k}": round(v, 6) for k, v in losses.items()})
+            row.update({f"val_{k}": v for k, v in val.items() if isinstance(v, (int, float))})
+            row["lr"] = self.optimizer.param_groups[-1]["lr"]
+            row["seconds"] = round(time.time() - t0, 2)
+            self.history.append(row)
+            score = val.get(select)
+            if score is None:
+                raise ConfigError(f"select_metric {select!r} is not a validation metric; have {sorted(val)}")
+            improved = score > self.best_score
+            if improved:
+                self.best_score = float(score)
+                self.best_epoch = epoch
+                save_weights(self.model, self.run_dir / "best.safetensors", cfg, {"epoch": epoch, "val": {select: score}})
+            self._write_metrics()
+            save_training_checkpoint(self.run_dir, self.model, cfg, self._train_state(epoch))
+            msg = f"epoch {epoch}: loss {row['train_loss']:.4f}  val {select} {score:.2f}"
+            msg += "  (best)" if improved else f"  (best {self.best_score:.2f} @ {self.best_epoch})"
+            if self.progress:
+                print(msg, file=sys.stderr)
+            if improved:
+                self.task.on_best(self.run_dir)
+        summary = {
+            "best_epoch": self.best_epoch,
+            f"best_val_{select}": self.best_score,
+            "epochs": cfg.optim.epochs,
+            "history": self.history,
+            "config": to_dict(cfg),
+        }
+        atomic_write_text(self.run_dir / "summary.json", json.dumps(summary, indent=2))
+        return summary
+
+    def _write_metrics(self) -> None:
+        fields: list[str] = list(CSV_FIELDS_FIRST)
+        for row in self.history:
+            fields.extend(k for k in row if k not in fields)
+        buf = io.StringIO()
+        writer = csv.DictWriter(buf, fieldnames=fields)
+        writer.writeheader()
+        for row in self.history:
+            writer.writerow(row)
+        atomic_write_text(self.run_dir / "metrics.csv", buf.getvalue())
+        try:
+            from sbir.viz.curves import plot_training_curves
+
+            plot_training_curves(self.run_dir / "metrics.csv", self.run_dir / "acc.png")
+        except ImportError:  # pragma: no cover - viz is part of the package
+            pass
