@@ -1,0 +1,88 @@
+"""Fine-grained SBIR on QMUL-V1 shoes / chairs / handbags (training splits in ../shared/data).
+
+For each category: carve the seeded validation split from the training split,
+train with the recipe in ``configs/fg_qmul_v1.yaml`` (best epoch chosen on
+validation), and report validation Acc@1/5/10 and wall time beside the
+off-the-shelf ImageNet EfficientNet-Lite0 features on the same split.
+
+    python benchmarks/fg_qmul_v1.py                       # all three categories
+    python benchmarks/fg_qmul_v1.py --categories shoes --set optim.epochs=5
+
+Writes ``benchmarks/results/fg_qmul_v1[-<tag>].json``. The test splits are not
+used here (they are not in ../shared/data); evaluate them with ``sbir eval``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import REPO_ROOT, SHARED_DATA, write_result  # noqa: E402
+
+CATEGORIES = ("shoes", "chairs", "handbags")
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--categories", nargs="+", default=list(CATEGORIES), choices=CATEGORIES)
+    ap.add_argument("--config", default=str(REPO_ROOT / "configs" / "fg_qmul_v1.yaml"))
+    ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="config overrides")
+    ap.add_argument("--runs", default=str(REPO_ROOT / "runs" / "bench_fg_qmul_v1"), help="where run folders go")
+    ap.add_argument("--tag", default="", help="suffix of the results file name")
+    ap.add_argument("--no-baseline", action="store_true")
+    ap.add_argument("--no-progress", action="store_true")
+    args = ap.parse_args(argv)
+
+    import torch
+
+    from sbir.config import load_config
+    from sbir.engine.checkpoint import load_model
+    from sbir.engine.finegrained import evaluate_finegrained
+    from sbir.engine.trainer import Trainer
+
+    results = {}
+    for cat in args.categories:
+        data = SHARED_DATA / "qmul_v1" / cat
+        cfg = load_config(args.config, [f"data.path={data}", *args.set])
+        run_dir = Path(args.runs) / f"{cat}{('-' + args.tag) if args.tag else ''}-{time.strftime('%Y%m%d-%H%M%S')}"
+        t0 = time.time()
+        trainer = Trainer(cfg, run_dir, progress=not args.no_progress)
+        summary = trainer.fit()
+        train_s = time.time() - t0
+        best, _, _ = load_model(run_dir, device=str(trainer.device))
+        val_split = trainer.task.val_split
+        trained = evaluate_finegrained(best, val_split, cfg.data.image_size, flip_tta=cfg.eval.flip_tta,
+                                       progress=False)
+        entry = {
+            "run_dir": str(run_dir),
+            "best_epoch": summary["best_epoch"],
+            "train_wall_s": round(train_s, 1),
+            "val": {k: trained[k] for k in ("acc@1", "acc@5", "acc@10", "n_queries", "n_gallery")},
+        }
+        if "%corr" in trained:
+            entry["val"]["%corr"] = trained["%corr"]
+        if not args.no_baseline:
+            base, _, _ = load_model("pretrained", device=str(trainer.device))
+            b = evaluate_finegrained(base, val_split, cfg.data.image_size, progress=False)
+            entry["imagenet_baseline_val"] = {k: b[k] for k in ("acc@1", "acc@5", "acc@10")}
+            if "%corr" in b:
+                entry["imagenet_baseline_val"]["%corr"] = b["%corr"]
+        results[cat] = entry
+        print(f"{cat}: val acc@1 {entry['val']['acc@1']:.1f}  (baseline "
+              f"{entry.get('imagenet_baseline_val', {}).get('acc@1', float('nan')):.1f})  {train_s:.0f}s", file=sys.stderr)
+        del trainer, best
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+    from sbir.config import to_dict
+
+    write_result("fg_qmul_v1" + (f"-{args.tag}" if args.tag else ""),
+                 {"config": to_dict(cfg), "overrides": args.set, "results": results,
+                  "split": "validation carved from the training split (data.val_fraction, data.split_seed)"})
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

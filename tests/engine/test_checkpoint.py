@@ -1,0 +1,94 @@
+"""Checkpoints: safetensors with config metadata, foreign files refused, atomic writes, RNG state."""
+
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from sbir.config import ModelConfig, TrainConfig
+from sbir.engine import checkpoint as ck
+from sbir.errors import CheckpointError
+from sbir.models.fgsbir import build_model
+
+
+def _cfg() -> TrainConfig:
+    return TrainConfig(model=ModelConfig(backbone="resnet18", pretrained=False, embed_dim=16))
+
+
+def test_weights_round_trip_and_model_id(tmp_path):
+    cfg = _cfg()
+    model = build_model(cfg.model)
+    path = tmp_path / "best.safetensors"
+    ck.save_weights(model, path, cfg, {"epoch": 3})
+    loaded, cfg2, model_id = ck.load_model(path)
+    assert cfg2.model.embed_dim == 16 and model_id.startswith("resnet18:")
+    x = torch.randn(2, 3, 64, 64)
+    model.eval()
+    torch.testing.assert_close(model.embed(x, "photo"), loaded.embed(x, "photo"))
+    # a run folder resolves to its best.safetensors; the id is the same
+    assert ck.load_model(tmp_path)[2] == model_id
+
+
+def test_foreign_and_corrupt_checkpoints_are_clear_errors(tmp_path):
+    foreign = tmp_path / "foreign.safetensors"
+    save_file({"w": torch.zeros(2)}, str(foreign))
+    with pytest.raises(CheckpointError, match="not an sbir checkpoint"):
+        ck.load_model(foreign)
+    junk = tmp_path / "junk.safetensors"
+    junk.write_bytes(b"\x00garbage" * 10)
+    with pytest.raises(CheckpointError, match="not a readable safetensors"):
+        ck.load_model(junk)
+    pth = tmp_path / "model.pth"
+    torch.save({"w": torch.zeros(1)}, pth)
+    with pytest.raises(CheckpointError, match=str(pth)):
+        ck.load_model(pth)
+    with pytest.raises(CheckpointError, match="does not exist"):
+        ck.load_model(tmp_path / "missing")
+    with pytest.raises(CheckpointError, match="no best.safetensors"):
+        ck.load_model(tmp_path)
+
+
+def test_failed_write_keeps_previous_file(tmp_path, monkeypatch):
+    cfg = _cfg()
+    model = build_model(cfg.model)
+    path = tmp_path / "best.safetensors"
+    ck.save_weights(model, path, cfg)
+    before = path.read_bytes()
+
+    def boom(*a, **k):
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(ck, "save_file", boom)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(1.0)
+    with pytest.raises(RuntimeError):
+        ck.save_weights(model, path, cfg)
+    assert path.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["best.safetensors"]  # no temp files left
+
+
+def test_rng_state_round_trip():
+    random.seed(1)
+    np.random.seed(1)
+    torch.manual_seed(1)
+    state = ck.capture_rng_state()
+    a = (random.random(), np.random.rand(), torch.rand(1).item())
+    ck.restore_rng_state(state)
+    b = (random.random(), np.random.rand(), torch.rand(1).item())
+    assert a == b
+
+
+def test_training_checkpoint_pointer_and_pruning(tmp_path):
+    cfg = _cfg()
+    model = build_model(cfg.model)
+    for epoch in (1, 2, 3):
+        ck.save_training_checkpoint(tmp_path, model, cfg, {"epoch": epoch, "rng": ck.capture_rng_state()})
+    dirs = sorted(p.name for p in (tmp_path / "checkpoints").iterdir())
+    assert dirs == ["epoch-0003"]
+    tensors, state, cfg2 = ck.load_training_checkpoint(tmp_path)
+    assert state["epoch"] == 3 and cfg2.model.embed_dim == 16 and tensors
