@@ -36,7 +36,7 @@ class FileRef:
 class ArrayRef:
     """An image stored as one slice of an in-memory uint8 array (e.g. a QMUL ``.mat``)."""
 
-    array: np.ndarray
+    array: np.ndarray = field(repr=False)  # shared by all refs of one file; never print it
     index: int
     origin: str  # file the array came from, for error messages
 

@@ -37,42 +37,9 @@ from safetensors.torch import load_file, safe_open, save_file
 
 from sbir.config import TrainConfig, config_from_dict, to_dict
 from sbir.errors import CheckpointError, SbirError
+from sbir.fileio import atomic_write_text, fsync_dir
 
 FORMAT_TAG = "sbir-checkpoint-v1"
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(str(path), os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    _fsync_dir(path.parent)
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    atomic_write_bytes(path, text.encode("utf-8"))
 
 
 def state_dict_for_save(model: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -97,7 +64,7 @@ def save_weights(model: torch.nn.Module, path: Path, cfg: TrainConfig, extra: Op
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
-    _fsync_dir(path.parent)
+    fsync_dir(path.parent)
 
 
 def read_weights(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
@@ -185,7 +152,7 @@ def save_training_checkpoint(
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    _fsync_dir(ckpt_root)
+    fsync_dir(ckpt_root)
     atomic_write_text(run_dir / "last.json", json.dumps({"checkpoint": f"checkpoints/{final.name}", "epoch": epoch}))
     # Prune older complete checkpoints (never the one just written).
     olds = sorted(p for p in ckpt_root.glob("epoch-*") if p != final)

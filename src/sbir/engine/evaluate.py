@@ -24,7 +24,7 @@ def evaluate_run(
 ) -> tuple[dict[str, Any], Path]:
     """Evaluate the best checkpoint of ``run`` and write ``metrics.json`` (+ a retrieval grid)."""
     from sbir.data.formats import load_dataset
-    from sbir.data.splits import apply_split_record
+    from sbir.data.splits import apply_split_record, load_split_record
 
     run = Path(run)
     # Evaluate wherever is available, whatever device the run trained on.
@@ -41,7 +41,7 @@ def evaluate_run(
             raise CheckpointError(
                 f"--split val needs the run folder's split.json (not found under {run}); pass the run folder"
             )
-        _, target = apply_split_record(dataset.split("train"), json.loads(split_file.read_text()))
+        _, target = apply_split_record(dataset.split("train"), load_split_record(split_file))
     else:
         target = dataset.split(split)
     use_flip = cfg.eval.flip_tta if flip_tta is None else flip_tta

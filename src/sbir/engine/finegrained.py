@@ -9,7 +9,6 @@ photos as the gallery.
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 from typing import Any, Optional
@@ -21,15 +20,16 @@ from torch.utils.data import DataLoader
 from sbir.config import TrainConfig
 from sbir.data.formats import load_dataset
 from sbir.data.records import Split
-from sbir.data.splits import apply_split_record, carve_validation
+from sbir.data.splits import apply_split_record, carve_validation, save_split_record
 from sbir.data.transforms import train_transform
-from sbir.engine.checkpoint import atomic_write_text
 from sbir.engine.embed import embed_images
 from sbir.errors import DataError
 
 # Retrieval-grid size written with the best epoch and by `sbir eval`.
 GRID_QUERIES = 8
 GRID_TOPK = 5
+# Training sets up to this many images are decoded into memory once.
+PRELOAD_MAX_IMAGES = 20_000
 
 
 def prepare_splits(cfg: TrainConfig, run_dir: Path, split_record: Optional[dict], progress: bool):
@@ -43,7 +43,7 @@ def prepare_splits(cfg: TrainConfig, run_dir: Path, split_record: Optional[dict]
     if split_record is None:
         train, val, record = carve_validation(full, cfg.data.val_fraction, cfg.data.split_seed)
         record = {**record, "dataset": str(Path(cfg.data.path).resolve()), "format": dataset.format}
-        atomic_write_text(run_dir / "split.json", json.dumps(record, indent=1))
+        save_split_record(run_dir / "split.json", record)
     else:
         train, val = apply_split_record(full, split_record)
     if len(val.sketches) == 0:
@@ -86,7 +86,7 @@ def evaluate_finegrained(
 
 def write_retrieval_grid(split: Split, sketches, s_emb, p_emb, true_index, out_path: Path, title: str) -> Path:
     """Query sketch, its top-5 photos, the true match outlined, for the first few queries."""
-    from sbir.metrics import similarity_matrix
+    from sbir.metrics import similarity_matrix, true_match_ranks
     from sbir.viz.grid import retrieval_grid
 
     n = min(GRID_QUERIES, len(sketches))
@@ -96,7 +96,7 @@ def write_retrieval_grid(split: Split, sketches, s_emb, p_emb, true_index, out_p
     rows = np.linspace(0, len(sketches) - 1, n).round().astype(int)
     scores = np.asarray(similarity_matrix(s_emb[rows], p_emb))
     order = np.argsort(-scores, axis=1, kind="stable")[:, :GRID_TOPK]
-    ranks = [int((scores[i] >= scores[i, true_index[r]]).sum()) for i, r in enumerate(rows)]
+    ranks = [int(r) for r in true_match_ranks(scores, true_index[rows])]
     queries = [sketches[r].image.load() for r in rows]
     results = [[split.photos[j].image.load() for j in order[i]] for i in range(n)]
     true_pos = [
@@ -125,8 +125,11 @@ class FineGrainedTask:
             train_transform(size, mean, std, cfg.augment, "sketch"),
             train_transform(size, mean, std, cfg.augment, "photo"),
             two_views=True,
-            cache_decoded=True,
         )
+        # Decode once up front for small datasets, so forked loader workers share the images
+        # instead of each decoding (and caching) its own copy every epoch.
+        if len(self.train_split.sketches) + len(self.train_split.photos) <= PRELOAD_MAX_IMAGES:
+            self.pairs.preload()
         groups = self.pairs.photo_ids_for_sampler()
         self.sampler = UniquePhotoBatchSampler(groups, cfg.optim.batch_size, seed=cfg.seed, drop_last=True)
         self.criterion = build_loss(cfg.loss)

@@ -36,6 +36,7 @@ from sbir.engine.checkpoint import (
     save_weights,
 )
 from sbir.engine.embed import resolve_device
+from sbir.data.splits import load_split_record
 from sbir.engine.schedule import warmup_cosine
 from sbir.errors import CheckpointError, ConfigError
 
@@ -108,7 +109,7 @@ class Trainer:
             split_path = self.run_dir / "split.json"
             if not split_path.is_file():
                 raise CheckpointError(f"{split_path} is missing; the run folder is incomplete")
-            split_record = json.loads(split_path.read_text())
+            split_record = load_split_record(split_path)
         self.task = build_task(cfg, self.run_dir, progress, split_record)
         if not resume:
             save_config(cfg, self.run_dir / "config.yaml")

@@ -22,6 +22,7 @@ sketch whose photo is missing (an "orphan") is a :class:`DataError` unless
 
 from __future__ import annotations
 
+import os
 from collections import OrderedDict
 from pathlib import Path
 from types import ModuleType
@@ -78,8 +79,8 @@ def index_by_stem(files: Iterable[Path]) -> dict[str, Path]:
 
 
 def check_root(root: PathLike) -> Path:
-    """``root`` as a Path; DataError when it is missing, not a folder, or empty."""
-    p = Path(root).expanduser()
+    """``root`` as an absolute Path; DataError when it is missing, not a folder, or empty."""
+    p = Path(os.path.abspath(Path(root).expanduser()))  # normalises ".." without resolving symlinks
     if not p.exists():
         raise DataError(f"dataset folder {p} does not exist. Check the path (data.path / --data).")
     if not p.is_dir():
@@ -93,18 +94,43 @@ def check_root(root: PathLike) -> Path:
     return p
 
 
-def require_nonempty(split: Split, where: Path) -> None:
-    """Every split must have at least one photo and one sketch."""
+def require_nonempty(split: Split, photo_where: Path, sketch_where: Optional[Path] = None) -> None:
+    """Every split must have at least one photo and one sketch; the error names the folder."""
+    sketch_where = photo_where if sketch_where is None else sketch_where
     if not split.photos:
         raise DataError(
-            f"split '{split.name}' in {where} has no photos. Add photo images there "
+            f"split '{split.name}' has no photos in {photo_where}. Add photo images there "
             "(hidden and non-image files are ignored)."
         )
     if not split.sketches:
         raise DataError(
-            f"split '{split.name}' in {where} has no sketches. Add sketch images there "
-            "(hidden and non-image files are ignored)."
+            f"split '{split.name}' has no sketches in {sketch_where}. Add sketch images there "
+            "(hidden and non-image files are ignored; skipped orphan sketches do not count)."
         )
+
+
+def match_stem(stem: str, candidates, sep: str = "_") -> Optional[str]:
+    """The candidate a sketch stem belongs to: the stem itself if it is a candidate, else the
+    longest prefix ending before a ``sep`` (tried from the right), else None."""
+    if stem in candidates:
+        return stem
+    s = stem
+    while sep in s:
+        s = s.rsplit(sep, 1)[0]
+        if s in candidates:
+            return s
+    return None
+
+
+def class_folders(folder: Path) -> list[Path]:
+    """Class sub-folders of ``folder``; an image directly inside ``folder`` is a DataError."""
+    stray = list_images(folder)
+    if stray:
+        raise DataError(
+            f"image {stray[0]} is directly inside {folder} ({len(stray)} such files); "
+            f"images must be in class sub-folders ({folder}/<class>/). Move them into a class folder."
+        )
+    return list_subdirs(folder)
 
 
 def orphan(sketch: Path, expected: str, skip_orphans: bool, skipped: list[str]) -> None:
@@ -214,13 +240,13 @@ def detect_format(root: PathLike) -> str:
 def get_format(name: str) -> ModuleType:
     """The format module called ``name``; ConfigError listing valid names otherwise."""
     if name not in FORMATS:
-        raise ConfigError(f"unknown dataset format {name!r}; valid formats: {', '.join(FORMATS)} (or leave it unset to auto-detect).")
+        raise ConfigError(f"unknown dataset format {name!r}; valid formats: {', '.join(FORMATS)} (or 'auto' / unset to auto-detect).")
     return FORMATS[name]
 
 
 def load_dataset(root: PathLike, format: Optional[str] = None, skip_orphans: bool = False) -> Dataset:
-    """Load the dataset in ``root``; ``format`` forces a format module, else it is detected."""
-    if format is not None:
+    """Load the dataset in ``root``; ``format`` forces a format module, else (None, "" or "auto") it is detected."""
+    if format not in (None, "", "auto"):
         module = get_format(format)  # a bad name is a config problem, report it before touching the disk
         p = check_root(root)
     else:

@@ -1,0 +1,133 @@
+"""Torch dataset of (sketch, photo) training pairs for fine-grained SBIR.
+
+Item ``i`` is the split's ``i``-th sketch with its photo, each as two
+independently augmented views (the double-siamese NT-Xent needs both)::
+
+    {"sketch": T_s(sketch), "sketch_aug": T_s'(sketch),
+     "photo": T_p(photo),   "photo_aug": T_p'(photo),
+     "group": index of the photo in split.photos, "index": i}
+
+``T_s'``/``T_p'`` default to the same (random) transforms as the first views;
+pass ``sketch_aug_transform``/``photo_aug_transform`` for an asymmetric scheme
+(e.g. ARNet's plain anchor view and a strongly augmented second view). With
+``two_views=False`` the ``*_aug`` keys are absent. The default collate turns a
+list of items into a dict of batched tensors.
+
+Decoding a PNG/JPEG costs more than augmenting it and is repeated every epoch.
+``cache_decoded=True`` keeps each decoded image (an RGB PIL image, ``H·W·3``
+bytes) after its first use. A cache filled inside DataLoader workers lives only
+as long as the worker: call :meth:`FineGrainedPairs.preload` before building
+the DataLoader (forked workers then share the decoded images), or use
+``persistent_workers=True``.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Any, Callable, Optional
+
+from PIL import Image
+from torch.utils.data import Dataset
+
+from sbir.data.records import ImageRef, Split
+from sbir.errors import DataError
+
+Transform = Callable[[Image.Image], Any]
+
+
+class FineGrainedPairs(Dataset):
+    """Sketch/photo pairs of ``split`` (see the module docstring for the item layout).
+
+    Raises :class:`DataError` at construction when the split has no sketches,
+    a sketch has no ``photo_id``, or its ``photo_id`` is not in ``split.photos``.
+    """
+
+    def __init__(
+        self,
+        split: Split,
+        sketch_transform: Transform,
+        photo_transform: Transform,
+        two_views: bool = True,
+        cache_decoded: bool = False,
+        sketch_aug_transform: Optional[Transform] = None,
+        photo_aug_transform: Optional[Transform] = None,
+    ):
+        if not split.sketches:
+            raise DataError(f"split '{split.name}' has no sketches; fine-grained training needs sketch/photo pairs")
+        photo_index = split.photo_index()
+        if len(photo_index) != len(split.photos):
+            dup = next(pid for pid, c in Counter(p.id for p in split.photos).items() if c > 1)
+            raise DataError(f"split '{split.name}' lists photo id '{dup}' more than once; photo ids must be unique")
+        groups: list[int] = []
+        for s in split.sketches:
+            if s.photo_id is None:
+                raise DataError(
+                    f"sketch '{s.id}' ({s.image.describe()}) in split '{split.name}' has no photo_id; fine-grained "
+                    "training needs every sketch paired with its photo. Rename it after its photo "
+                    "(e.g. 00066_01.png for 00066.png), remove it, or set data.skip_orphans=true."
+                )
+            if s.photo_id not in photo_index:
+                raise DataError(
+                    f"sketch '{s.id}' ({s.image.describe()}) in split '{split.name}' names photo '{s.photo_id}', "
+                    "which is not among the split's photos. Add the photo or remove the sketch."
+                )
+            groups.append(photo_index[s.photo_id])
+        self.split = split
+        self.sketch_transform = sketch_transform
+        self.photo_transform = photo_transform
+        self.sketch_aug_transform = sketch_aug_transform or sketch_transform
+        self.photo_aug_transform = photo_aug_transform or photo_transform
+        self.two_views = bool(two_views)
+        self.cache_decoded = bool(cache_decoded)
+        self.groups = groups
+        self._sketch_cache: dict[int, Image.Image] = {}
+        self._photo_cache: dict[int, Image.Image] = {}
+
+    def __len__(self) -> int:
+        return len(self.split.sketches)
+
+    def photo_ids_for_sampler(self) -> list[int]:
+        """The photo index (group) of every item, for :class:`~sbir.data.sampler.UniquePhotoBatchSampler`."""
+        return list(self.groups)
+
+    def _load(self, cache: dict[int, Image.Image], key: int, ref: ImageRef) -> Image.Image:
+        if not self.cache_decoded:
+            return ref.load()
+        img = cache.get(key)
+        if img is None:
+            img = ref.load()
+            cache[key] = img
+        return img
+
+    def sketch_image(self, i: int) -> Image.Image:
+        return self._load(self._sketch_cache, i, self.split.sketches[i].image)
+
+    def photo_image(self, j: int) -> Image.Image:
+        return self._load(self._photo_cache, j, self.split.photos[j].image)
+
+    def preload(self) -> None:
+        """Decode every sketch and photo now (turns ``cache_decoded`` on); bad images fail here."""
+        self.cache_decoded = True
+        for i in range(len(self.split.sketches)):
+            self.sketch_image(i)
+        for j in sorted(set(self.groups)):
+            self.photo_image(j)
+
+    def cached_images(self) -> int:
+        return len(self._sketch_cache) + len(self._photo_cache)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        n = len(self)
+        if not -n <= i < n:
+            raise IndexError(f"index {i} out of range for {n} pairs")
+        i = i % n
+        group = self.groups[i]
+        sketch = self.sketch_image(i)
+        photo = self.photo_image(group)
+        item: dict[str, Any] = {"sketch": self.sketch_transform(sketch), "photo": self.photo_transform(photo)}
+        if self.two_views:
+            item["sketch_aug"] = self.sketch_aug_transform(sketch)
+            item["photo_aug"] = self.photo_aug_transform(photo)
+        item["group"] = group
+        item["index"] = i
+        return item

@@ -1,0 +1,451 @@
+"""Building and updating an index from a folder of photos.
+
+``build_index`` embeds every image under a folder (recursively; any extension
+:func:`sbir.data.image_io.is_image_file` accepts: jpg, jpeg, png, webp, bmp,
+gif, tif). ``update_index`` re-scans the folder and embeds only what is new or
+changed: a file whose size and mtime are unchanged keeps its vector; a file
+whose stat changed is hashed (SHA-256) and keeps its vector if the content is
+the same; files with the content of another indexed file (copies, renames)
+reuse that vector; deleted files are dropped. Duplicated contents are
+embedded once.
+
+Unreadable images are reported in :attr:`SyncReport.skipped` and left out;
+they never stop the build. Hidden files and folders (``.name``), symbolic
+links to folders, and file links that point outside the gallery are skipped
+too. Every write goes through :func:`sbir.index.store.write_generation`, so a
+killed build or update leaves the previous index intact.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from sbir.data.image_io import is_image_file
+from sbir.data.records import FileRef
+from sbir.engine.embed import embed_images
+from sbir.errors import DataError
+from sbir.index.faiss_ops import AUTO_THRESHOLD, build_faiss, resolve_approx
+from sbir.index.model import is_pretrained_spec, load_for_index, load_index_model, model_info
+from sbir.index.store import (
+    GEN_RE,
+    POINTER,
+    Entry,
+    Index,
+    IndexStoreError,
+    ModelMismatchError,
+    is_index_dir,
+    write_generation,
+    write_lock,
+)
+
+
+@dataclass
+class FileStat:
+    path: str  # relative, POSIX
+    abspath: Path
+    size: int
+    mtime_ns: int
+
+
+@dataclass
+class SyncReport:
+    """What a build or update did."""
+
+    index_dir: str
+    gallery: str
+    generation: Optional[str]  # None when an update found nothing to do
+    images: int
+    added: int = 0
+    changed: int = 0
+    removed: int = 0
+    unchanged: int = 0
+    embedded: int = 0  # images that went through the model
+    reused: int = 0  # new/changed files whose content was already indexed
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # (relative path, reason)
+    kind: str = "none"
+    model_id: str = ""
+    seconds: float = 0.0
+    embed_seconds: float = 0.0
+
+    @property
+    def written(self) -> bool:
+        return self.generation is not None
+
+    @property
+    def images_per_s(self) -> float:
+        return self.embedded / self.embed_seconds if self.embed_seconds > 0 else 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["skipped"] = [{"path": p, "reason": r} for p, r in self.skipped]
+        d["written"] = self.written
+        d["images_per_s"] = round(self.images_per_s, 2)
+        return d
+
+
+def scan_gallery(gallery: Path, exclude: Sequence[Path] = ()) -> tuple[list[FileStat], list[tuple[str, str]]]:
+    """All image files under ``gallery`` sorted by relative path, plus (path, reason) of skipped entries."""
+    gallery = Path(gallery)
+    root_real = os.path.realpath(gallery)
+    excluded = {os.path.realpath(p) for p in exclude}
+    files: list[FileStat] = []
+    skipped: list[tuple[str, str]] = []
+    for dirpath, dirnames, filenames in os.walk(gallery, followlinks=False):
+        keep = []
+        for d in sorted(dirnames):
+            full = os.path.join(dirpath, d)
+            rel = Path(os.path.relpath(full, gallery)).as_posix()
+            if d.startswith("."):
+                continue
+            if os.path.realpath(full) in excluded:
+                continue
+            if os.path.islink(full):
+                skipped.append((rel + "/", "symbolic link to a folder (not followed)"))
+                continue
+            keep.append(d)
+        dirnames[:] = keep
+        for name in sorted(filenames):
+            if name.startswith(".") or not is_image_file(name):
+                continue
+            full = os.path.join(dirpath, name)
+            rel = Path(os.path.relpath(full, gallery)).as_posix()
+            if os.path.islink(full):
+                real = os.path.realpath(full)
+                if os.path.commonpath([real, root_real]) != root_real:
+                    skipped.append((rel, "symbolic link pointing outside the gallery"))
+                    continue
+            try:
+                st = os.stat(full)
+            except OSError as exc:
+                skipped.append((rel, f"cannot stat ({exc.strerror or exc})"))
+                continue
+            if not os.path.isfile(full):
+                skipped.append((rel, "not a regular file"))
+                continue
+            files.append(FileStat(rel, Path(full), int(st.st_size), int(st.st_mtime_ns)))
+    files.sort(key=lambda f: f.path)
+    return files, skipped
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _hash_all(files: list[FileStat], progress: bool, workers: int = 4) -> tuple[dict[str, str], list[tuple[str, str]]]:
+    hashes: dict[str, str] = {}
+    errors: list[tuple[str, str]] = []
+    if not files:
+        return hashes, errors
+
+    def one(f: FileStat):
+        try:
+            return f.path, sha256_file(f.abspath), None
+        except OSError as exc:
+            return f.path, None, f"cannot read ({exc.strerror or exc})"
+
+    bar = tqdm(total=len(files), desc="hash", unit="file", disable=not progress, file=sys.stderr, leave=False)
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        for rel, digest, err in pool.map(one, files):
+            if err:
+                errors.append((rel, err))
+            else:
+                hashes[rel] = digest
+            bar.update(1)
+    bar.close()
+    return hashes, errors
+
+
+def _leftover(p: Path) -> bool:
+    """Files a killed first build may leave in an index folder (safe to reuse the folder)."""
+    return p.name in (".lock", "thumbs") or p.name.startswith((".tmp-gen-", f".{POINTER}.")) or bool(GEN_RE.match(p.name))
+
+
+def default_workers() -> int:
+    return min(4, os.cpu_count() or 1)
+
+
+def _sync(
+    index_dir: Path,
+    gallery: Path,
+    model,
+    info_fn,
+    old: Optional[Index],
+    approx: str,
+    approx_threshold: int,
+    image_size: int,
+    flip_tta: bool,
+    batch_size: int,
+    num_workers: int,
+    progress: bool,
+    force_write: bool,
+) -> SyncReport:
+    t0 = time.perf_counter()
+    index_dir = Path(index_dir)
+    files, skipped = scan_gallery(gallery, exclude=[index_dir])
+    old_vecs = np.asarray(old.vectors, dtype=np.float32) if old is not None else None
+    old_by_path = {e.path: i for i, e in enumerate(old.entries)} if old is not None else {}
+    report = SyncReport(str(index_dir), str(Path(gallery).resolve()), None, 0, skipped=skipped)
+
+    # 1. Unchanged stat -> keep the old vector without reading the file.
+    keep_vec: dict[str, int] = {}  # rel -> row in old vectors
+    keep_hash: dict[str, str] = {}
+    to_hash: list[FileStat] = []
+    for f in files:
+        i = old_by_path.get(f.path)
+        if i is not None and old.entries[i].size == f.size and old.entries[i].mtime_ns == f.mtime_ns:
+            keep_vec[f.path] = i
+            keep_hash[f.path] = old.entries[i].sha256
+        else:
+            to_hash.append(f)
+    report.unchanged = len(keep_vec)
+
+    # 2. Hash new/changed files (threads; hashing releases the GIL).
+    hashes, hash_errors = _hash_all(to_hash, progress)
+    skipped.extend(hash_errors)
+    old_by_hash: dict[str, int] = {}
+    if old is not None:
+        for i, e in enumerate(old.entries):
+            old_by_hash.setdefault(e.sha256, i)
+    to_embed: dict[str, FileStat] = {}  # hash -> representative file
+    for f in to_hash:
+        digest = hashes.get(f.path)
+        if digest is None:
+            continue
+        i_old = old_by_path.get(f.path)
+        if i_old is not None:
+            report.changed += 1
+        else:
+            report.added += 1
+        if digest in old_by_hash:
+            keep_vec[f.path] = old_by_hash[digest]
+            report.reused += 1
+        else:
+            to_embed.setdefault(digest, f)
+        keep_hash[f.path] = digest
+    current = {f.path for f in files}
+    report.removed = sum(1 for p in old_by_path if p not in current) if old is not None else 0
+
+    # 3. Embed each new content once (parallel decoding in DataLoader workers).
+    new_vec: dict[str, np.ndarray] = {}  # hash -> vector
+    reps = sorted(to_embed.items(), key=lambda kv: kv[1].path)
+    if reps:
+        t_embed = time.perf_counter()
+        res = embed_images(
+            model,
+            [FileRef(f.abspath) for _, f in reps],
+            "photo",
+            image_size,
+            batch_size=batch_size,
+            flip_tta=flip_tta,
+            num_workers=num_workers if len(reps) > batch_size else 0,
+            progress=progress,
+            skip_errors=True,
+            desc="embed photos",
+        )
+        report.embed_seconds = time.perf_counter() - t_embed
+        report.embedded = len(res.indices)
+        for row, pos in enumerate(res.indices):
+            new_vec[reps[pos][0]] = res.embeddings[row]
+        failed_hashes = set()
+        for pos, msg in res.errors:
+            failed_hashes.add(reps[pos][0])
+        # Every file with an unreadable content is skipped (not only the representative).
+        for f in to_hash:
+            d = hashes.get(f.path)
+            if d in failed_hashes:
+                reason = next(m for p, m in res.errors if reps[p][0] == d)
+                skipped.append((f.path, reason))
+                keep_hash.pop(f.path, None)
+                if f.path in old_by_path:
+                    report.changed -= 1
+                    report.removed += 1
+                else:
+                    report.added -= 1
+
+    # 4. Assemble the new generation in path order.
+    dim = None
+    if new_vec:
+        dim = int(next(iter(new_vec.values())).shape[0])
+    elif old is not None:
+        dim = old.dim
+    entries: list[Entry] = []
+    rows: list[np.ndarray] = []
+    for f in files:
+        if f.path not in keep_hash:
+            continue
+        digest = keep_hash[f.path]
+        if f.path in keep_vec:
+            v = old_vecs[keep_vec[f.path]]
+        else:
+            v = new_vec[digest]
+        entries.append(Entry(f.path, f.size, f.mtime_ns, digest))
+        rows.append(v)
+    if not entries and old is None:
+        if files:
+            raise DataError(
+                f"none of the {len(files)} images under {gallery} could be read (first problem: "
+                f"{skipped[0][0]}: {skipped[0][1]}); fix or replace the files"
+            )
+        raise DataError(
+            f"no images found under {gallery} (looked for {', '.join(('jpg', 'png', 'webp', 'bmp'))} and other image "
+            "files, recursively); point to the folder that holds your photos"
+        )
+    vectors = np.stack(rows).astype(np.float32) if rows else np.zeros((0, dim or 0), np.float32)
+    kind = resolve_approx(approx, len(entries), approx_threshold)
+    report.images = len(entries)
+    report.kind = kind
+    info = info_fn(vectors.shape[1])
+    report.model_id = info.model_id
+    nothing_changed = (
+        old is not None
+        and report.added == 0
+        and report.changed == 0
+        and report.removed == 0
+        and kind == old.kind
+        and approx == old.meta["index"].get("requested", old.kind)
+        and [e for e in entries] == old.entries
+        and str(Path(gallery).resolve()) == str(old.gallery)
+    )
+    if nothing_changed and not force_write:
+        report.seconds = time.perf_counter() - t0
+        return report
+    params = dict(old.searcher.params) if old is not None and old.kind == kind else None
+    findex, used = build_faiss(vectors, kind, params)
+    report.generation = write_generation(
+        index_dir,
+        gallery,
+        entries,
+        vectors,
+        info,
+        findex,
+        kind,
+        used,
+        requested=approx,
+        extra={"approx_threshold": approx_threshold, "skipped": [{"path": p, "reason": r} for p, r in skipped]},
+    )
+    report.seconds = time.perf_counter() - t0
+    return report
+
+
+def build_index(
+    photos_dir: str | os.PathLike,
+    model_spec: Optional[str],
+    out_dir: str | os.PathLike,
+    approx: str = "auto",
+    approx_threshold: int = AUTO_THRESHOLD,
+    image_size: Optional[int] = None,
+    batch_size: int = 32,
+    num_workers: Optional[int] = None,
+    device: str = "cpu",
+    overwrite: bool = False,
+    progress: bool = True,
+    preloaded: Optional[tuple] = None,
+) -> SyncReport:
+    """Embed every image under ``photos_dir`` with ``model_spec`` into a new index at ``out_dir``.
+
+    ``preloaded``: ``(model, cfg, model_id)`` already returned by ``load_model(model_spec)``,
+    to avoid loading it again (tests, notebooks).
+    """
+    gallery = Path(photos_dir)
+    out = Path(out_dir)
+    if not gallery.is_dir():
+        raise DataError(f"photo folder {gallery} does not exist or is not a folder; pass the folder that holds your photos")
+    resolve_approx(approx, 0, approx_threshold)  # validate the name before loading anything
+    if out.exists() and not out.is_dir():
+        raise IndexStoreError(f"--out {out} exists and is not a folder; choose a new folder for the index")
+    if is_index_dir(out) and not overwrite:
+        raise IndexStoreError(
+            f"{out} already holds an index; run 'sbir index update {out}' to add new photos, "
+            "or pass --overwrite to rebuild it from scratch"
+        )
+    if out.is_dir() and not is_index_dir(out) and any(not _leftover(p) for p in out.iterdir()):
+        raise IndexStoreError(f"--out {out} is a folder that is not empty and not an sbir index; choose a new or empty folder")
+    if image_size is not None and image_size < 32:
+        raise IndexStoreError(f"--image-size must be >= 32, got {image_size}")
+    if preloaded is not None:
+        model, cfg, model_id = preloaded
+        path = None if is_pretrained_spec(str(model_spec or "pretrained")) else str(Path(str(model_spec)).expanduser().resolve())
+    else:
+        model, cfg, model_id, path = load_for_index(model_spec, device=device)
+    size = int(image_size or cfg.data.image_size)
+    spec = "pretrained" if model_spec is None else str(model_spec)
+    with write_lock(out):
+        return _sync(
+            out,
+            gallery,
+            model,
+            lambda dim: model_info(spec, path, cfg, model_id, dim, size),
+            None,
+            approx,
+            approx_threshold,
+            size,
+            bool(cfg.eval.flip_tta),
+            batch_size,
+            default_workers() if num_workers is None else num_workers,
+            progress,
+            force_write=True,
+        )
+
+
+def update_index(
+    index_dir: str | os.PathLike,
+    photos_dir: Optional[str | os.PathLike] = None,
+    model_override: Optional[str] = None,
+    approx: Optional[str] = None,
+    approx_threshold: Optional[int] = None,
+    batch_size: int = 32,
+    num_workers: Optional[int] = None,
+    device: str = "cpu",
+    progress: bool = True,
+    preloaded: Optional[tuple] = None,
+) -> SyncReport:
+    """Bring ``index_dir`` up to date with its gallery (or ``photos_dir``, which re-roots it)."""
+    index_dir = Path(index_dir)
+    with write_lock(index_dir):
+        old = Index.open(index_dir)
+        gallery = Path(photos_dir) if photos_dir is not None else old.gallery
+        if not gallery.is_dir():
+            raise DataError(
+                f"the gallery {gallery} of index {index_dir} does not exist; pass its new location with --photos DIR"
+            )
+        requested = approx or old.meta["index"].get("requested", old.kind)
+        threshold = int(approx_threshold or old.meta.get("approx_threshold", AUTO_THRESHOLD))
+        resolve_approx(requested, 0, threshold)
+        rec = old.model
+        if preloaded is not None:
+            model, cfg, model_id = preloaded
+            if model_id != rec.model_id:
+                raise ModelMismatchError(
+                    f"the given model has id {model_id!r} but the index {index_dir} was built with {rec.model_id!r}"
+                )
+        else:
+            model, cfg, model_id = load_index_model(rec, override=model_override, device=device)
+        return _sync(
+            index_dir,
+            gallery,
+            model,
+            lambda dim: rec,
+            old,
+            requested,
+            threshold,
+            rec.image_size,
+            rec.flip_tta,
+            batch_size,
+            default_workers() if num_workers is None else num_workers,
+            progress,
+            force_write=False,
+        )

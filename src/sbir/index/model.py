@@ -1,0 +1,88 @@
+"""Loading the model that belongs to an index, and embedding sketch queries with it.
+
+An index records the model that embedded its photos (``model.json``). Queries
+must be embedded by the same weights with the same preprocessing (image size,
+flip TTA), so :class:`QueryEncoder` is always built from that record; an
+explicit ``--model`` override is accepted only when its model id is the same.
+"""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+import numpy as np
+from PIL import Image
+
+from sbir.config import to_dict
+from sbir.engine.checkpoint import load_model
+from sbir.engine.embed import embed_pil
+from sbir.index.store import Index, ModelInfo, ModelMismatchError
+
+
+def is_pretrained_spec(spec: str) -> bool:
+    return spec == "pretrained" or spec.startswith("pretrained:")
+
+
+def load_for_index(spec: Optional[str], device: str = "cpu"):
+    """``load_model`` plus the record stored in an index: returns (model, cfg, model_id, absolute path or None)."""
+    spec_s = "pretrained" if spec is None else str(spec)
+    model, cfg, model_id = load_model(spec_s, device=device)
+    path = None if is_pretrained_spec(spec_s) else str(Path(spec_s).expanduser().resolve())
+    return model, cfg, model_id, path
+
+
+def model_info(
+    spec: str, path: Optional[str], cfg: Any, model_id: str, dim: int, image_size: Optional[int] = None
+) -> ModelInfo:
+    size = int(image_size or cfg.data.image_size)
+    return ModelInfo(
+        model_id=model_id,
+        spec=str(spec),
+        path=path,
+        config=to_dict(cfg),
+        dim=int(dim),
+        image_size=size,
+        flip_tta=bool(cfg.eval.flip_tta),
+    )
+
+
+def load_index_model(record: ModelInfo, override: Optional[str] = None, device: str = "cpu"):
+    """Load the model an index was built with (or ``override``); refuse a model with another id."""
+    spec = override if override is not None else record.load_spec
+    model, cfg, model_id, _ = load_for_index(spec, device=device)
+    if model_id != record.model_id:
+        if override is not None:
+            raise ModelMismatchError(
+                f"--model {override} has id {model_id!r} but the index was built with {record.model_id!r} "
+                f"({record.spec}); its embeddings would not be comparable. Omit --model to use the index's "
+                "own model, or rebuild the index with 'sbir index build ... --model " + str(override) + " --overwrite'."
+            )
+        raise ModelMismatchError(
+            f"the model at {spec} now has id {model_id!r}, but the index was built with {record.model_id!r}: "
+            "the weights changed since the index was built. Pass the original checkpoint with --model, or "
+            "rebuild the index with 'sbir index build --overwrite'."
+        )
+    return model, cfg, model_id
+
+
+class QueryEncoder:
+    """Embeds sketches for one index with the index's model and preprocessing. Thread-safe."""
+
+    def __init__(self, model, model_id: str, image_size: int, flip_tta: bool):
+        self.model = model
+        self.model_id = model_id
+        self.image_size = int(image_size)
+        self.flip_tta = bool(flip_tta)
+        self._lock = threading.Lock()
+
+    @classmethod
+    def for_index(cls, index: Index, override: Optional[str] = None, device: str = "cpu") -> "QueryEncoder":
+        model, _cfg, model_id = load_index_model(index.model, override=override, device=device)
+        return cls(model, model_id, index.model.image_size, index.model.flip_tta)
+
+    def encode(self, images: Sequence[Image.Image]) -> np.ndarray:
+        """(N, D) float32 L2-normalised sketch embeddings."""
+        with self._lock:  # one forward at a time; torch already uses all cores
+            return embed_pil(self.model, list(images), "sketch", self.image_size, self.flip_tta)

@@ -1,0 +1,467 @@
+"""The on-disk index: generations, an atomic pointer, loading and search.
+
+Layout of an index folder::
+
+    INDEX_DIR/
+      CURRENT                 JSON pointer {"generation": "gen-000003"}, replaced atomically
+      gen-000003/             one complete, immutable generation
+        index.faiss           the FAISS index (ids = positions in the manifest)
+        vectors.npy           raw float32 (N, D) L2-normalised photo embeddings
+        manifest.json         gallery root, entries [{path, size, mtime_ns, sha256}], index kind/params
+        model.json            model_id, the spec as given, its absolute path, the full config,
+                              image size and flip TTA used for the embeddings
+      gen-000002/             the previous generation (kept for readers that are still loading)
+      .lock                   held (flock) by the one process writing
+      thumbs/                 thumbnail cache of ``sbir serve`` (disposable)
+
+A writer builds a whole new generation in a hidden temporary folder, fsyncs
+every file, renames the folder to ``gen-NNNNNN`` and only then replaces
+``CURRENT`` with ``os.replace``. A process killed at any moment therefore
+leaves ``CURRENT`` naming a complete generation: the previous index, or the new
+one once the pointer was swapped. Leftovers of killed writes are removed by the
+next write.
+
+Ids are positions in the manifest of one generation; they change when the
+gallery changes (results also carry the relative path).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import shutil
+import signal
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Iterator, Optional
+
+import faiss
+import numpy as np
+
+from sbir.engine.checkpoint import _fsync_dir
+from sbir.errors import SbirError
+from sbir.index.faiss_ops import Searcher, configure
+
+FORMAT_TAG = "sbir-index-v1"
+POINTER = "CURRENT"
+GEN_RE = re.compile(r"^gen-(\d{6,})$")
+KILL_ENV = "SBIR_INDEX_KILL_AT"  # test hook: SIGKILL this process at the named write stage
+WRITE_STAGES = (
+    "before-write",
+    "after-vectors",
+    "after-faiss",
+    "after-manifest",
+    "before-rename",
+    "before-pointer",
+    "after-pointer",
+)
+
+
+class IndexStoreError(SbirError):
+    """An index folder is missing, corrupt, busy, or used with the wrong model."""
+
+
+class ModelMismatchError(IndexStoreError):
+    """A query was embedded by a different model than the one that built the index."""
+
+
+def _stage(name: str) -> None:
+    if os.environ.get(KILL_ENV) == name:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+# ---------------------------------------------------------------- records
+
+
+@dataclass
+class Entry:
+    """One gallery image: path relative to the gallery (POSIX separators), stat and content hash."""
+
+    path: str
+    size: int
+    mtime_ns: int
+    sha256: str
+
+
+@dataclass
+class ModelInfo:
+    model_id: str
+    spec: str  # as given by the user
+    path: Optional[str]  # absolute path of the weights' run folder / file; None for pretrained
+    config: dict[str, Any]
+    dim: int
+    image_size: int
+    flip_tta: bool
+    domain: str = "photo"
+
+    @property
+    def load_spec(self) -> str:
+        return self.path or self.spec
+
+
+@dataclass
+class Hit:
+    id: int
+    path: str
+    score: float
+    rank: int
+
+
+def safe_relpath(rel: str) -> bool:
+    """True for a plain relative POSIX path with no ``..``, no absolute or drive prefix."""
+    if not rel or rel.startswith(("/", "\\")) or "\\" in rel or "\x00" in rel:
+        return False
+    if re.match(r"^[A-Za-z]:", rel):
+        return False
+    parts = rel.split("/")
+    return all(p not in ("", ".", "..") for p in parts)
+
+
+def inside(path: Path, root: Path) -> bool:
+    """True when the real (symlink-resolved) ``path`` lies inside the real ``root``."""
+    real = os.path.realpath(path)
+    root_real = os.path.realpath(root)
+    return os.path.commonpath([real, root_real]) == root_real and real != root_real
+
+
+# ---------------------------------------------------------------- locking
+
+
+@contextlib.contextmanager
+def write_lock(index_dir: Path) -> Iterator[None]:
+    """Exclusive, non-blocking lock so two writers never interleave; released on exit or death."""
+    index_dir.mkdir(parents=True, exist_ok=True)
+    fh = open(index_dir / ".lock", "a+")
+    try:
+        try:
+            import fcntl
+
+            fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except ImportError:  # pragma: no cover - non-POSIX
+            pass
+        except OSError:
+            raise IndexStoreError(
+                f"another sbir process is writing the index {index_dir}; wait for it to finish and try again"
+            ) from None
+        yield
+    finally:
+        fh.close()
+
+
+# ---------------------------------------------------------------- reading
+
+
+def is_index_dir(path: Path) -> bool:
+    return (Path(path) / POINTER).is_file()
+
+
+def current_generation(index_dir: Path) -> str:
+    index_dir = Path(index_dir)
+    pointer = index_dir / POINTER
+    if not index_dir.is_dir():
+        raise IndexStoreError(f"index {index_dir} does not exist; build it with 'sbir index build PHOTOS_DIR --model MODEL --out {index_dir}'")
+    if not pointer.is_file():
+        raise IndexStoreError(
+            f"{index_dir} is not an sbir index (no {POINTER} file); build one with "
+            f"'sbir index build PHOTOS_DIR --model MODEL --out {index_dir}'"
+        )
+    try:
+        gen = json.loads(pointer.read_text())["generation"]
+    except (ValueError, KeyError, TypeError) as exc:
+        raise IndexStoreError(f"{pointer} is corrupt ({exc}); rebuild the index with 'sbir index build --overwrite'") from exc
+    if not isinstance(gen, str) or not GEN_RE.match(gen):
+        raise IndexStoreError(f"{pointer} names an invalid generation {gen!r}; rebuild the index with 'sbir index build --overwrite'")
+    return gen
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise IndexStoreError(f"{path} is missing; the index is damaged, rebuild it with 'sbir index build --overwrite'") from None
+    except (OSError, ValueError) as exc:
+        raise IndexStoreError(f"{path} is unreadable ({exc}); rebuild the index with 'sbir index build --overwrite'") from exc
+
+
+class Index:
+    """A loaded index generation: manifest, model record, raw vectors and FAISS searcher."""
+
+    def __init__(
+        self,
+        root: Path,
+        generation: str,
+        gallery: Path,
+        entries: list[Entry],
+        model: ModelInfo,
+        vectors: np.ndarray,
+        searcher: Searcher,
+        meta: dict[str, Any],
+    ):
+        self.root = Path(root)
+        self.generation = generation
+        self.gallery = Path(gallery)
+        self.entries = entries
+        self.model = model
+        self.vectors = vectors
+        self.searcher = searcher
+        self.meta = meta
+
+    # -------------------------------------------------------------- loading
+
+    @classmethod
+    def open(
+        cls, index_dir: str | os.PathLike, ef_search: Optional[int] = None, nprobe: Optional[int] = None, mmap: bool = True
+    ) -> "Index":
+        """Load the current generation of ``index_dir``; ``ef_search``/``nprobe`` override search parameters."""
+        index_dir = Path(index_dir)
+        gen = current_generation(index_dir)
+        gdir = index_dir / gen
+        if not gdir.is_dir():
+            raise IndexStoreError(f"{index_dir}/{POINTER} points at {gen}, which is missing; rebuild with 'sbir index build --overwrite'")
+        manifest = _read_json(gdir / "manifest.json")
+        model_raw = _read_json(gdir / "model.json")
+        if not isinstance(manifest, dict) or manifest.get("format") != FORMAT_TAG:
+            raise IndexStoreError(f"{gdir / 'manifest.json'} is not an {FORMAT_TAG} manifest; rebuild with 'sbir index build --overwrite'")
+        try:
+            entries = [Entry(**e) for e in manifest["entries"]]
+            model = ModelInfo(**model_raw)
+            kind = manifest["index"]["kind"]
+            params = dict(manifest["index"].get("params", {}))
+        except (KeyError, TypeError) as exc:
+            raise IndexStoreError(f"{gdir} has an invalid manifest or model record ({exc}); rebuild with 'sbir index build --overwrite'") from exc
+        for e in entries:
+            if not safe_relpath(e.path):
+                raise IndexStoreError(f"{gdir / 'manifest.json'} contains an unsafe path {e.path!r}; rebuild the index")
+        try:
+            vectors = np.load(gdir / "vectors.npy", mmap_mode="r" if mmap else None, allow_pickle=False)
+        except (OSError, ValueError) as exc:
+            raise IndexStoreError(f"{gdir / 'vectors.npy'} is unreadable ({exc}); rebuild with 'sbir index build --overwrite'") from exc
+        try:
+            findex = faiss.read_index(str(gdir / "index.faiss"))
+        except RuntimeError as exc:
+            raise IndexStoreError(f"{gdir / 'index.faiss'} is unreadable ({exc}); rebuild with 'sbir index build --overwrite'") from exc
+        if ef_search is not None:
+            params["ef_search"] = int(ef_search)
+        if nprobe is not None:
+            params["nprobe"] = int(nprobe)
+        findex = configure(findex, kind, params)
+        n = len(entries)
+        if vectors.shape != (n, model.dim) or findex.ntotal != n or findex.d != model.dim:
+            raise IndexStoreError(
+                f"{gdir} is inconsistent ({n} manifest entries, vectors {tuple(vectors.shape)}, "
+                f"FAISS {findex.ntotal}x{findex.d}, model dim {model.dim}); rebuild with 'sbir index build --overwrite'"
+            )
+        searcher = Searcher(findex, kind, params, vectors)
+        return cls(index_dir, gen, Path(manifest["gallery"]), entries, model, vectors, searcher, manifest)
+
+    # -------------------------------------------------------------- queries
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    @property
+    def model_id(self) -> str:
+        return self.model.model_id
+
+    @property
+    def dim(self) -> int:
+        return self.model.dim
+
+    @property
+    def kind(self) -> str:
+        return self.searcher.kind
+
+    def check_model(self, model_id: str) -> None:
+        if model_id != self.model.model_id:
+            raise ModelMismatchError(
+                f"the query was embedded by model {model_id!r} but the index {self.root} was built with "
+                f"{self.model.model_id!r} ({self.model.spec}); embeddings of different models are not comparable. "
+                "Search with the index's own model (omit --model) or rebuild the index with this model."
+            )
+
+    def search_many(self, queries: np.ndarray, k: int = 10, *, model_id: str) -> list[list[Hit]]:
+        """Top-``k`` hits for each row of ``queries`` (Q, D); refuses embeddings of another model."""
+        self.check_model(model_id)
+        q = np.asarray(queries, dtype=np.float32)
+        if q.ndim == 1:
+            q = q[None]
+        if q.ndim != 2 or q.shape[1] != self.dim:
+            raise ModelMismatchError(f"query vectors have shape {q.shape}, the index {self.root} holds {self.dim}-d vectors")
+        if not isinstance(k, int) or k < 1:
+            raise IndexStoreError(f"k must be a positive integer, got {k!r}")
+        scores, ids = self.searcher.search(q, k)
+        out = []
+        for srow, irow in zip(scores, ids):
+            hits = [Hit(int(i), self.entries[int(i)].path, float(s), r + 1) for r, (s, i) in enumerate(zip(srow, irow)) if i >= 0]
+            out.append(hits)
+        return out
+
+    def search(self, query: np.ndarray, k: int = 10, *, model_id: str) -> list[Hit]:
+        """Top-``k`` hits for one query vector (D,)."""
+        q = np.asarray(query, dtype=np.float32)
+        if q.ndim != 1:
+            raise IndexStoreError(f"search() takes one (D,) vector, got shape {q.shape}; use search_many for a batch")
+        return self.search_many(q[None], k, model_id=model_id)[0]
+
+    def resolve(self, image_id: int) -> Path:
+        """Absolute path of gallery image ``image_id``; refuses anything outside the gallery.
+
+        The manifest path must be a plain relative path, and the file's real path
+        (symlinks resolved) must lie inside the gallery's real path.
+        """
+        if not isinstance(image_id, int) or not 0 <= image_id < len(self.entries):
+            raise IndexStoreError(f"no image with id {image_id!r} in the index (ids are 0..{len(self.entries) - 1})")
+        rel = self.entries[image_id].path
+        if not safe_relpath(rel):
+            raise IndexStoreError(f"image {image_id} has an unsafe path {rel!r}")
+        full = self.gallery / rel
+        if not inside(full, self.gallery):
+            raise IndexStoreError(f"image {image_id} ({rel}) resolves outside the gallery {self.gallery}")
+        if not full.is_file():
+            raise IndexStoreError(f"image {image_id} ({rel}) is no longer in the gallery {self.gallery}; run 'sbir index update'")
+        return Path(os.path.realpath(full))
+
+    def info(self) -> dict[str, Any]:
+        gdir = self.root / self.generation
+        disk = sum(p.stat().st_size for p in gdir.iterdir() if p.is_file())
+        return {
+            "index": str(self.root),
+            "generation": self.generation,
+            "gallery": str(self.gallery),
+            "images": len(self),
+            "dim": self.dim,
+            "kind": self.kind,
+            "approx_requested": self.meta["index"].get("requested", self.kind),
+            "params": self.searcher.params,
+            "model_id": self.model.model_id,
+            "model_spec": self.model.spec,
+            "model_path": self.model.path,
+            "image_size": self.model.image_size,
+            "flip_tta": self.model.flip_tta,
+            "created": self.meta.get("created"),
+            "disk_bytes": disk,
+        }
+
+
+# ---------------------------------------------------------------- writing
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    """Write ``path`` via a temporary file + ``os.replace`` (permissions follow the umask, unlike mkstemp's 0600)."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    _fsync_dir(path.parent)
+
+
+def _fsync_file(path: Path) -> None:
+    with open(path, "rb") as fh:
+        os.fsync(fh.fileno())
+
+
+def _gen_number(name: str) -> Optional[int]:
+    m = GEN_RE.match(name)
+    return int(m.group(1)) if m else None
+
+
+def write_generation(
+    index_dir: Path,
+    gallery: Path,
+    entries: list[Entry],
+    vectors: np.ndarray,
+    model: ModelInfo,
+    findex: faiss.Index,
+    kind: str,
+    params: dict[str, Any],
+    requested: str,
+    extra: Optional[dict[str, Any]] = None,
+    keep_previous: bool = True,
+) -> str:
+    """Write a complete new generation and atomically make it current. Caller holds :func:`write_lock`."""
+    index_dir = Path(index_dir)
+    index_dir.mkdir(parents=True, exist_ok=True)
+    vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+    if vectors.shape != (len(entries), model.dim) or findex.ntotal != len(entries):
+        raise IndexStoreError(f"internal: {len(entries)} entries, vectors {vectors.shape}, FAISS {findex.ntotal}")
+    numbers = [n for n in (_gen_number(p.name) for p in index_dir.iterdir()) if n is not None]
+    try:
+        previous: Optional[str] = current_generation(index_dir)
+    except IndexStoreError:
+        previous = None
+    gen = f"gen-{max(numbers, default=0) + 1:06d}"
+    _stage("before-write")
+    tmp = Path(tempfile.mkdtemp(dir=index_dir, prefix=f".tmp-{gen}."))
+    try:
+        os.chmod(tmp, 0o777 & ~_umask())
+        with open(tmp / "vectors.npy", "wb") as fh:
+            np.save(fh, vectors, allow_pickle=False)
+            fh.flush()
+            os.fsync(fh.fileno())
+        _stage("after-vectors")
+        faiss.write_index(findex, str(tmp / "index.faiss"))
+        _fsync_file(tmp / "index.faiss")
+        _stage("after-faiss")
+        manifest = {
+            "format": FORMAT_TAG,
+            "gallery": str(Path(gallery).resolve()),
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "count": len(entries),
+            "index": {"kind": kind, "requested": requested, "params": params},
+            **(extra or {}),
+            "entries": [asdict(e) for e in entries],
+        }
+        for name, obj in (("manifest.json", manifest), ("model.json", asdict(model))):
+            with open(tmp / name, "w", encoding="utf-8") as fh:
+                json.dump(obj, fh)
+                fh.flush()
+                os.fsync(fh.fileno())
+        _stage("after-manifest")
+        _fsync_dir(tmp)
+        _stage("before-rename")
+        os.rename(tmp, index_dir / gen)
+        _fsync_dir(index_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    _stage("before-pointer")
+    _atomic_write_text(index_dir / POINTER, json.dumps({"generation": gen}))
+    _stage("after-pointer")
+    cleanup(index_dir, keep=[previous] if keep_previous and previous else [])
+    return gen
+
+
+def cleanup(index_dir: Path, keep: Optional[list[str]] = None) -> None:
+    """Remove leftovers of killed writes and every generation but the current one and ``keep``."""
+    index_dir = Path(index_dir)
+    try:
+        cur = current_generation(index_dir)
+    except IndexStoreError:
+        return
+    keep_names = {cur, *(keep or [])}
+    for p in index_dir.iterdir():
+        if _gen_number(p.name) is not None and p.name not in keep_names and p.is_dir():
+            shutil.rmtree(p, ignore_errors=True)
+    for p in index_dir.glob(".tmp-gen-*"):
+        shutil.rmtree(p, ignore_errors=True)
+    for p in index_dir.glob(f".{POINTER}.*.tmp"):
+        with contextlib.suppress(OSError):
+            p.unlink()

@@ -1,0 +1,146 @@
+"""Category-level / zero-shot SBIR model: one shared, domain-aware encoder (SBIR-DASE-MEMS).
+
+Sketches and photos go through the *same* backbone and projection head; the
+DASE blocks (:mod:`sbir.models.dase`) receive the domain of every sample and let
+the shared network behave differently for each. The classifier (MEMS class
+centres or CosFace weights) lives in the loss module, not here.
+
+``normalize`` decides the output space: MEMS is a euclidean-distance loss and
+uses the raw projection (``normalize=False``, test with euclidean distance);
+CosFace works on the unit sphere (``normalize=True``, cosine/angular distance).
+The interface matches :class:`sbir.models.fgsbir.SBIRModel`: ``embed(x, domain)``,
+``embed_sketch``, ``embed_photo``, ``mean``, ``std``, ``embed_dim``,
+``param_groups``. ``domain`` is ``"sketch"``/``"photo"`` or a (B,) tensor of
+ids (0 = sketch, 1 = photo) for a mixed batch.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from sbir.config import ModelConfig
+from sbir.models.dase import DomainAwareSE, DomainLike, dase_modules, domain_context, insert_dase
+from sbir.models.heads import ProjectionHead
+from sbir.models.registry import create_backbone
+
+
+class CategorySBIRModel(nn.Module):
+    """Shared backbone (+ DASE) -> projection head -> optional L2 normalisation.
+
+    Args:
+        cfg: model config (``backbone``, ``pretrained``, ``weights_path``,
+            ``embed_dim``, ``head``, ``dropout``, ``freeze_stages``;
+            ``shared_encoder`` is ignored: the encoder is always shared).
+        num_classes: number of training classes (recorded for checkpoints; the
+            classifier itself belongs to the loss).
+        dase: insert domain-aware SE blocks (see :func:`sbir.models.dase.insert_dase`).
+        pretrained: overrides ``cfg.pretrained`` when not None.
+        normalize: L2-normalise embeddings (CosFace / cosine) or not (MEMS / euclidean).
+        dase_where: DASE placement, ``"auto"``, ``"se"`` or ``"stages"``.
+    """
+
+    def __init__(
+        self,
+        cfg: ModelConfig,
+        num_classes: int,
+        dase: bool = True,
+        pretrained: Optional[bool] = None,
+        normalize: bool = False,
+        dase_where: str = "auto",
+    ):
+        super().__init__()
+        if num_classes < 2:
+            raise ValueError(f"category-level training needs at least 2 classes, got {num_classes}")
+        self.cfg = cfg
+        self.num_classes = int(num_classes)
+        self.normalize = bool(normalize)
+        use_pretrained = cfg.pretrained if pretrained is None else pretrained
+        self.backbone = create_backbone(cfg.backbone, pretrained=use_pretrained, weights_path=cfg.weights_path)
+        self.dase_blocks = insert_dase(self.backbone, where=dase_where) if dase else []
+        nf = self.backbone.num_features
+        self.head = ProjectionHead(nf, cfg.embed_dim, cfg.head, cfg.dropout)
+        self.embed_dim = nf if cfg.head == "identity" else cfg.embed_dim
+        self.mean = tuple(self.backbone.mean)
+        self.std = tuple(self.backbone.std)
+        if cfg.freeze_stages > 0:
+            self.freeze_stages(cfg.freeze_stages)
+
+    # ------------------------------------------------------------ parameters
+
+    def _new_dase_params(self) -> list[nn.Parameter]:
+        out: list[nn.Parameter] = []
+        for m in dase_modules(self.backbone):
+            out.extend(m.new_parameters())
+        return out
+
+    def freeze_stages(self, n: int) -> None:
+        """Freeze the pretrained weights of the first ``n`` stages; new DASE parameters stay trainable."""
+        stages = self.backbone.stages() if hasattr(self.backbone, "stages") else []
+        for stage in stages[:n]:
+            for p in stage.parameters():
+                p.requires_grad_(False)
+        for p in self._new_dase_params():
+            p.requires_grad_(True)
+
+    def param_groups(self, lr: float, backbone_lr_mult: float, weight_decay: float) -> list[dict]:
+        """Pretrained backbone weights at ``lr * backbone_lr_mult``; new DASE weights and the head at ``lr``.
+
+        Empty groups are left out.
+        """
+        new_ids = {id(p) for p in self._new_dase_params()}
+        backbone, new, heads = [], [], []
+        seen: set[int] = set()
+        for p in self.backbone.parameters():
+            if p.requires_grad and id(p) not in seen:
+                seen.add(id(p))
+                (new if id(p) in new_ids else backbone).append(p)
+        for p in self.head.parameters():
+            if p.requires_grad and id(p) not in seen:
+                seen.add(id(p))
+                heads.append(p)
+        groups = [
+            {"params": backbone, "lr": lr * backbone_lr_mult, "weight_decay": weight_decay, "name": "backbone"},
+            {"params": new, "lr": lr, "weight_decay": weight_decay, "name": "dase"},
+            {"params": heads, "lr": lr, "weight_decay": weight_decay, "name": "heads"},
+        ]
+        return [g for g in groups if g["params"]]
+
+    # ------------------------------------------------------------ forward
+
+    def project(self, feats: torch.Tensor) -> torch.Tensor:
+        """Pooled backbone features -> embedding (normalised when ``self.normalize``)."""
+        z = self.head.proj(self.head.dropout(feats))
+        return F.normalize(z, dim=-1) if self.normalize else z
+
+    def embed(self, x: torch.Tensor, domain: DomainLike) -> torch.Tensor:
+        if self.dase_blocks:
+            with domain_context(self.backbone, domain, batch_size=x.shape[0]):
+                feats = self.backbone(x)
+        else:
+            feats = self.backbone(x)
+        return self.project(feats)
+
+    def embed_sketch(self, x: torch.Tensor) -> torch.Tensor:
+        return self.embed(x, "sketch")
+
+    def embed_photo(self, x: torch.Tensor) -> torch.Tensor:
+        return self.embed(x, "photo")
+
+    def forward(self, x: torch.Tensor, domain: DomainLike) -> torch.Tensor:
+        return self.embed(x, domain)
+
+
+def build_category_model(
+    cfg: ModelConfig, num_classes: int, loss_name: str = "mems", dase: bool = True, pretrained: Optional[bool] = None
+) -> CategorySBIRModel:
+    """The model for ``loss_name``: un-normalised embeddings for ``mems``, normalised for ``cosface``."""
+    if loss_name not in ("mems", "cosface"):
+        raise ValueError(f"loss_name must be 'mems' or 'cosface', got {loss_name!r}")
+    return CategorySBIRModel(cfg, num_classes, dase=dase, pretrained=pretrained, normalize=(loss_name == "cosface"))
+
+
+__all__ = ["CategorySBIRModel", "DomainAwareSE", "build_category_model"]

@@ -1,0 +1,323 @@
+"""FastAPI app of ``sbir serve``: search API, gallery images, thumbnails and the drawing page.
+
+Endpoints
+    ``POST /api/search``           a sketch as multipart upload (field ``file``), a raw ``image/*``
+                                   body, or strokes JSON ``{"strokes": [[[x...],[y...]], ...], "k": 10,
+                                   "canvas": {"width": W, "height": H}?, "stroke_width": 3?}``
+    ``GET /api/images/{id}``       the gallery image with that id (only files inside the gallery)
+    ``GET /api/thumbnails/{id}``   a JPEG thumbnail of it
+    ``GET /api/info``, ``/healthz`` index and service facts
+    ``GET /``                      the drawing page (``/static/*``: its script and style)
+    ``/docs``, ``/openapi.json``   OpenAPI documentation
+
+Limits: a request body above ``max_upload_bytes`` gets 413; a body that is not
+an image, a decompression bomb, malformed strokes JSON or a bad ``k`` gets 400
+with ``{"detail": message}``. Images are served by id only: the id maps to a
+manifest path whose real location must lie inside the gallery.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Optional
+
+from fastapi import FastAPI, Request
+from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi.staticfiles import StaticFiles
+from pydantic import BaseModel, Field
+from starlette.concurrency import run_in_threadpool
+
+from sbir import __version__
+from sbir.serve.service import (
+    BadRequest,
+    NotFound,
+    PayloadTooLarge,
+    SearchService,
+    ServeSettings,
+    json_to_image,
+    parse_k,
+    upload_to_image,
+)
+
+STATIC_DIR = Path(__file__).parent / "static"
+
+PAGE_CSP = (
+    "default-src 'self'; img-src 'self' blob: data:; style-src 'self'; script-src 'self'; "
+    "connect-src 'self'; object-src 'none'; base-uri 'none'; frame-ancestors 'none'"
+)
+
+
+class SearchResult(BaseModel):
+    id: int = Field(description="image id in the current index generation")
+    path: str = Field(description="path of the photo relative to the gallery folder")
+    score: float = Field(description="cosine similarity of sketch and photo embeddings (higher is closer)")
+    rank: int
+    thumbnail_url: str
+    image_url: str
+
+
+class Timings(BaseModel):
+    decode: float = Field(description="reading and decoding the upload or rasterising the strokes, ms")
+    queue: float = Field(description="waiting for the model, ms")
+    embed: float = Field(description="embedding the batch this query ran in, ms")
+    search: float = Field(description="nearest-neighbour search, ms")
+    total: float = Field(description="whole request as seen by the server, ms")
+
+
+class SearchResponse(BaseModel):
+    results: list[SearchResult]
+    k: int
+    timings_ms: Timings
+    model_id: str
+    batch_size: int = Field(description="queries embedded together with this one (micro-batching)")
+
+
+class ErrorResponse(BaseModel):
+    detail: str
+
+
+class Health(BaseModel):
+    status: str
+    images: int
+    model_id: str
+    generation: str
+
+
+SEARCH_BODY_DOC = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "required": ["file"],
+                    "properties": {
+                        "file": {"type": "string", "format": "binary", "description": "sketch image (png, jpg, webp, ...)"},
+                        "k": {"type": "integer", "minimum": 1, "description": "number of results"},
+                    },
+                }
+            },
+            "application/json": {
+                "schema": {
+                    "type": "object",
+                    "required": ["strokes"],
+                    "properties": {
+                        "strokes": {
+                            "type": "array",
+                            "description": "strokes as Quick, Draw!'s drawing: each [[x0, x1, ...], [y0, y1, ...]]",
+                            "items": {"type": "array", "items": {"type": "array", "items": {"type": "number"}}},
+                        },
+                        "k": {"type": "integer", "minimum": 1},
+                        "canvas": {
+                            "type": "object",
+                            "description": "size of the drawing surface; if given, the drawing keeps its position and "
+                            "scale on it, otherwise it is fitted to the frame",
+                            "properties": {"width": {"type": "number"}, "height": {"type": "number"}},
+                        },
+                        "stroke_width": {"type": "number", "description": "line width in pixels of the 256 px raster (default 3)"},
+                    },
+                },
+                "example": {"strokes": [[[10, 120, 230], [40, 200, 40]]], "k": 5},
+            },
+            "image/*": {"schema": {"type": "string", "format": "binary"}},
+        },
+    }
+}
+
+ERRORS = {
+    400: {"model": ErrorResponse, "description": "malformed sketch, strokes or parameters"},
+    413: {"model": ErrorResponse, "description": "request body above the upload limit"},
+    415: {"model": ErrorResponse, "description": "unsupported content type"},
+}
+
+
+async def read_body_limited(request: Request, limit: int) -> bytes:
+    """The request body, or PayloadTooLarge as soon as it passes ``limit`` bytes."""
+    declared = request.headers.get("content-length")
+    if declared is not None:
+        try:
+            if int(declared) > limit:
+                raise PayloadTooLarge(f"the request body is {int(declared)} bytes; the limit is {limit} bytes ({limit / 1048576:.1f} MB)")
+        except ValueError:
+            raise BadRequest("invalid Content-Length header") from None
+    chunks = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise PayloadTooLarge(f"the request body exceeds the limit of {limit} bytes ({limit / 1048576:.1f} MB)")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _receive_from(body: bytes):
+    sent = False
+
+    async def receive():
+        nonlocal sent
+        if sent:
+            return {"type": "http.disconnect"}
+        sent = True
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    return receive
+
+
+def create_app(service: SearchService, title: str = "sbir") -> FastAPI:
+    """The ASGI app serving ``service``."""
+    settings: ServeSettings = service.settings
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        yield
+        service.close()
+
+    app = FastAPI(
+        title=f"{title} sketch-based image retrieval",
+        version=__version__,
+        description="Draw or upload a sketch, get the matching photos of the index. See `POST /api/search`.",
+        lifespan=lifespan,
+    )
+    app.state.service = service
+
+    @app.exception_handler(BadRequest)
+    async def _bad(request: Request, exc: BadRequest):
+        return JSONResponse({"detail": str(exc)}, status_code=400)
+
+    @app.exception_handler(PayloadTooLarge)
+    async def _big(request: Request, exc: PayloadTooLarge):
+        return JSONResponse({"detail": str(exc)}, status_code=413, headers={"Connection": "close"})
+
+    @app.exception_handler(NotFound)
+    async def _nf(request: Request, exc: NotFound):
+        return JSONResponse({"detail": str(exc)}, status_code=404)
+
+    @app.middleware("http")
+    async def _headers(request: Request, call_next):
+        response = await call_next(request)
+        response.headers.setdefault("X-Content-Type-Options", "nosniff")
+        response.headers.setdefault("Referrer-Policy", "no-referrer")
+        return response
+
+    @app.post(
+        "/api/search",
+        response_model=SearchResponse,
+        responses=ERRORS,
+        openapi_extra=SEARCH_BODY_DOC,
+        summary="Search the index with a sketch (image upload or strokes)",
+    )
+    async def search(request: Request) -> SearchResponse:
+        t0 = time.perf_counter()
+        ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        body = await read_body_limited(request, settings.max_upload_bytes)
+        k_raw = request.query_params.get("k")
+        if ctype == "multipart/form-data":
+            sub = Request(request.scope, _receive_from(body))
+            try:
+                form = await sub.form(max_files=1, max_fields=8)
+            except Exception as exc:  # noqa: BLE001 - python-multipart / starlette parse errors
+                raise BadRequest(f"malformed multipart body ({exc}); send the sketch as a file field named 'file'") from None
+            upload = form.get("file")
+            if upload is None or isinstance(upload, str):
+                raise BadRequest("multipart body has no file field named 'file'; send the sketch image as 'file'")
+            data = await upload.read()
+            name = upload.filename or "upload"
+            if form.get("k") is not None:
+                k_raw = form.get("k")
+            img = await run_in_threadpool(upload_to_image, data, name, settings)
+        elif ctype == "application/json":
+            img, k_json = await run_in_threadpool(json_to_image, body, settings)
+            if k_json is not None:
+                k_raw = k_json
+        elif ctype.startswith("image/"):
+            img = await run_in_threadpool(upload_to_image, body, "upload", settings)
+        else:
+            return JSONResponse(
+                {
+                    "detail": f"unsupported content type {ctype or '(none)'!r}: send multipart/form-data with a 'file' "
+                    "field, application/json strokes, or an image/* body"
+                },
+                status_code=415,
+            )
+        k = parse_k(k_raw, settings)
+        t1 = time.perf_counter()
+        outcome = await asyncio.wrap_future(service.submit(img, k))
+        t2 = time.perf_counter()
+        tm = outcome.timings_ms
+        results = [
+            SearchResult(
+                id=h.id,
+                path=h.path,
+                score=round(h.score, 6),
+                rank=h.rank,
+                thumbnail_url=f"/api/thumbnails/{h.id}",
+                image_url=f"/api/images/{h.id}",
+            )
+            for h in outcome.hits
+        ]
+        return SearchResponse(
+            results=results,
+            k=k,
+            model_id=service.encoder.model_id,
+            batch_size=int(tm["batch"]),
+            timings_ms=Timings(
+                decode=round((t1 - t0) * 1e3, 3),
+                queue=round(tm["queue"], 3),
+                embed=round(tm["embed"], 3),
+                search=round(tm["search"], 3),
+                total=round((t2 - t0) * 1e3, 3),
+            ),
+        )
+
+    @app.get("/api/images/{image_id}", responses={404: {"model": ErrorResponse}}, summary="A gallery image by id")
+    def image(image_id: str):
+        path = service.image_path(image_id)
+        return FileResponse(path, headers={"Cache-Control": "private, max-age=3600"})
+
+    @app.get("/api/thumbnails/{image_id}", responses={404: {"model": ErrorResponse}}, summary="A JPEG thumbnail by id")
+    def thumbnail(image_id: str):
+        data = service.thumbnail(image_id)
+        return Response(data, media_type="image/jpeg", headers={"Cache-Control": "private, max-age=3600"})
+
+    @app.get("/api/info", summary="Index and service facts")
+    def info():
+        idx = service.index
+        return {
+            "images": len(idx),
+            "model_id": idx.model_id,
+            "generation": idx.generation,
+            "kind": idx.kind,
+            "dim": idx.dim,
+            "default_k": settings.default_k,
+            "max_k": settings.max_k,
+            "max_upload_bytes": settings.max_upload_bytes,
+            "version": __version__,
+        }
+
+    @app.get("/healthz", response_model=Health, summary="Liveness")
+    def healthz() -> Health:
+        idx = service.index
+        return Health(status="ok", images=len(idx), model_id=idx.model_id, generation=idx.generation)
+
+    @app.get("/", include_in_schema=False)
+    def page():
+        return FileResponse(STATIC_DIR / "index.html", media_type="text/html", headers={"Content-Security-Policy": PAGE_CSP})
+
+    app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
+    return app
+
+
+def app_from_index_dir(
+    index_dir: str | Path,
+    model: Optional[str] = None,
+    device: str = "cpu",
+    settings: Optional[ServeSettings] = None,
+    ef_search: Optional[int] = None,
+    nprobe: Optional[int] = None,
+) -> FastAPI:
+    """Load the index and its model and build the app (what ``sbir serve`` runs)."""
+    service = SearchService.from_index_dir(index_dir, model=model, device=device, settings=settings, ef_search=ef_search, nprobe=nprobe)
+    return create_app(service)

@@ -1,0 +1,72 @@
+"""CLI command ``sbir serve``: the REST API and drawing page over an index."""
+
+from __future__ import annotations
+
+import argparse
+
+from sbir.errors import SbirError
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from sbir.serve.app import app_from_index_dir
+    from sbir.serve.service import ServeSettings
+
+    if args.max_upload_mb <= 0:
+        raise SbirError(f"--max-upload-mb must be > 0, got {args.max_upload_mb}")
+    if not 1 <= args.max_k <= 10_000:
+        raise SbirError(f"--max-k must be between 1 and 10000, got {args.max_k}")
+    if not 1 <= args.port <= 65535:
+        raise SbirError(f"--port must be between 1 and 65535, got {args.port}")
+    if args.max_batch < 1:
+        raise SbirError(f"--max-batch must be >= 1, got {args.max_batch}")
+    settings = ServeSettings(
+        max_upload_bytes=int(args.max_upload_mb * 1024 * 1024),
+        max_k=args.max_k,
+        default_k=min(10, args.max_k),
+        max_batch=args.max_batch,
+    )
+    app = app_from_index_dir(
+        args.index, model=args.model, device=args.device, settings=settings, ef_search=args.ef_search, nprobe=args.nprobe
+    )
+    svc = app.state.service
+    shown = "127.0.0.1" if args.host in ("0.0.0.0", "::") else args.host
+    print(
+        f"serving {len(svc.index)} images of {args.index} (model {svc.index.model_id}) at http://{shown}:{args.port}/ "
+        f"(API docs: /docs)",
+        flush=True,
+    )
+    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, access_log=args.access_log)
+    return 0
+
+
+def add_serve_command(subparsers) -> None:
+    """Register ``serve`` on the ``sbir`` sub-command parser."""
+    p = subparsers.add_parser(
+        "serve",
+        help="run the search API and drawing page over an index",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description=(
+            "Serve an index over HTTP (FastAPI + uvicorn):\n"
+            "  GET  /                     drawing page: draw or upload a sketch, results update after each stroke\n"
+            "  POST /api/search           sketch as multipart 'file', image/* body, or strokes JSON\n"
+            "  GET  /api/images/{id}      gallery image;  GET /api/thumbnails/{id}: JPEG thumbnail\n"
+            "  GET  /docs  /healthz  /api/info\n"
+            "Queries are embedded with the model recorded in the index."
+        ),
+        epilog="example:\n  sbir serve shoes.idx --port 8000   # then open http://127.0.0.1:8000/",
+    )
+    p.add_argument("index", metavar="INDEX_DIR", help="index folder made by 'sbir index build'")
+    p.add_argument("--host", default="127.0.0.1", help="interface to listen on (default 127.0.0.1; 0.0.0.0 for all)")
+    p.add_argument("--port", type=int, default=8000, help="TCP port (default 8000)")
+    p.add_argument("--model", default=None, help="load the index's model from here (must have the same model id)")
+    p.add_argument("--device", default="cpu", help="torch device for the query encoder (default cpu)")
+    p.add_argument("--max-upload-mb", type=float, default=10.0, help="largest accepted request body in MB (default 10); larger gets 413")
+    p.add_argument("--max-k", type=int, default=100, help="largest k a client may ask for (default 100)")
+    p.add_argument("--max-batch", type=int, default=16, help="most concurrent queries embedded together (default 16)")
+    p.add_argument("--ef-search", type=int, default=None, help="HNSW search breadth (approximate indexes)")
+    p.add_argument("--nprobe", type=int, default=None, help="IVF-PQ lists to visit (approximate indexes)")
+    p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"], help="uvicorn log level")
+    p.add_argument("--no-access-log", dest="access_log", action="store_false", help="do not log every request")
+    p.set_defaults(func=cmd_serve)

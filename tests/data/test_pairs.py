@@ -1,0 +1,150 @@
+"""FineGrainedPairs on tiny generated splits (PNG files and in-memory arrays)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader
+
+from sbir.config import AugmentConfig
+from sbir.data.pairs import FineGrainedPairs
+from sbir.data.records import ArrayRef, FileRef, PhotoRecord, SketchRecord, Split
+from sbir.data.sampler import UniquePhotoBatchSampler
+from sbir.data.transforms import eval_transform, train_transform
+from sbir.errors import DataError, ImageLoadError
+
+MEAN, STD = (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)
+
+
+def make_file_split(tmp_path, n_photos=4, sketches_per_photo=(2, 1, 3, 1)):
+    rng = np.random.default_rng(0)
+    photos, sketches = [], []
+    for p in range(n_photos):
+        colour = rng.integers(0, 256, size=(40, 52, 3), dtype=np.uint8)
+        path = tmp_path / f"{p:05d}.png"
+        Image.fromarray(colour).save(path)
+        photos.append(PhotoRecord(id=f"{p:05d}", image=FileRef(path)))
+        for k in range(sketches_per_photo[p]):
+            sk = np.full((48, 30), 255, dtype=np.uint8)
+            sk[5 + p : 20 + p, 3 + k] = 0
+            spath = tmp_path / f"{p:05d}_{k + 1:02d}.png"
+            Image.fromarray(sk, mode="L").save(spath)
+            sketches.append(SketchRecord(id=f"{p:05d}_{k + 1:02d}", image=FileRef(spath), photo_id=f"{p:05d}"))
+    # Sketches listed in an order unrelated to photos.
+    sketches = sketches[::-1]
+    return Split("train", photos, sketches)
+
+
+def make_array_split(n_photos=3):
+    photo_arr = np.stack([np.full((16, 16, 3), 40 * (p + 1), dtype=np.uint8) for p in range(n_photos)])
+    sketch_arr = np.stack([np.full((16, 16), 10 * (s + 1), dtype=np.uint8) for s in range(2 * n_photos)])
+    photos = [PhotoRecord(f"ph{p}", ArrayRef(photo_arr, p, "photos.mat")) for p in range(n_photos)]
+    sketches = [SketchRecord(f"sk{s}", ArrayRef(sketch_arr, s, "sketches.mat"), photo_id=f"ph{s % n_photos}") for s in range(2 * n_photos)]
+    return Split("train", photos, sketches)
+
+
+def test_items_have_views_shapes_and_groups(tmp_path):
+    split = make_file_split(tmp_path)
+    aug = AugmentConfig()
+    ds = FineGrainedPairs(
+        split, train_transform(32, MEAN, STD, aug, "sketch"), train_transform(32, MEAN, STD, aug, "photo")
+    )
+    assert len(ds) == len(split.sketches) == 7
+    index = split.photo_index()
+    expected_groups = [index[s.photo_id] for s in split.sketches]
+    assert ds.photo_ids_for_sampler() == expected_groups
+    torch.manual_seed(0)
+    for i in range(len(ds)):
+        item = ds[i]
+        assert set(item) == {"sketch", "sketch_aug", "photo", "photo_aug", "group", "index"}
+        for k in ("sketch", "sketch_aug", "photo", "photo_aug"):
+            assert item[k].shape == (3, 32, 32) and item[k].dtype == torch.float32
+        assert item["group"] == expected_groups[i] and item["index"] == i
+    # The two views are independent random augmentations of the same image.
+    assert any(not torch.equal(ds[i]["photo"], ds[i]["photo_aug"]) for i in range(len(ds)))
+
+
+def test_photo_matches_its_sketch(tmp_path):
+    split = make_file_split(tmp_path)
+    t = eval_transform(24, MEAN, STD)
+    ds = FineGrainedPairs(split, t, t, two_views=False)
+    for i in range(len(ds)):
+        item = ds[i]
+        assert set(item) == {"sketch", "photo", "group", "index"}
+        photo = split.photos[item["group"]]
+        assert photo.id == split.sketches[i].photo_id
+        assert torch.equal(item["photo"], t(photo.image.load()))
+        assert torch.equal(item["sketch"], t(split.sketches[i].image.load()))
+
+
+def test_aug_transforms_used_for_second_views():
+    split = make_array_split()
+    plain = eval_transform(16, MEAN, STD)
+    flipped = lambda img: plain(img.transpose(Image.FLIP_LEFT_RIGHT)) + 100  # noqa: E731
+    ds = FineGrainedPairs(split, plain, plain, sketch_aug_transform=flipped, photo_aug_transform=flipped)
+    item = ds[1]
+    assert torch.equal(item["sketch"], plain(split.sketches[1].image.load()))
+    assert item["sketch_aug"].min() > 50 and item["photo_aug"].min() > 50
+    assert item["group"] == 1
+
+
+def test_default_collate_with_unique_photo_sampler(tmp_path):
+    split = make_file_split(tmp_path)
+    t = eval_transform(16, MEAN, STD)
+    ds = FineGrainedPairs(split, t, t)
+    sampler = UniquePhotoBatchSampler(ds.photo_ids_for_sampler(), batch_size=3, seed=0)
+    batches = list(DataLoader(ds, batch_sampler=sampler))
+    assert len(batches) == len(sampler) == 2
+    for b in batches:
+        assert b["sketch"].shape == b["photo_aug"].shape == (3, 3, 16, 16)
+        assert b["group"].dtype == torch.int64 and len(set(b["group"].tolist())) == 3
+        assert b["index"].tolist() in [list(x) for x in sampler.batches()]
+
+
+def test_cache_decoded(tmp_path):
+    split = make_file_split(tmp_path)
+    t = eval_transform(16, MEAN, STD)
+    uncached = FineGrainedPairs(split, t, t)
+    uncached[0]
+    assert uncached.cached_images() == 0
+    ds = FineGrainedPairs(split, t, t, cache_decoded=True)
+    first = ds[0]
+    assert ds.cached_images() == 2
+    # Delete the files: cached images are still served, uncached ones fail naming the file.
+    for p in tmp_path.glob("*.png"):
+        p.unlink()
+    again = ds[0]
+    assert torch.equal(first["sketch"], again["sketch"]) and torch.equal(first["photo"], again["photo"])
+    with pytest.raises(ImageLoadError, match=r"\.png"):
+        ds[1]
+
+
+def test_preload(tmp_path):
+    split = make_file_split(tmp_path)
+    t = eval_transform(16, MEAN, STD)
+    ds = FineGrainedPairs(split, t, t)
+    ds.preload()
+    assert ds.cache_decoded and ds.cached_images() == len(split.sketches) + len(split.photos)
+    for p in tmp_path.glob("*.png"):
+        p.unlink()
+    assert all(ds[i]["sketch"].shape == (3, 16, 16) for i in range(len(ds)))
+
+
+def test_errors_name_the_sketch():
+    split = make_array_split()
+    t = eval_transform(16, MEAN, STD)
+    orphan = Split("train", split.photos, split.sketches + [SketchRecord("lonely_01", split.sketches[0].image)])
+    with pytest.raises(DataError, match=r"sketch 'lonely_01' \(sketches.mat\[0\]\).*no photo_id"):
+        FineGrainedPairs(orphan, t, t)
+    missing = Split("train", split.photos, [SketchRecord("x_01", split.sketches[0].image, photo_id="nope")])
+    with pytest.raises(DataError, match=r"sketch 'x_01'.*'nope'.*not among"):
+        FineGrainedPairs(missing, t, t)
+    with pytest.raises(DataError, match="no sketches"):
+        FineGrainedPairs(Split("train", split.photos, []), t, t)
+    with pytest.raises(DataError, match="'ph0' more than once"):
+        FineGrainedPairs(Split("train", split.photos + split.photos[:1], split.sketches), t, t)
+    ds = FineGrainedPairs(split, t, t)
+    with pytest.raises(IndexError):
+        ds[len(ds)]

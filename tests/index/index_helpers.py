@@ -1,0 +1,43 @@
+"""Helpers for index tests: small generated galleries."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+# Small inputs keep the tests fast; the pretrained EfficientNet-Lite0 runs at any size.
+IMAGE_SIZE = 64
+
+
+def make_photo(seed: int, size: int = 48) -> Image.Image:
+    """A distinct little picture per seed: coloured background and a few shapes."""
+    rng = np.random.default_rng(seed)
+    img = Image.new("RGB", (size, size), tuple(int(v) for v in rng.integers(0, 256, 3)))
+    d = ImageDraw.Draw(img)
+    for _ in range(3):
+        x0, y0 = rng.integers(0, size // 2, 2)
+        w, h = rng.integers(8, size // 2, 2)
+        x1, y1 = x0 + w, y0 + h
+        colour = tuple(int(v) for v in rng.integers(0, 256, 3))
+        if rng.random() < 0.5:
+            d.ellipse((int(x0), int(y0), int(x1), int(y1)), fill=colour)
+        else:
+            d.rectangle((int(x0), int(y0), int(x1), int(y1)), fill=colour)
+    return img
+
+
+def write_gallery(root: Path, n: int = 6, start: int = 0) -> list[str]:
+    """Write ``n`` photos in nested folders with several formats; return their relative paths."""
+    exts = [".png", ".jpg", ".webp", ".bmp"]
+    rels = []
+    for i in range(start, start + n):
+        rel = f"{'ab'[i % 2]}/sub{i % 3}/p{i:03d}{exts[i % len(exts)]}"
+        p = root / rel
+        p.parent.mkdir(parents=True, exist_ok=True)
+        make_photo(i).save(p)
+        rels.append(rel)
+    return sorted(rels)
+
+
