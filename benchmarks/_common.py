@@ -11,7 +11,8 @@ from pathlib import Path
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 REPO_ROOT = Path(__file__).resolve().parents[1]
-SHARED_DATA = (REPO_ROOT.parent / "shared" / "data").resolve()
+# ../shared/data by default; SBIR_SHARED_DATA points elsewhere (e.g. a copy on a GPU machine).
+SHARED_DATA = Path(os.environ.get("SBIR_SHARED_DATA", REPO_ROOT.parent / "shared" / "data")).resolve()
 
 
 def machine() -> dict:

@@ -157,7 +157,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_common_data_args(p)
     p.add_argument("--out", default="sbir_demo", help="output folder (default: ./sbir_demo)")
-    p.add_argument("--epochs", type=int, default=None, help="training epochs (default: 6 on generated data)")
+    p.add_argument("--epochs", type=int, default=None, help="training epochs (default: 10)")
     p.add_argument("--image-size", type=int, default=None, help="input size (default: 128 generated, 224 real)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")

@@ -6,7 +6,8 @@ import argparse
 from pathlib import Path
 
 import pytest
-from index_helpers import write_gallery
+import torch
+from .index_helpers import write_gallery
 
 
 @pytest.fixture(scope="session")
@@ -15,6 +16,21 @@ def pretrained():
     from sbir.engine.checkpoint import load_model
 
     return load_model("pretrained")
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory) -> Path:
+    """A real sbir checkpoint of a tiny random network (timm's test_efficientnet): fast to load in subprocesses."""
+    from sbir.config import ModelConfig, TrainConfig
+    from sbir.engine.checkpoint import save_weights
+    from sbir.models.fgsbir import build_model
+
+    cfg = TrainConfig(model=ModelConfig(backbone="test_efficientnet", pretrained=False, shared_encoder=True, head="linear", embed_dim=32))
+    cfg.data.image_size = 48
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("tiny-run") / "best.safetensors"
+    save_weights(build_model(cfg.model), path, cfg)
+    return path
 
 
 @pytest.fixture

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from index_helpers import IMAGE_SIZE, make_photo, write_gallery
+from .index_helpers import IMAGE_SIZE, make_photo, write_gallery
 
 from sbir.data.image_io import load_image
 from sbir.engine.embed import embed_pil

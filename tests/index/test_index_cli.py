@@ -6,36 +6,46 @@ import argparse
 import json
 
 import pytest
-from index_helpers import IMAGE_SIZE, write_gallery
+from .index_helpers import IMAGE_SIZE, write_gallery
 
+from sbir.data.image_io import load_image
 from sbir.errors import SbirError
+from sbir.index import Index, QueryEncoder
 from sbir.index.commands import add_index_commands
 
 
-def test_build_info_search_update_from_the_command_line(tmp_path, gallery, cli, capsys):
+def test_build_info_search_update_from_the_command_line(tmp_path, gallery, cli, capsys, tiny_checkpoint):
     idx = tmp_path / "idx"
     (gallery / "bad.png").write_bytes(b"garbage")
-    assert cli(["index", "build", str(gallery), "--model", "pretrained", "--out", str(idx), "--image-size", str(IMAGE_SIZE), "--no-progress", "--workers", "0"]) == 0
+    run = tiny_checkpoint.parent
+    assert cli(["index", "build", str(gallery), "--model", str(run), "--out", str(idx), "--image-size", str(IMAGE_SIZE), "--no-progress", "--workers", "0"]) == 0
     out, err = capsys.readouterr()
     assert "built" in out and "6 images" in out and "skipped 1" in out
     assert "warning: skipped bad.png" in err
 
     assert cli(["index", "info", str(idx), "--json"]) == 0
     info = json.loads(capsys.readouterr().out)
-    assert info["images"] == 6 and info["model_id"] == "pretrained:efficientnet_lite0" and info["kind"] == "none"
+    assert info["images"] == 6 and info["model_id"].startswith("test_efficientnet:") and info["kind"] == "none"
+    assert info["model_path"] == str(run.resolve()) and info["image_size"] == IMAGE_SIZE and info["dim"] == 32
 
     query = gallery / "b" / "sub1" / "p001.jpg"
     assert cli(["search", str(idx), str(query), "-k", "3", "--json"]) == 0
     res = json.loads(capsys.readouterr().out)
     assert [r["rank"] for r in res["results"]] == [1, 2, 3]
-    assert res["results"][0]["path"] == "b/sub1/p001.jpg"
-    assert res["results"][0]["abs_path"] == str(gallery.resolve() / "b/sub1/p001.jpg")
-    assert res["results"][0]["score"] >= res["results"][1]["score"]
+    # The same ranking as embedding the sketch with the index's model through the Python API.
+    index = Index.open(idx)
+    enc = QueryEncoder.for_index(index)
+    expected = index.search(enc.encode([load_image(query)])[0], 3, model_id=enc.model_id)
+    assert [r["path"] for r in res["results"]] == [h.path for h in expected]
+    assert [r["score"] for r in res["results"]] == pytest.approx([h.score for h in expected], abs=1e-5)
+    top = res["results"][0]
+    assert top["abs_path"] == str(gallery.resolve() / top["path"])
+    assert res["results"][0]["score"] >= res["results"][1]["score"] >= res["results"][2]["score"]
     assert set(res["timings_ms"]) == {"load", "embed", "search"}
 
     assert cli(["search", str(idx), str(query), "-k", "2"]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
-    assert lines[0].startswith("# 2 results") and lines[1].split()[0] == "1" and lines[1].endswith("p001.jpg")
+    assert lines[0].startswith("# 2 results") and lines[1].split()[0] == "1" and lines[1].endswith(expected[0].path)
 
     # strokes as a query file
     strokes = tmp_path / "q.json"

@@ -32,8 +32,8 @@ AUTO_THRESHOLD = 200_000
 # PQ codebooks have 256 centroids per sub-quantiser; FAISS wants ~39 training points per centroid.
 IVFPQ_MIN_VECTORS = 10_000
 
-HNSW_DEFAULTS = {"M": 32, "ef_construction": 80, "ef_search": 64}
-IVFPQ_DEFAULTS = {"nprobe": 32, "rerank": 10, "nbits": 8}
+HNSW_DEFAULTS = {"M": 32, "ef_construction": 80, "ef_search": 128}
+IVFPQ_DEFAULTS = {"nprobe": 32, "rerank": 20, "nbits": 8}
 
 
 class ApproxError(SbirError):

@@ -42,8 +42,8 @@ from typing import Any, Iterator, Optional
 import faiss
 import numpy as np
 
-from sbir.engine.checkpoint import _fsync_dir
 from sbir.errors import SbirError
+from sbir.fileio import atomic_write_text, fsync_dir
 from sbir.index.faiss_ops import Searcher, configure
 
 FORMAT_TAG = "sbir-index-v1"
@@ -356,21 +356,12 @@ def _umask() -> int:
     return mask
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
-    """Write ``path`` via a temporary file + ``os.replace`` (permissions follow the umask, unlike mkstemp's 0600)."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, 0o666 & ~_umask())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    _fsync_dir(path.parent)
+def _publish_pointer(index_dir: Path, gen: str) -> None:
+    """Atomically point ``CURRENT`` at ``gen`` (readable by others, like the rest of the index)."""
+    path = index_dir / POINTER
+    atomic_write_text(path, json.dumps({"generation": gen}))
+    with contextlib.suppress(OSError):
+        os.chmod(path, 0o666 & ~_umask())
 
 
 def _fsync_file(path: Path) -> None:
@@ -435,15 +426,15 @@ def write_generation(
                 fh.flush()
                 os.fsync(fh.fileno())
         _stage("after-manifest")
-        _fsync_dir(tmp)
+        fsync_dir(tmp)
         _stage("before-rename")
         os.rename(tmp, index_dir / gen)
-        _fsync_dir(index_dir)
+        fsync_dir(index_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     _stage("before-pointer")
-    _atomic_write_text(index_dir / POINTER, json.dumps({"generation": gen}))
+    _publish_pointer(index_dir, gen)
     _stage("after-pointer")
     cleanup(index_dir, keep=[previous] if keep_previous and previous else [])
     return gen

@@ -80,4 +80,5 @@ class SBIRModel(nn.Module):
 
 
 def build_model(cfg: ModelConfig, pretrained: bool | None = None) -> SBIRModel:
-    return SBIRModel(cfg, pretrained=pretrained)
+    # channels_last makes the depthwise convolutions of EfficientNet several times faster on CPU.
+    return SBIRModel(cfg, pretrained=pretrained).to(memory_format=torch.channels_last)

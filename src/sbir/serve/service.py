@@ -16,6 +16,7 @@ import io
 import json
 import math
 import queue
+import re
 import threading
 import time
 from collections import OrderedDict
@@ -253,12 +254,10 @@ class SearchService:
 
     def image_path(self, image_id: str | int) -> Path:
         """The gallery file of ``image_id``; anything else (bad id, outside the gallery, gone) is NotFound."""
-        try:
-            i = int(str(image_id), 10)
-            if str(i) != str(image_id).strip():
-                raise ValueError
-        except ValueError:
-            raise NotFound(f"no image with id {str(image_id)[:64]!r}: ids are integers from search results") from None
+        text = str(image_id)
+        if not re.fullmatch(r"[0-9]{1,12}", text):
+            raise NotFound(f"no image with id {text[:64]!r}: ids are the integers in search results")
+        i = int(text)
         try:
             return self.index.resolve(i)
         except SbirError as exc:

@@ -111,7 +111,11 @@
     if (activePointer !== null) return; // one stroke at a time (ignore a second finger)
     e.preventDefault();
     activePointer = e.pointerId;
-    canvas.setPointerCapture(e.pointerId);
+    try {
+      canvas.setPointerCapture(e.pointerId); // keep receiving moves when the pointer leaves the canvas
+    } catch (_) {
+      /* not an active pointer (synthetic event): capture is only a convenience */
+    }
     const [x, y] = point(e);
     current = { xs: [x], ys: [y], width: Number(brush.value) };
     drawStroke(current);
