@@ -99,17 +99,19 @@ def browser():
 
 @pytest.fixture
 def page(browser, server):
-    context = browser.new_context(viewport={"width": 1100, "height": 850}, has_touch=True)
+    # bypass_csp: Playwright's own polling helpers use eval, which the page's CSP (rightly) forbids;
+    # the CSP header itself is asserted by the API tests.
+    context = browser.new_context(viewport={"width": 1100, "height": 850}, has_touch=True, bypass_csp=True)
     pg = context.new_page()
     pg.set_default_timeout(TIMEOUT_MS)
     errors: list[str] = []
     pg.on("pageerror", lambda exc: errors.append(f"pageerror: {exc}"))
     pg.on("console", lambda m: errors.append(f"console {m.type}: {m.text}") if m.type == "error" else None)
     pg.goto(server + "/")
-    pg.wait_for_function("document.getElementById('info').textContent.includes('10 images')")
-    pg.evaluate("window.__sameDocument = true")
+    pg.wait_for_function("() => document.getElementById('info').textContent.includes('10 images')")
+    pg.evaluate("() => { window.__sameDocument = true; }")
     yield pg
-    assert pg.evaluate("window.__sameDocument === true"), "the page reloaded"
+    assert pg.evaluate("() => window.__sameDocument === true"), "the page reloaded"
     context.close()
     assert not errors, errors
 
@@ -133,19 +135,20 @@ def draw_with_mouse(pg, points) -> None:
 
 
 def searches_done(pg) -> int:
-    return pg.evaluate("window.__searches || 0")
+    return pg.evaluate("() => window.__searches || 0")
 
 
 def wait_for_results(pg, after: int = 0) -> list[dict]:
     """Wait for a completed search (counted by a hook on fetch) whose results and thumbnails are shown."""
-    pg.wait_for_function(f"(window.__searches || 0) > {after}")
-    pg.wait_for_function("document.getElementById('status').textContent.includes('results in')")
+    # (function expressions, not bare expressions: the page's CSP forbids eval, which Playwright uses for those)
+    pg.wait_for_function(f"() => (window.__searches || 0) > {after}")
+    pg.wait_for_function("() => document.getElementById('status').textContent.includes('results in')")
     pg.wait_for_function(
         """() => { const imgs = Array.from(document.querySelectorAll('#results img'));
                   return imgs.length > 0 && imgs.every(i => i.complete && i.naturalWidth > 0); }"""
     )
     return pg.evaluate(
-        "Array.from(document.querySelectorAll('#results a.result')).map(a => ({rank: +a.dataset.rank, path: a.dataset.path, href: a.getAttribute('href')}))"
+        "() => Array.from(document.querySelectorAll('#results a.result')).map(a => ({rank: +a.dataset.rank, path: a.dataset.path, href: a.getAttribute('href')}))"
     )
 
 
@@ -181,24 +184,24 @@ def test_results_update_stroke_by_stroke_and_tools_work(page):
     draw_with_mouse(page, pts[half:])
     results = wait_for_results(page, after=first)
     assert results[0]["path"] == "moon.png"
-    assert page.evaluate("window.sbir.strokes().length") == 2
+    assert page.evaluate("() => window.sbir.strokes().length") == 2
 
     # undo removes the last stroke and searches again with the rest
     n = searches_done(page)
     page.click("#undo")
     wait_for_results(page, after=n)
-    assert page.evaluate("window.sbir.strokes().length") == 1
+    assert page.evaluate("() => window.sbir.strokes().length") == 1
 
     # brush size: new strokes use the slider's width
     page.fill("#brush", "12")
     assert page.text_content("#brush-value") == "12"
     draw_with_mouse(page, [(0.1, 0.1), (0.2, 0.15)])
-    assert page.evaluate("window.sbir.strokes().slice(-1)[0].width") == 12
+    assert page.evaluate("() => window.sbir.strokes().slice(-1)[0].width") == 12
 
     # clear empties canvas and results
     page.click("#clear")
-    assert page.evaluate("window.sbir.strokes().length") == 0
-    page.wait_for_function("document.querySelectorAll('#results li').length === 0")
+    assert page.evaluate("() => window.sbir.strokes().length") == 0
+    page.wait_for_function("() => document.querySelectorAll('#results li').length === 0")
     blank = page.evaluate(
         """() => { const c = document.getElementById('sketch'); const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
                   for (let i = 0; i < d.length; i += 4) if (d[i] < 250) return false; return true; }"""
@@ -218,7 +221,7 @@ def test_touch_input_draws_and_searches(page):
     """Real touch events through the DevTools protocol become pointer events of type touch."""
     count_searches(page)
     page.evaluate(
-        "window.__types = []; document.getElementById('sketch').addEventListener('pointerdown', e => window.__types.push(e.pointerType))"
+        "() => { window.__types = []; document.getElementById('sketch').addEventListener('pointerdown', e => window.__types.push(e.pointerType)); }"
     )
     box = canvas_box(page)
     cdp = page.context.new_cdp_session(page)
@@ -228,8 +231,8 @@ def test_touch_input_draws_and_searches(page):
         cdp.send("Input.dispatchTouchEvent", {"type": "touchMove", "touchPoints": [{"x": x, "y": y}]})
     cdp.send("Input.dispatchTouchEvent", {"type": "touchEnd", "touchPoints": []})
     results = wait_for_results(page)
-    assert page.evaluate("window.__types") == ["touch"]
-    assert page.evaluate("window.sbir.strokes().length") == 1
+    assert page.evaluate("() => window.__types") == ["touch"]
+    assert page.evaluate("() => window.sbir.strokes().length") == 1
     assert results[0]["path"] == "heart.png"
 
 
@@ -246,5 +249,5 @@ def test_pen_input_draws_and_searches(page):
         [list(p) for p in pts],
     )
     results = wait_for_results(page)
-    assert page.evaluate("window.sbir.strokes().length") == 1
+    assert page.evaluate("() => window.sbir.strokes().length") == 1
     assert results[0]["path"] == "moon.png"
