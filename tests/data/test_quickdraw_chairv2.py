@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from sbir.data.formats import chairv2, quickdraw
+from sbir.data.formats import chairv2, detect_format, load_dataset, quickdraw
 from sbir.data.formats.quickdraw import StrokeRef, load_quickdraw
 from sbir.data.safe_pickle import restricted_load
 from sbir.errors import DataError
@@ -120,6 +120,10 @@ def test_quickdraw_format_needs_photos(tmp_path):
         quickdraw.load(tmp_path)
     ds = quickdraw.load(tmp_path, skip_orphans=True)
     assert ds.skipped == [str(tmp_path / "dog.ndjson")]
+    # the folder is recognised without --format
+    (tmp_path / "dog.ndjson").unlink()
+    assert detect_format(tmp_path) == "quickdraw"
+    assert len(load_dataset(tmp_path).split("train").sketches) == 3
 
 
 @pytest.mark.shared_data
@@ -232,8 +236,9 @@ def test_load_chairv2_without_and_with_photos(tmp_path):
     photos.mkdir()
     for name in ("chairA", "chair_B", "chairC", "unused"):
         Image.new("RGB", (40, 40), (90, 90, 90)).save(photos / f"{name}.png")
-    assert chairv2.detect(tmp_path)
+    assert chairv2.detect(tmp_path) and detect_format(tmp_path) == "chairv2"
     ds = chairv2.load(tmp_path)
+    assert [p.id for p in load_dataset(tmp_path).split("train").photos] == [p.id for p in ds.split("train").photos]
     assert [p.id for p in ds.split("train").photos] == ["chairA", "chair_B"]
     assert [p.id for p in ds.split("test").photos] == ["chairC"]
     (photos / "chairC.png").unlink()

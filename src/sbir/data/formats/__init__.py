@@ -10,7 +10,8 @@ Every format module exposes
 :data:`FORMATS` lists them in detection order (the first whose ``detect`` is
 true wins): ``paired`` (trainA/trainB/testA/testB), ``qmul_v1`` (``.mat``
 files), ``sketchy`` (``photo/`` + ``sketch/``), ``category`` (``photos/`` +
-``sketches/``).
+``sketches/``), then the vector-sketch formats ``quickdraw`` (``<class>.ndjson``
++ ``photos/<class>/``) and ``chairv2`` (``ChairV2_Coordinate`` + ``photo/``).
 
 Conventions shared by all formats: hidden files and files without an image
 extension (``.txt``, ``.DS_Store``, ...) are ignored; records are sorted by id
@@ -189,10 +190,12 @@ def split_roots(root: Path, photo_dir: str, sketch_dir: str) -> dict[str, Path]:
 # The registry.
 # ---------------------------------------------------------------------------
 
-from sbir.data.formats import category, paired, qmul_v1, sketchy  # noqa: E402
+from sbir.data.formats import category, chairv2, paired, qmul_v1, quickdraw, sketchy  # noqa: E402
 
+# Detection order: the older image-folder formats first, so a folder that matches one of them keeps
+# its format; then the vector-sketch formats (``.ndjson`` files, a ``ChairV2_Coordinate`` pickle).
 FORMATS: "OrderedDict[str, ModuleType]" = OrderedDict(
-    (m.NAME, m) for m in (paired, qmul_v1, sketchy, category)
+    (m.NAME, m) for m in (paired, qmul_v1, sketchy, category, quickdraw, chairv2)
 )
 
 
