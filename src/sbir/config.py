@@ -31,7 +31,9 @@ class DataConfig:
     split_seed: int = 0
     image_size: int = 224
     num_workers: int = 2
-    unseen: Optional[str] = None  # zero-shot: split name, file or comma list
+    # Zero-shot: unseen classes as a built-in split name (e.g. sketchy_unseen21), a class-list file or a
+    # comma list. None: sketchy_unseen21 when the data has all of its classes (Sketchy), else an error.
+    unseen: Optional[str] = None
 
     def validate(self) -> None:
         if not 0.0 <= self.val_fraction < 1.0:
@@ -71,6 +73,11 @@ class ModelConfig:
     dropout: float = 0.0
     # Freeze the first N backbone stages ("blocks") to train faster on CPU; 0 trains all.
     freeze_stages: int = 0
+    # Category / zero-shot models only (one shared encoder; see sbir.models.category):
+    dase: bool = True  # domain-aware squeeze-and-excitation blocks
+    dase_where: str = "auto"  # auto | se | stages (sbir.models.dase.insert_dase)
+    # Number of training classes; set by the category task when training starts (recorded in checkpoints).
+    num_classes: Optional[int] = None
 
     def validate(self) -> None:
         if self.embed_dim < 2:
@@ -79,22 +86,51 @@ class ModelConfig:
             raise ConfigError(f"model.head must be 'linear', 'mlp' or 'identity', got {self.head!r}")
         if self.freeze_stages < 0:
             raise ConfigError(f"model.freeze_stages must be >= 0, got {self.freeze_stages}")
+        if self.dase_where not in ("auto", "se", "stages"):
+            raise ConfigError(f"model.dase_where must be 'auto', 'se' or 'stages', got {self.dase_where!r}")
+        if self.num_classes is not None and self.num_classes < 2:
+            raise ConfigError(f"model.num_classes must be >= 2 (or unset), got {self.num_classes}")
+
+
+FINEGRAINED_LOSSES = ("ntxent", "triplet", "ntxent+triplet")
+CATEGORY_LOSSES = ("mems", "cosface")
 
 
 @dataclass
 class LossConfig:
-    name: str = "ntxent"  # ntxent | triplet | ntxent+triplet
+    # Fine-grained: ntxent | triplet | ntxent+triplet. Category / zero-shot: mems | cosface.
+    name: str = "ntxent"
     temperature: float = 0.07
     weight_cross: float = 1.0  # sketch <-> photo
     weight_sketch: float = 1.0  # sketch <-> augmented sketch
     weight_photo: float = 1.0  # photo <-> augmented photo
     triplet_margin: float = 0.2
     weight_triplet: float = 1.0
+    # MEMS / CosFace. None = the published default: MEMS margin 4, scale 1; CosFace margin 0.35, scale 32.
+    margin: Optional[float] = None
+    scale: Optional[float] = None
+    # Steps over which the margin ramps up. None: MEMS 100000 (published), CosFace 0 (full margin at once).
+    # A MEMS margin that grows within a short run collapses the embedding: keep it slow.
+    anneal_steps: Optional[int] = None
+
+    def resolved(self) -> tuple[float, float]:
+        """``(margin, scale)`` of a MEMS / CosFace loss, defaults filled in."""
+        if self.name == "cosface":
+            return (0.35 if self.margin is None else self.margin, 32.0 if self.scale is None else self.scale)
+        return (4.0 if self.margin is None else self.margin, 1.0 if self.scale is None else self.scale)
 
     def validate(self) -> None:
-        allowed = {"ntxent", "triplet", "ntxent+triplet"}
+        allowed = set(FINEGRAINED_LOSSES) | set(CATEGORY_LOSSES)
         if self.name not in allowed:
             raise ConfigError(f"loss.name must be one of {sorted(allowed)}, got {self.name!r}")
+        if self.name == "mems" and self.margin is not None and self.margin < 1.0:
+            raise ConfigError(f"loss.margin must be >= 1 for MEMS (multiplicative margin), got {self.margin}")
+        if self.name == "cosface" and self.margin is not None and not 0.0 <= self.margin < 2.0:
+            raise ConfigError(f"loss.margin must be in [0, 2) for CosFace, got {self.margin}")
+        if self.scale is not None and self.scale <= 0:
+            raise ConfigError(f"loss.scale must be > 0, got {self.scale}")
+        if self.anneal_steps is not None and self.anneal_steps < 0:
+            raise ConfigError(f"loss.anneal_steps must be >= 0 (or unset), got {self.anneal_steps}")
         if self.temperature <= 0:
             raise ConfigError(f"loss.temperature must be > 0, got {self.temperature}")
         for k in ("weight_cross", "weight_sketch", "weight_photo", "weight_triplet"):
@@ -113,6 +149,11 @@ class OptimConfig:
     scheduler: str = "cosine"  # cosine | constant
     grad_clip: float = 5.0
     max_steps_per_epoch: Optional[int] = None  # cap for quick runs
+    # Category / zero-shot: each batch holds batch_size sketches (+ one photo of the same class each),
+    # batch_size // samples_per_class classes x samples_per_class sketches (class-balanced sampling).
+    samples_per_class: int = 4
+    # Stop before an epoch that would end past this many minutes of training (None: no limit).
+    time_budget_minutes: Optional[float] = None
 
     def validate(self) -> None:
         if self.epochs < 1:
@@ -121,19 +162,59 @@ class OptimConfig:
             raise ConfigError(f"optim.batch_size must be >= 2 (contrastive losses need negatives), got {self.batch_size}")
         if self.lr <= 0:
             raise ConfigError(f"optim.lr must be > 0, got {self.lr}")
+        if self.time_budget_minutes is not None and self.time_budget_minutes <= 0:
+            raise ConfigError(f"optim.time_budget_minutes must be > 0, got {self.time_budget_minutes}")
         if self.scheduler not in ("cosine", "constant"):
             raise ConfigError(f"optim.scheduler must be 'cosine' or 'constant', got {self.scheduler!r}")
+        if self.samples_per_class < 1:
+            raise ConfigError(f"optim.samples_per_class must be >= 1, got {self.samples_per_class}")
+
+
+HASH_BITS = (32, 64, 128)
 
 
 @dataclass
 class EvalConfig:
-    flip_tta: bool = False  # average embeddings of the image and its mirror
-    distance: str = "cosine"  # cosine | euclidean
+    # Flip test-time augmentation: fine-grained averages the embeddings of the image and its mirror;
+    # category / zero-shot take the minimum distance over the four (sketch, photo) flip pairings
+    # (DASE-MEMS). flip_mode picks explicitly: auto | average | pairings.
+    flip_tta: bool = False
+    flip_mode: str = "auto"
+    # cosine | euclidean | angular | auto (euclidean for MEMS, angular for CosFace, cosine otherwise).
+    distance: str = "cosine"
     batch_size: int = 64
+    # Category / zero-shot: hash-code lengths (any of 32, 64, 128) learned on the training split's
+    # embeddings after the best epoch; evaluation then also reports Hamming-distance metrics.
+    hash_bits: list[int] = field(default_factory=list)
 
     def validate(self) -> None:
-        if self.distance not in ("cosine", "euclidean", "angular"):
-            raise ConfigError(f"eval.distance must be cosine, euclidean or angular, got {self.distance!r}")
+        if self.distance not in ("cosine", "euclidean", "angular", "auto"):
+            raise ConfigError(f"eval.distance must be cosine, euclidean, angular or auto, got {self.distance!r}")
+        if self.flip_mode not in ("auto", "average", "pairings"):
+            raise ConfigError(f"eval.flip_mode must be auto, average or pairings, got {self.flip_mode!r}")
+        if self.batch_size < 1:
+            raise ConfigError(f"eval.batch_size must be >= 1, got {self.batch_size}")
+        bits = self.hash_bits
+        if bits is None:
+            bits = []
+        elif isinstance(bits, (int, str)) and not isinstance(bits, bool):
+            bits = [b for b in str(bits).strip("[]").replace(",", " ").split()]
+        if not isinstance(bits, (list, tuple)):
+            raise ConfigError(f"eval.hash_bits must be a list of code lengths from {HASH_BITS}, got {self.hash_bits!r}")
+        out: list[int] = []
+        for b in bits:
+            try:
+                v = int(b)
+            except (TypeError, ValueError):
+                v = None
+            if v not in HASH_BITS or isinstance(b, bool) or (isinstance(b, float) and not b.is_integer()):
+                raise ConfigError(
+                    f"eval.hash_bits must list code lengths from {HASH_BITS} (e.g. eval.hash_bits=[32,64,128]), "
+                    f"got {self.hash_bits!r}"
+                )
+            if v not in out:
+                out.append(v)
+        self.hash_bits = out
 
 
 @dataclass
@@ -142,7 +223,9 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda
     amp: bool = True  # mixed precision, used on GPU only
-    select_metric: str = "acc@1"  # validation metric for the best epoch
+    # Validation metric for the best epoch. Category / zero-shot runs left at the fine-grained
+    # default acc@1 select on map@all (see validate()).
+    select_metric: str = "acc@1"
     data: DataConfig = field(default_factory=DataConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -157,7 +240,48 @@ class TrainConfig:
             raise ConfigError(f"device must be auto, cpu or cuda[:N], got {self.device!r}")
         for sub in (self.data, self.augment, self.model, self.loss, self.optim, self.eval):
             sub.validate()
+        if self.task in ("category", "zeroshot"):
+            # Settings left at the fine-grained defaults get the category-level ones. "cosine" and
+            # "angular" rank identically, so an explicit cosine ranking stays available as "angular".
+            if self.loss.name == "ntxent":
+                self.loss.name = "mems"
+            if self.select_metric == "acc@1":
+                self.select_metric = "map@all"
+            if self.eval.distance == "cosine":
+                self.eval.distance = "auto"
+            if self.loss.name not in CATEGORY_LOSSES:
+                raise ConfigError(
+                    f"loss.name {self.loss.name!r} is a fine-grained loss; task {self.task!r} trains with "
+                    f"one of {list(CATEGORY_LOSSES)} (set loss.name=mems or loss.name=cosface)"
+                )
+            if self.select_metric.startswith(("acc@", "%corr")):
+                raise ConfigError(
+                    f"select_metric {self.select_metric!r} is a fine-grained metric; task {self.task!r} "
+                    "selects on a category metric such as map@all, map@200, p@100 or p@200"
+                )
+        else:
+            if self.loss.name in CATEGORY_LOSSES:
+                raise ConfigError(
+                    f"loss.name {self.loss.name!r} is a category-level loss; use it with --task category or "
+                    f"--task zeroshot, or pick a fine-grained loss ({', '.join(FINEGRAINED_LOSSES)})"
+                )
+            if self.eval.hash_bits:
+                raise ConfigError("eval.hash_bits is for category / zero-shot runs; remove it for task finegrained")
         return self
+
+    def resolved_distance(self) -> str:
+        """``eval.distance`` with ``auto`` resolved: euclidean for MEMS, angular for CosFace, else cosine."""
+        if self.eval.distance != "auto":
+            return self.eval.distance
+        if self.task in ("category", "zeroshot"):
+            return "angular" if self.loss.name == "cosface" else "euclidean"
+        return "cosine"
+
+    def resolved_flip_mode(self) -> str:
+        """``eval.flip_mode`` with ``auto`` resolved: pairings for category / zero-shot, average otherwise."""
+        if self.eval.flip_mode != "auto":
+            return self.eval.flip_mode
+        return "pairings" if self.task in ("category", "zeroshot") else "average"
 
 
 # ---------------------------------------------------------------- (de)serialisation

@@ -1,0 +1,198 @@
+"""Category-level and zero-shot SBIR on ``../shared/data/sketchy_mini`` (125 classes, 25 photos + 25 sketches each).
+
+* ``category``: all 125 classes. A fixed, seeded 20% of every class's sketches
+  (5 per class, 625 queries) is held out as the test queries and never used for
+  training or model selection; the gallery is **all** 3125 photos (as in the
+  Sketchy category-level protocol, photos are not held out). The run trains on
+  the other sketches and all photos (a class-stratified validation split is
+  carved from them for model selection) with ``configs/category_sketchy.yaml``.
+  The split is a folder of symbolic links (``<runs>/sketchy_mini_category_view``,
+  Sketchy layout with ``train/`` and ``test/``), so ``sbir train`` / ``sbir eval
+  --split test`` use it like any dataset; nothing is copied.
+* ``zeroshot``: train on the 104 seen classes (10% of them held out for model
+  selection), test the 21 unseen classes of the standard split
+  (``sketchy_unseen21``): their 525 sketches against their 525 photos.
+
+Each beside the off-the-shelf ImageNet EfficientNet-Lite0 baseline
+(``load_model("pretrained")``: one shared encoder, no projection, cosine
+distance, same flip TTA) on the same test split. Reports map@all, map@200,
+p@100, p@200 (+ variants and Hamming-code metrics) and wall times.
+
+    python benchmarks/category_sketchy.py                          # both tasks, full recipe
+    python benchmarks/category_sketchy.py --tasks zeroshot --set optim.epochs=2
+
+Writes ``benchmarks/results/category_sketchy[-<tag>].json``; a task run alone replaces only its own
+entry there (each entry keeps its command, date and machine).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import REPO_ROOT, SHARED_DATA, write_result  # noqa: E402
+
+TASKS = ("category", "zeroshot")
+TEST_FRACTION = 0.2
+TEST_SEED = 0
+REPORT_KEYS = (
+    "map@all", "map@200", "p@100", "p@200", "map@all_voc", "map@200_voc", "p@100_zse", "p@200_zse",
+    "n_queries", "n_gallery", "n_classes", "distance", "flip",
+)
+
+
+def build_category_view(src: Path, dst: Path, fraction: float = TEST_FRACTION, seed: int = TEST_SEED) -> dict:
+    """Sketchy-layout folder of symlinks: ``train/`` = held-in sketches + all photos, ``test/`` = held-out
+    sketches + all photos. Returns a description (counts, rule)."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    n_test = 0
+    n_train = 0
+    classes = sorted(p.name for p in (src / "sketch").iterdir() if p.is_dir())
+    for c in classes:
+        sketches = sorted(p for p in (src / "sketch" / c).iterdir() if p.is_file() and not p.name.startswith("."))
+        k = int(np.floor(fraction * len(sketches) + 0.5))
+        test_idx = set(rng.permutation(len(sketches))[:k].tolist())
+        for part in ("train", "test"):
+            pdir = dst / part / "photo" / c
+            if not pdir.exists():
+                pdir.parent.mkdir(parents=True, exist_ok=True)
+                os.symlink((src / "photo" / c).resolve(), pdir, target_is_directory=True)
+            (dst / part / "sketch" / c).mkdir(parents=True, exist_ok=True)
+        for i, s in enumerate(sketches):
+            part = "test" if i in test_idx else "train"
+            link = dst / part / "sketch" / c / s.name
+            if not link.exists():
+                os.symlink(s.resolve(), link)
+            n_test += part == "test"
+            n_train += part == "train"
+    return {
+        "rule": f"per class, a seeded ({seed}) {fraction:.0%} of the sketches are test queries; all photos in both",
+        "classes": len(classes),
+        "train_sketches": n_train,
+        "test_sketches": n_test,
+        "view": str(dst),
+    }
+
+
+def _pick(report: dict) -> dict:
+    out = {k: report[k] for k in REPORT_KEYS if k in report}
+    out.update({k: v for k, v in report.items() if "_hash" in k and k.split("_hash")[0] in ("map@all", "map@200", "p@100", "p@200")})
+    return out
+
+
+def run_task(task: str, args) -> dict:
+    import torch
+
+    from sbir.config import load_config, to_dict
+    from sbir.data.formats import load_dataset
+    from sbir.engine.category import category_test_split, evaluate_category
+    from sbir.engine.checkpoint import load_model
+    from sbir.engine.trainer import Trainer
+
+    src = SHARED_DATA / "sketchy_mini"
+    runs = Path(args.runs)
+    runs.mkdir(parents=True, exist_ok=True)
+    entry: dict = {}
+    if task == "category":
+        view = runs / "sketchy_mini_category_view"
+        entry["split"] = build_category_view(src, view)
+        data = view
+    else:
+        data = src
+    config = args.config_category if task == "category" else args.config_zeroshot
+    cfg = load_config(config, [f"data.path={data}", *args.set])
+    run_dir = runs / f"{task}{('-' + args.tag) if args.tag else ''}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+    t0 = time.time()
+    trainer = Trainer(cfg, run_dir, progress=not args.no_progress)
+    summary = trainer.fit()
+    train_s = time.time() - t0
+    device = str(trainer.device)
+    del trainer
+
+    model, cfg, _ = load_model(run_dir, device=device)
+    dataset = load_dataset(str(data))
+    target = category_test_split(dataset, cfg, str(data), run_dir)
+    t0 = time.time()
+    trained = evaluate_category(model, cfg, target, flip_tta=cfg.eval.flip_tta, progress=not args.no_progress,
+                                out_dir=run_dir / "eval-test")
+    eval_s = time.time() - t0
+    entry.update(
+        config=config,
+        overrides=list(args.set),
+        run_dir=str(run_dir),
+        best_epoch=summary["best_epoch"],
+        epochs=cfg.optim.epochs,
+        best_val_map_all=summary[f"best_val_{cfg.select_metric}"] if cfg.select_metric == "map@all" else None,
+        train_wall_s=round(train_s, 1),
+        test_eval_wall_s=round(eval_s, 1),
+        test=_pick(trained),
+        resolved_config=to_dict(cfg),
+    )
+    del model
+    if not args.no_baseline:
+        base, _, _ = load_model("pretrained", device=device)
+        t0 = time.time()
+        b = evaluate_category(base, cfg, target, flip_tta=cfg.eval.flip_tta, distance="cosine",
+                              progress=not args.no_progress)
+        entry["imagenet_baseline_test"] = _pick(b)
+        entry["imagenet_baseline_eval_wall_s"] = round(time.time() - t0, 1)
+        del base
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    t = entry["test"]
+    base_map = entry.get("imagenet_baseline_test", {}).get("map@all", float("nan"))
+    print(f"{task}: test map@all {t['map@all']:.3f} map@200 {t['map@200']:.3f} p@100 {t['p@100']:.3f} "
+          f"p@200 {t['p@200']:.3f}  (ImageNet baseline map@all {base_map:.3f})  train {train_s:.0f}s",
+          file=sys.stderr)
+    return entry
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--tasks", nargs="+", default=list(TASKS), choices=TASKS)
+    ap.add_argument("--config-category", default=str(REPO_ROOT / "configs" / "category_sketchy.yaml"))
+    ap.add_argument("--config-zeroshot", default=str(REPO_ROOT / "configs" / "zeroshot_sketchy.yaml"))
+    ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="config overrides for both tasks")
+    ap.add_argument("--runs", default=str(REPO_ROOT / "runs" / "bench_category_sketchy"), help="where run folders go")
+    ap.add_argument("--tag", default="", help="suffix of the results file name")
+    ap.add_argument("--no-baseline", action="store_true")
+    ap.add_argument("--no-progress", action="store_true")
+    args = ap.parse_args(argv)
+
+    if not (SHARED_DATA / "sketchy_mini").is_dir():
+        print(f"{SHARED_DATA / 'sketchy_mini'} not found", file=sys.stderr)
+        return 1
+    import datetime as dt
+    import json
+
+    from _common import RESULTS_DIR, machine
+
+    name = "category_sketchy" + (f"-{args.tag}" if args.tag else "")
+    command = "python benchmarks/category_sketchy.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    results = {}
+    for task in args.tasks:
+        t0 = time.time()
+        entry = run_task(task, args)
+        # Each task records its own command, date and machine: tasks may come from separate invocations.
+        results[task] = {"command": command, "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+                         "machine": machine(), "total_wall_s": round(time.time() - t0, 1), **entry}
+    previous = RESULTS_DIR / f"{name}.json"
+    if previous.is_file():  # keep the tasks this invocation did not run
+        try:
+            old = json.loads(previous.read_text()).get("results", {})
+        except ValueError:
+            old = {}
+        results = {**{k: v for k, v in old.items() if k not in results}, **results}
+    write_result(name, {"data": str(SHARED_DATA / "sketchy_mini"), "results": results})
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
