@@ -82,3 +82,15 @@ def test_choices_and_limits():
     assert default_params("ivfpq", 1_000_000, 1280)["m"] == 160
     assert default_params("ivfpq", 1_000_000, 100)["m"] == 10  # a divisor of the dimension
     assert isinstance(build_faiss(clustered(50, 16, 0), "hnsw")[0], faiss.IndexHNSWFlat)
+
+
+@pytest.mark.parametrize("kind", ["none", "hnsw", "ivfpq"])
+def test_euclidean_metric_scores_are_minus_distances(kind):
+    rng = np.random.default_rng(5)
+    base = (rng.standard_normal((10_000, 16)) * rng.uniform(0.5, 3, (10_000, 1))).astype(np.float32)
+    q = base[:5] + 0.01
+    index, params = build_faiss(base, kind, metric="l2")
+    scores, ids = Searcher(index, kind, params, base, metric="l2").search(q, 5)
+    d = np.linalg.norm(base[None] - q[:, None], axis=2)
+    assert (ids[:, 0] == np.arange(5)).all()
+    np.testing.assert_allclose(scores, -np.take_along_axis(d, ids, axis=1), rtol=1e-3, atol=1e-3)

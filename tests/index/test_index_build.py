@@ -78,7 +78,7 @@ def test_build_writes_manifest_vectors_and_model_record(tmp_path, gallery, pretr
 def test_search_finds_each_photo_first(tmp_path, gallery, pretrained):
     build(gallery, tmp_path / "idx", pretrained)
     index = Index.open(tmp_path / "idx")
-    enc = QueryEncoder(pretrained[0], pretrained[2], index.model.image_size, index.model.flip_tta)
+    enc = QueryEncoder.for_record(pretrained[0], pretrained[2], index.model)
     imgs = [load_image(index.gallery / e.path) for e in index.entries]
     q = enc.encode(imgs)  # the pretrained model shares its encoder, so a photo is its own best sketch
     for i, hits in enumerate(index.search_many(q, k=3, model_id=enc.model_id)):
@@ -274,3 +274,38 @@ def test_scan_gallery_is_recursive_and_sorted(gallery):
 
 def test_errors_are_sbir_errors():
     assert issubclass(IndexStoreError, SbirError) and issubclass(ApproxError, SbirError)
+
+
+@pytest.mark.parametrize("distance", ["euclidean", "cosine"])
+def test_models_with_raw_embeddings_use_their_distance(tmp_path, gallery, distance):
+    """A category model without output normalisation (MEMS-style) is indexed with its test distance."""
+    from sbir.config import TrainConfig
+    from sbir.engine.checkpoint import build_model_for, load_model, save_weights
+
+    cfg = TrainConfig(task="category")
+    cfg.model.backbone, cfg.model.pretrained, cfg.model.embed_dim = "test_efficientnet", False, 16
+    cfg.eval.distance = distance
+    model = build_model_for(cfg)
+    assert model.normalize is False
+    ckpt = tmp_path / "cat.safetensors"
+    save_weights(model, ckpt, cfg)
+    loaded = load_model(ckpt)
+    build_index(gallery, str(ckpt), tmp_path / "idx", image_size=IMAGE_SIZE, progress=False, num_workers=0, preloaded=loaded)
+    index = Index.open(tmp_path / "idx")
+    raw = embed_pil(loaded[0], [load_image(index.gallery / e.path) for e in index.entries], "photo", IMAGE_SIZE)
+    enc = QueryEncoder.for_index(index)
+    q = enc.encode([make_photo(77)])[0]
+    q_raw = embed_pil(loaded[0], [make_photo(77)], "sketch", IMAGE_SIZE)[0]
+    hits = index.search(q, k=len(index), model_id=enc.model_id)
+    if distance == "euclidean":
+        assert index.info()["metric"] == "euclidean" and not index.model.normalize
+        np.testing.assert_allclose(np.asarray(index.vectors), raw, rtol=1e-4, atol=1e-5)  # kept raw
+        d = np.linalg.norm(raw - q_raw, axis=1)
+        assert [h.id for h in hits] == list(np.argsort(d, kind="stable"))
+        np.testing.assert_allclose([h.score for h in hits], -np.sort(d), rtol=1e-4, atol=1e-4)
+    else:
+        assert index.info()["metric"] == "cosine" and index.model.normalize
+        unit = raw / np.linalg.norm(raw, axis=1, keepdims=True)
+        np.testing.assert_allclose(np.asarray(index.vectors), unit, atol=1e-5)
+        cos = unit @ (q_raw / np.linalg.norm(q_raw))
+        assert [h.id for h in hits] == list(np.argsort(-cos, kind="stable"))

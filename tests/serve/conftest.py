@@ -35,7 +35,7 @@ def base_service(shape_index, pretrained):
     from sbir.serve import SearchService
 
     index = Index.open(shape_index[1])
-    enc = QueryEncoder(pretrained[0], pretrained[2], index.model.image_size, index.model.flip_tta)
+    enc = QueryEncoder.for_record(pretrained[0], pretrained[2], index.model)
     svc = SearchService(index, enc)
     yield svc
     svc.close()

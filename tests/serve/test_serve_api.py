@@ -288,3 +288,28 @@ def test_service_refuses_an_encoder_of_another_model(base_service):
     other = QueryEncoder(base_service.encoder.model, "efficientnet_lite0:feedfeedfeedfeed", 224, False)
     with pytest.raises(ModelMismatchError, match="different models"):
         SearchService(base_service.index, other)
+
+
+def test_overload_gets_503_not_an_unbounded_queue(base_service):
+    import time
+
+    from fastapi.testclient import TestClient
+
+    from sbir.serve import SearchService, ServeSettings, create_app
+    from sbir.serve.service import Busy
+
+    svc = SearchService(base_service.index, base_service.encoder, ServeSettings(max_queue=2, max_batch=1))
+    img = rasterize_strokes(strokes("moon"), size=64)
+    with base_service.encoder._lock:  # the model is busy: queued queries cannot be served yet
+        futures = [svc.submit(img, 1)]
+        deadline = time.time() + 30
+        while svc._queue.qsize() and time.time() < deadline:  # the worker takes it and waits for the model
+            time.sleep(0.01)
+        futures += [svc.submit(img, 1), svc.submit(img, 1)]
+        with pytest.raises(Busy, match="retry"):
+            svc.submit(img, 1)
+        r = TestClient(create_app(svc)).post("/api/search", json={"strokes": strokes("moon")})
+        assert r.status_code == 503 and r.headers["retry-after"] == "1" and "retry" in r.json()["detail"]
+    for f in futures:
+        assert f.result(timeout=60).hits[0].path == "moon.png"
+    svc.close()

@@ -35,7 +35,7 @@ from sbir.data.records import FileRef
 from sbir.engine.embed import embed_images
 from sbir.errors import DataError
 from sbir.index.faiss_ops import AUTO_THRESHOLD, build_faiss, resolve_approx
-from sbir.index.model import is_pretrained_spec, load_for_index, load_index_model, model_info
+from sbir.index.model import is_pretrained_spec, load_for_index, load_index_model, model_info, postprocess
 from sbir.index.store import (
     GEN_RE,
     POINTER,
@@ -258,8 +258,9 @@ def _sync(
         )
         report.embed_seconds = time.perf_counter() - t_embed
         report.embedded = len(res.indices)
+        embeddings = postprocess(res.embeddings, info_fn(res.embeddings.shape[1]))
         for row, pos in enumerate(res.indices):
-            new_vec[reps[pos][0]] = res.embeddings[row]
+            new_vec[reps[pos][0]] = embeddings[row]
         failed_hashes = set()
         for pos, msg in res.errors:
             failed_hashes.add(reps[pos][0])
@@ -324,7 +325,7 @@ def _sync(
         report.seconds = time.perf_counter() - t0
         return report
     params = dict(old.searcher.params) if old is not None and old.kind == kind else None
-    findex, used = build_faiss(vectors, kind, params)
+    findex, used = build_faiss(vectors, kind, params, metric=info.metric)
     report.generation = write_generation(
         index_dir,
         gallery,
@@ -388,7 +389,7 @@ def build_index(
             out,
             gallery,
             model,
-            lambda dim: model_info(spec, path, cfg, model_id, dim, size),
+            lambda dim: model_info(spec, path, cfg, model_id, dim, size, model=model),
             None,
             approx,
             approx_threshold,

@@ -17,7 +17,7 @@ from PIL import Image
 
 from sbir.config import to_dict
 from sbir.engine.checkpoint import load_model
-from sbir.engine.embed import embed_pil
+from sbir.engine.embed import embed_pil, outputs_normalized
 from sbir.index.store import Index, ModelInfo, ModelMismatchError
 
 
@@ -33,10 +33,26 @@ def load_for_index(spec: Optional[str], device: str = "cpu"):
     return model, cfg, model_id, path
 
 
+def metric_for(model, cfg: Any) -> tuple[str, bool]:
+    """(metric, normalize) for a model: cosine unless its outputs are raw and it tests with euclidean distance.
+
+    Models with L2-normalised outputs use inner product (cosine). A model with raw
+    outputs (``model.normalize is False``, e.g. a MEMS category model) keeps them and
+    uses euclidean distance when its config says ``eval.distance: euclidean``;
+    otherwise its outputs are normalised and compared by cosine.
+    """
+    if outputs_normalized(model):
+        return "ip", False
+    if getattr(cfg.eval, "distance", "cosine") == "euclidean":
+        return "l2", False
+    return "ip", True
+
+
 def model_info(
-    spec: str, path: Optional[str], cfg: Any, model_id: str, dim: int, image_size: Optional[int] = None
+    spec: str, path: Optional[str], cfg: Any, model_id: str, dim: int, image_size: Optional[int] = None, model=None
 ) -> ModelInfo:
     size = int(image_size or cfg.data.image_size)
+    metric, normalize = metric_for(model, cfg) if model is not None else ("ip", False)
     return ModelInfo(
         model_id=model_id,
         spec=str(spec),
@@ -45,7 +61,17 @@ def model_info(
         dim=int(dim),
         image_size=size,
         flip_tta=bool(cfg.eval.flip_tta),
+        metric=metric,
+        normalize=normalize,
     )
+
+
+def postprocess(vectors: np.ndarray, record: ModelInfo) -> np.ndarray:
+    """Apply the index's normalisation rule to embeddings (photos or queries)."""
+    v = np.asarray(vectors, dtype=np.float32)
+    if record.normalize and len(v):
+        v = v / np.maximum(np.linalg.norm(v, axis=1, keepdims=True), 1e-12)
+    return v
 
 
 def load_index_model(record: ModelInfo, override: Optional[str] = None, device: str = "cpu"):
@@ -70,19 +96,28 @@ def load_index_model(record: ModelInfo, override: Optional[str] = None, device: 
 class QueryEncoder:
     """Embeds sketches for one index with the index's model and preprocessing. Thread-safe."""
 
-    def __init__(self, model, model_id: str, image_size: int, flip_tta: bool):
+    def __init__(self, model, model_id: str, image_size: int, flip_tta: bool, normalize: bool = False):
         self.model = model
         self.model_id = model_id
         self.image_size = int(image_size)
         self.flip_tta = bool(flip_tta)
+        self.normalize = bool(normalize)
         self._lock = threading.Lock()
 
     @classmethod
     def for_index(cls, index: Index, override: Optional[str] = None, device: str = "cpu") -> "QueryEncoder":
         model, _cfg, model_id = load_index_model(index.model, override=override, device=device)
-        return cls(model, model_id, index.model.image_size, index.model.flip_tta)
+        return cls.for_record(model, model_id, index.model)
+
+    @classmethod
+    def for_record(cls, model, model_id: str, record: ModelInfo) -> "QueryEncoder":
+        """An encoder for an already loaded model, with the preprocessing an index recorded."""
+        return cls(model, model_id, record.image_size, record.flip_tta, record.normalize)
 
     def encode(self, images: Sequence[Image.Image]) -> np.ndarray:
-        """(N, D) float32 L2-normalised sketch embeddings."""
+        """(N, D) float32 sketch embeddings, post-processed like the index's photos."""
         with self._lock:  # one forward at a time; torch already uses all cores
-            return embed_pil(self.model, list(images), "sketch", self.image_size, self.flip_tta)
+            z = embed_pil(self.model, list(images), "sketch", self.image_size, self.flip_tta)
+        if self.normalize and len(z):
+            z = z / np.maximum(np.linalg.norm(z, axis=1, keepdims=True), 1e-12)
+        return z.astype(np.float32)

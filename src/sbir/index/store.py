@@ -97,6 +97,10 @@ class ModelInfo:
     image_size: int
     flip_tta: bool
     domain: str = "photo"
+    # "ip": cosine similarity of L2-normalised vectors; "l2": euclidean distance (score = -distance)
+    metric: str = "ip"
+    # L2-normalise the model's outputs before indexing/searching (a model with raw outputs used with cosine)
+    normalize: bool = False
 
     @property
     def load_spec(self) -> str:
@@ -255,7 +259,7 @@ class Index:
                 f"{gdir} is inconsistent ({n} manifest entries, vectors {tuple(vectors.shape)}, "
                 f"FAISS {findex.ntotal}x{findex.d}, model dim {model.dim}); rebuild with 'sbir index build --overwrite'"
             )
-        searcher = Searcher(findex, kind, params, vectors)
+        searcher = Searcher(findex, kind, params, vectors, metric=model.metric)
         return cls(index_dir, gen, Path(manifest["gallery"]), entries, model, vectors, searcher, manifest)
 
     # -------------------------------------------------------------- queries
@@ -342,6 +346,7 @@ class Index:
             "model_path": self.model.path,
             "image_size": self.model.image_size,
             "flip_tta": self.model.flip_tta,
+            "metric": "cosine" if self.model.metric == "ip" else "euclidean",
             "created": self.meta.get("created"),
             "disk_bytes": disk,
         }

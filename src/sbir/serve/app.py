@@ -33,6 +33,7 @@ from starlette.concurrency import run_in_threadpool
 from sbir import __version__
 from sbir.serve.service import (
     BadRequest,
+    Busy,
     NotFound,
     PayloadTooLarge,
     SearchService,
@@ -131,6 +132,7 @@ ERRORS = {
     400: {"model": ErrorResponse, "description": "malformed sketch, strokes or parameters"},
     413: {"model": ErrorResponse, "description": "request body above the upload limit"},
     415: {"model": ErrorResponse, "description": "unsupported content type"},
+    503: {"model": ErrorResponse, "description": "too many queries waiting for the model; retry"},
 }
 
 
@@ -190,6 +192,10 @@ def create_app(service: SearchService, title: str = "sbir") -> FastAPI:
     @app.exception_handler(PayloadTooLarge)
     async def _big(request: Request, exc: PayloadTooLarge):
         return JSONResponse({"detail": str(exc)}, status_code=413, headers={"Connection": "close"})
+
+    @app.exception_handler(Busy)
+    async def _busy(request: Request, exc: Busy):
+        return JSONResponse({"detail": str(exc)}, status_code=503, headers={"Retry-After": "1"})
 
     @app.exception_handler(NotFound)
     async def _nf(request: Request, exc: NotFound):

@@ -49,6 +49,10 @@ class NotFound(SbirError):
     """No such image (HTTP 404)."""
 
 
+class Busy(SbirError):
+    """Too many queries are waiting (HTTP 503); the client should retry later."""
+
+
 @dataclass
 class ServeSettings:
     max_upload_bytes: int = 10 * 1024 * 1024
@@ -59,6 +63,7 @@ class ServeSettings:
     thumb_size: int = 256
     thumb_cache: int = 2048  # thumbnails kept in memory (LRU)
     max_batch: int = 16
+    max_queue: int = 1024  # queries waiting for the model; beyond this a request gets 503
 
 
 @dataclass
@@ -237,6 +242,8 @@ class SearchService:
     def submit(self, image: Image.Image, k: int) -> Future:
         """Queue one decoded sketch; the future resolves to a :class:`SearchOutcome`."""
         self._ensure_worker()
+        if self._queue.qsize() >= self.settings.max_queue:
+            raise Busy(f"{self._queue.qsize()} queries are waiting for the model; retry in a moment")
         fut: Future = Future()
         self._queue.put(_Job(image, k, time.perf_counter(), fut))
         return fut

@@ -1,0 +1,123 @@
+"""Index build throughput: ``sbir index build`` on ../shared/data/sketchy_mini/photo.
+
+Builds a fresh index of the 3,125 Sketchy photos (128x128 JPEGs) with the
+given model (default: the pretrained ImageNet EfficientNet-Lite0 at its
+224 px input) through :func:`sbir.index.build_index`, i.e. scanning, hashing,
+parallel decoding in DataLoader workers, embedding and the atomic write, and
+reports images/s for the embedding stage and end to end (model loading
+excluded and reported separately). Then times ``sbir index update`` with
+nothing changed (stat-only check of every file) and after touching 1% of the
+files (re-hash, reuse vectors, rewrite).
+
+Prints JSON and writes ``benchmarks/results/index_build.json``. Usage::
+
+    python benchmarks/index_build.py                    # all 3,125 photos, workers 2
+    python benchmarks/index_build.py --limit 500 --workers 0 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import SHARED_DATA, write_result  # noqa: E402
+
+import torch  # noqa: E402
+
+from sbir.engine.checkpoint import load_model  # noqa: E402
+from sbir.index import Index, build_index, update_index  # noqa: E402
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--photos", default=str(SHARED_DATA / "sketchy_mini" / "photo"))
+    ap.add_argument("--model", default="pretrained")
+    ap.add_argument("--limit", type=int, default=None, help="use only the first N photos (sorted paths)")
+    ap.add_argument("--workers", type=int, nargs="+", default=[2], help="decoding worker processes to compare")
+    ap.add_argument("--batch-size", type=int, default=32)
+    ap.add_argument("--image-size", type=int, default=None)
+    ap.add_argument("--keep", default=None, help="also copy the built index here (for other benchmarks)")
+    ap.add_argument("--out", default="index_build")
+    args = ap.parse_args()
+
+    photos = Path(args.photos)
+    if not photos.is_dir():
+        sys.exit(f"error: {photos} not found (../shared/data/sketchy_mini/photo)")
+    work = Path(tempfile.mkdtemp(prefix="sbir-bench-build-"))
+    try:
+        gallery = photos
+        if args.limit:
+            files = sorted(p for p in photos.rglob("*") if p.is_file())[: args.limit]
+            gallery = work / "photos"
+            for p in files:
+                dst = gallery / p.relative_to(photos)
+                dst.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(p, dst)
+        t0 = time.perf_counter()
+        pre = load_model(args.model)
+        load_s = time.perf_counter() - t0
+        runs = []
+        for workers in args.workers:
+            out = work / f"index-w{workers}"
+            rep = build_index(
+                gallery, args.model, out, image_size=args.image_size, batch_size=args.batch_size,
+                num_workers=workers, progress=False, preloaded=pre,
+            )
+            runs.append(
+                {
+                    "workers": workers,
+                    "images": rep.images,
+                    "embedded": rep.embedded,
+                    "skipped": len(rep.skipped),
+                    "total_s": round(rep.seconds, 2),
+                    "embed_s": round(rep.embed_seconds, 2),
+                    "embed_images_per_s": round(rep.images_per_s, 1),
+                    "end_to_end_images_per_s": round(rep.images / rep.seconds, 1),
+                }
+            )
+            print(runs[-1], file=sys.stderr, flush=True)
+        last = work / f"index-w{args.workers[-1]}"
+        index = Index.open(last)
+        # update with nothing changed: stat every file, no new generation
+        t0 = time.perf_counter()
+        noop = update_index(last, progress=False, preloaded=pre)
+        noop_s = time.perf_counter() - t0
+        assert not noop.written
+        update = None
+        if gallery != photos:  # touch 1% of the files (only in our own copy)
+            touched = sorted(p for p in gallery.rglob("*") if p.is_file())[:: 100]
+            for p in touched:
+                os.utime(p)
+            t0 = time.perf_counter()
+            rep = update_index(last, progress=False, preloaded=pre)
+            update = {"touched": len(touched), "seconds": round(time.perf_counter() - t0, 2), "embedded": rep.embedded, "reused": rep.reused}
+        if args.keep:
+            shutil.copytree(last, args.keep, dirs_exist_ok=True)
+        write_result(
+            args.out,
+            {
+                "args": vars(args),
+                "model_id": index.model_id,
+                "image_size": index.model.image_size,
+                "dim": index.dim,
+                "model_load_s": round(load_s, 2),
+                "torch_threads": torch.get_num_threads(),
+                "runs": runs,
+                "update_nothing_changed_s": round(noop_s, 2),
+                "update_after_touching_1pct": update,
+                "index_disk_mb": round(sum(p.stat().st_size for p in (last / index.generation).iterdir()) / 1e6, 1),
+                "load_average_at_end": os.getloadavg(),
+            },
+        )
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
