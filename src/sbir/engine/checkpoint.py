@@ -203,6 +203,28 @@ def resolve_weights(spec: str | Path) -> Path:
     raise CheckpointError(f"model {p} does not exist (expected a run folder or a .safetensors checkpoint)")
 
 
+def build_model_for(cfg: TrainConfig, pretrained: Optional[bool] = None) -> torch.nn.Module:
+    """The model class ``cfg`` describes: the fine-grained two-branch model, or for ``category`` /
+    ``zeroshot`` the shared domain-aware category model (MEMS: raw embeddings; CosFace: normalised)."""
+    if cfg.task in ("category", "zeroshot"):
+        from sbir.models.category import CategorySBIRModel
+
+        num_classes = cfg.model.num_classes or 2  # only recorded: the classifier lives in the loss
+        model = CategorySBIRModel(
+            cfg.model,
+            num_classes,
+            dase=cfg.model.dase,
+            pretrained=pretrained,
+            normalize=(cfg.loss.name == "cosface"),
+            dase_where=cfg.model.dase_where,
+        )
+        # channels_last makes EfficientNet's depthwise convolutions several times faster on CPU.
+        return model.to(memory_format=torch.channels_last)
+    from sbir.models.fgsbir import build_model
+
+    return build_model(cfg.model, pretrained=pretrained)
+
+
 def load_model(spec: Optional[str | Path] = None, device: str = "cpu"):
     """Load a model for inference.
 
@@ -210,7 +232,11 @@ def load_model(spec: Optional[str | Path] = None, device: str = "cpu"):
     ``"pretrained"`` / ``"pretrained:<backbone>"`` for off-the-shelf ImageNet
     features (shared encoder, no projection). Returns ``(model, cfg, model_id)``;
     ``model_id`` identifies the weights, so embeddings of different models are
-    never mixed.
+    never mixed. The model class follows ``cfg.task`` (:func:`build_model_for`).
+    For category / zero-shot runs, hash heads saved next to the weights for
+    exactly these weights (``hash<bits>.safetensors``, see
+    :mod:`sbir.engine.hashcodes`) are attached as ``model.hash_heads``
+    (``{bits: HashHead}``); heads left from other weights are ignored.
     """
     from sbir.config import ModelConfig, TrainConfig
     from sbir.models.fgsbir import build_model
@@ -227,11 +253,20 @@ def load_model(spec: Optional[str | Path] = None, device: str = "cpu"):
         cfg = config_from_dict(json.loads(meta["config"]))
     except (ValueError, SbirError) as exc:
         raise CheckpointError(f"{path} has an invalid sbir config in its metadata: {exc}") from exc
-    model = build_model(cfg.model, pretrained=False)
+    try:
+        model = build_model_for(cfg, pretrained=False)
+    except (SbirError, ValueError) as exc:
+        raise CheckpointError(f"{path}: cannot build the model its config describes ({exc})") from exc
     missing, unexpected = model.load_state_dict(tensors, strict=False)
     if missing or unexpected:
         raise CheckpointError(
             f"{path} does not fit the model its config describes ({len(missing)} missing, "
             f"{len(unexpected)} unexpected tensors); was it written by another sbir version?"
         )
-    return model.to(device).eval(), cfg, f"{cfg.model.backbone}:{file_digest(path)}"
+    digest = file_digest(path)
+    model = model.to(device).eval()
+    if cfg.task in ("category", "zeroshot"):
+        from sbir.engine.hashcodes import load_hash_heads
+
+        model.hash_heads = load_hash_heads(path.parent, digest, device=device)
+    return model, cfg, f"{cfg.model.backbone}:{digest}"

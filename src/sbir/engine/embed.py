@@ -2,6 +2,19 @@
 
 Used by evaluation, the index and the API, so preprocessing is identical
 everywhere (the one image loader, the one eval transform).
+
+Flip test-time augmentation comes in two forms:
+
+* ``flip_tta=True`` averages the embeddings of the image and its mirror (one
+  vector per image, for indexes and fine-grained evaluation). Models whose
+  embeddings are L2-normalised get the average renormalised; models with
+  un-normalised outputs (``model.normalize is False``, e.g. a MEMS category
+  model tested with euclidean distance) get the plain mean, so the scale the
+  loss trained stays intact.
+* ``return_flipped=True`` keeps the two apart: ``EmbedResult.embeddings`` are
+  the plain images' embeddings and ``EmbedResult.flipped`` the mirrors', for
+  the DASE-MEMS minimum distance over the four (query, gallery) flip pairings
+  (``sketch_flip`` / ``photo_flip`` of :func:`sbir.metrics.category_report`).
 """
 
 from __future__ import annotations
@@ -58,14 +71,30 @@ class EmbedResult:
     embeddings: np.ndarray  # (n_ok, D) float32, rows in the order of ``indices``
     indices: list[int]  # positions in the input that were embedded
     errors: list[tuple[int, str]] = field(default_factory=list)  # (position, message) of skipped inputs
+    # With ``return_flipped``: (n_ok, D) embeddings of the horizontally mirrored images, same rows.
+    flipped: Optional[np.ndarray] = None
+
+
+def outputs_normalized(model) -> bool:
+    """Whether ``model.embed`` returns L2-normalised vectors (True unless ``model.normalize`` is False)."""
+    flag = getattr(model, "normalize", True)
+    return flag if isinstance(flag, bool) else True
 
 
 @torch.no_grad()
 def embed_tensor(model, x: torch.Tensor, domain: str, flip_tta: bool = False) -> torch.Tensor:
-    """Embed a preprocessed batch; with ``flip_tta`` average with the mirrored image and renormalise."""
+    """Embed a preprocessed batch; with ``flip_tta`` average with the mirrored image.
+
+    The average is renormalised for models with L2-normalised outputs and left
+    as the plain mean otherwise (see :func:`outputs_normalized`).
+    """
     z = model.embed(x, domain)
     if flip_tta:
-        z = torch.nn.functional.normalize(z + model.embed(torch.flip(x, dims=[3]), domain), dim=-1)
+        zf = model.embed(torch.flip(x, dims=[3]), domain)
+        if outputs_normalized(model):
+            z = torch.nn.functional.normalize(z + zf, dim=-1)
+        else:
+            z = 0.5 * (z + zf)
     return z
 
 
@@ -82,8 +111,16 @@ def embed_images(
     progress: bool = True,
     skip_errors: bool = False,
     desc: Optional[str] = None,
+    return_flipped: bool = False,
 ) -> EmbedResult:
-    """Embed ``refs`` as ``domain`` images. With ``skip_errors`` unreadable files are reported, not fatal."""
+    """Embed ``refs`` as ``domain`` images. With ``skip_errors`` unreadable files are reported, not fatal.
+
+    ``return_flipped`` also embeds every mirrored image and returns it separately
+    in ``EmbedResult.flipped`` (``embeddings`` are then the plain images'); it
+    cannot be combined with ``flip_tta`` (averaging).
+    """
+    if return_flipped and flip_tta:
+        raise ValueError("embed_images: choose flip_tta (average) or return_flipped (separate), not both")
     device = device or next(model.parameters()).device
     model.eval()
     tf = eval_transform(image_size, model.mean, model.std)
@@ -95,21 +132,39 @@ def embed_images(
         collate_fn=_collate,
         persistent_workers=False,
     )
-    out: list[np.ndarray] = []
+    # Rows are written into arrays allocated once (at the first batch, when the width is known),
+    # so a large set never holds a list of blocks and their concatenation at the same time.
+    emb: Optional[np.ndarray] = None
+    emb_flip: Optional[np.ndarray] = None
+    n_ok = 0
     indices: list[int] = []
     errors: list[tuple[int, str]] = []
     bar = tqdm(total=len(refs), desc=desc or f"embed {domain}s", unit="img", disable=not progress, file=sys.stderr, leave=False)
     for idx, x, errs in loader:
         errors.extend(errs)
         if x is not None:
-            z = embed_tensor(model, x.to(device), domain, flip_tta)
-            out.append(z.float().cpu().numpy())
+            x = x.to(device)
+            z = embed_tensor(model, x, domain, flip_tta).float().cpu().numpy()
+            if emb is None:
+                emb = np.empty((len(refs), z.shape[1]), np.float32)
+                if return_flipped:
+                    emb_flip = np.empty_like(emb)
+            emb[n_ok : n_ok + len(z)] = z
+            if return_flipped:
+                zf = model.embed(torch.flip(x, dims=[3]), domain)
+                emb_flip[n_ok : n_ok + len(z)] = zf.float().cpu().numpy()
+            n_ok += len(z)
             indices.extend(idx)
         bar.update(len(idx) + len(errs))
     bar.close()
-    dim = getattr(model, "embed_dim", None) or (out[0].shape[1] if out else 0)
-    emb = np.concatenate(out).astype(np.float32) if out else np.zeros((0, dim), np.float32)
-    return EmbedResult(emb, indices, errors)
+    if emb is None:
+        dim = getattr(model, "embed_dim", None) or 0
+        emb = np.zeros((0, dim), np.float32)
+        emb_flip = emb.copy() if return_flipped else None
+    elif n_ok < len(emb):  # some inputs were skipped
+        emb = emb[:n_ok].copy()
+        emb_flip = emb_flip[:n_ok].copy() if emb_flip is not None else None
+    return EmbedResult(emb, indices, errors, emb_flip)
 
 
 def embed_pil(model, images: Sequence[Image.Image], domain: str, image_size: int, flip_tta: bool = False) -> np.ndarray:
