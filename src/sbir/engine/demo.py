@@ -65,6 +65,8 @@ def run_demo(
     cfg.optim.lr = 1e-3
     cfg.optim.backbone_lr_mult = 0.1
     cfg.optim.warmup_epochs = 0.5
+    # Keeps the whole demo within about 3 minutes on 2 CPU cores.
+    cfg.optim.time_budget_minutes = 2.0 if generated else None
     cfg.validate()
 
     run_dir = out_dir / "run"
@@ -77,11 +79,12 @@ def run_demo(
     before = evaluate_finegrained(baseline, target, cfg.data.image_size, progress=progress)
     print(f"before training (off-the-shelf ImageNet {cfg.model.backbone}), {held_out} split: {_fmt(before)}")
 
-    trainer.fit()
+    summary = trainer.fit()
     model, _, _ = load_model(run_dir)
     after = evaluate_finegrained(model, target, cfg.data.image_size, progress=progress, keep_embeddings=True)
     s_emb, p_emb, true_index, sketches = after.pop("_embeddings")
-    print(f"after training ({cfg.optim.epochs} epochs, best on validation), {held_out} split: {_fmt(after)}")
+    print(f"after training ({summary['epochs_run']} epochs, best on validation: epoch {summary['best_epoch']}), "
+          f"{held_out} split: {_fmt(after)}")
     grid = write_retrieval_grid(
         target, sketches, s_emb, p_emb, true_index, out_dir / "retrieval.png", title=f"sbir demo: {held_out} queries"
     )

@@ -211,8 +211,19 @@ class Trainer:
     def fit(self) -> dict[str, Any]:
         cfg = self.cfg
         select = cfg.select_metric
+        budget_s = cfg.optim.time_budget_minutes * 60 if cfg.optim.time_budget_minutes else None
+        fit_start = time.time()
+        stopped_early = False
         for epoch in range(self.start_epoch, cfg.optim.epochs + 1):
             t0 = time.time()
+            if budget_s is not None and epoch > self.start_epoch:
+                per_epoch = (t0 - fit_start) / (epoch - self.start_epoch)
+                if t0 - fit_start + per_epoch > budget_s:
+                    stopped_early = True
+                    if self.progress:
+                        print(f"stopping before epoch {epoch}: optim.time_budget_minutes "
+                              f"({cfg.optim.time_budget_minutes}) reached", file=sys.stderr)
+                    break
             losses = self.train_epoch(epoch)
             val = self.task.evaluate("val")
             row: dict[str, Any] = {"epoch": epoch, "train_loss": round(losses.pop("loss"), 6)}
@@ -241,6 +252,8 @@ class Trainer:
             "best_epoch": self.best_epoch,
             f"best_val_{select}": self.best_score,
             "epochs": cfg.optim.epochs,
+            "epochs_run": len(self.history),
+            "stopped_by_time_budget": stopped_early,
             "history": self.history,
             "config": to_dict(cfg),
         }

@@ -31,7 +31,9 @@ class SBIRModel(nn.Module):
         self.photo_encoder = sketch_backbone if cfg.shared_encoder else copy.deepcopy(sketch_backbone)
         nf = sketch_backbone.num_features
         self.sketch_head = ProjectionHead(nf, cfg.embed_dim, cfg.head, cfg.dropout)
-        self.photo_head = ProjectionHead(nf, cfg.embed_dim, cfg.head, cfg.dropout)
+        # Both heads start as the same random projection, so before training sketches and photos
+        # land in one space (as good as the ImageNet features), not in two unrelated ones.
+        self.photo_head = copy.deepcopy(self.sketch_head)
         self.mean = tuple(sketch_backbone.mean)
         self.std = tuple(sketch_backbone.std)
         self.embed_dim = cfg.embed_dim
