@@ -34,6 +34,9 @@ def main(argv=None) -> int:
     ap.add_argument("--tag", default="", help="suffix of the results file name")
     ap.add_argument("--no-baseline", action="store_true")
     ap.add_argument("--no-progress", action="store_true")
+    ap.add_argument("--from-runs", nargs="+", metavar="RUN_DIR",
+                    help="do not train: evaluate these finished or interrupted run folders (best validation epoch "
+                         "so far) on their recorded validation split, beside the ImageNet baseline")
     args = ap.parse_args(argv)
 
     import torch
@@ -44,6 +47,8 @@ def main(argv=None) -> int:
     from sbir.engine.trainer import Trainer
 
     results = {}
+    if args.from_runs:
+        return summarize_runs(args)
     for cat in args.categories:
         data = SHARED_DATA / "qmul_v1" / cat
         cfg = load_config(args.config, [f"data.path={data}", *args.set])
@@ -81,6 +86,43 @@ def main(argv=None) -> int:
     write_result("fg_qmul_v1" + (f"-{args.tag}" if args.tag else ""),
                  {"config": to_dict(cfg), "overrides": args.set, "results": results,
                   "split": "validation carved from the training split (data.val_fraction, data.split_seed)"})
+    return 0
+
+
+def summarize_runs(args) -> int:
+    """Validation metrics of existing run folders (e.g. runs stopped early for time) and the baseline."""
+    import csv
+    import json
+
+    from sbir.data.formats import load_dataset
+    from sbir.data.splits import apply_split_record, load_split_record
+    from sbir.engine.checkpoint import load_model
+    from sbir.engine.finegrained import evaluate_finegrained
+
+    results = {}
+    for run in map(Path, args.from_runs):
+        model, cfg, _ = load_model(run)
+        ds = load_dataset(cfg.data.path, cfg.data.format)
+        _, val = apply_split_record(ds.split("train"), load_split_record(run / "split.json"))
+        trained = evaluate_finegrained(model, val, cfg.data.image_size, flip_tta=cfg.eval.flip_tta, progress=False)
+        base, _, _ = load_model("pretrained")
+        b = evaluate_finegrained(base, val, cfg.data.image_size, progress=False)
+        rows = list(csv.DictReader(open(run / "metrics.csv")))
+        best = max(rows, key=lambda r: float(r["val_acc@1"]))
+        cat = Path(cfg.data.path).name
+        keys = ("acc@1", "acc@5", "acc@10", "%corr", "n_queries", "n_gallery")
+        results[cat] = {
+            "run_dir": str(run),
+            "epochs_run": len(rows),
+            "epochs_planned": cfg.optim.epochs,
+            "best_epoch": int(best["epoch"]),
+            "train_wall_s": round(sum(float(r["seconds"]) for r in rows), 1),
+            "val": {k: trained[k] for k in keys if k in trained},
+            "imagenet_baseline_val": {k: b[k] for k in keys if k in b},
+            "config": json.loads(json.dumps(__import__("sbir.config", fromlist=["to_dict"]).to_dict(cfg))),
+        }
+    write_result("fg_qmul_v1" + (f"-{args.tag}" if args.tag else ""),
+                 {"results": results, "split": "validation carved from the training split (split.json of each run)"})
     return 0
 
 
