@@ -43,7 +43,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import write_result  # noqa: E402
 
-from sbir.index.faiss_ops import HNSW_DEFAULTS, IVFPQ_DEFAULTS, Searcher, build_faiss, default_params  # noqa: E402
+from sbir.index.faiss_ops import HNSW_DEFAULTS, IVFPQ_DEFAULTS, Searcher, build_faiss  # noqa: E402
 
 
 def embeddings_like(n: int, dim: int, basis: np.ndarray, noise: float, rng: np.random.Generator, chunk: int = 100_000) -> np.ndarray:

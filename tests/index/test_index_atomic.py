@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from .index_helpers import IMAGE_SIZE, make_photo, write_gallery
+from .index_helpers import make_photo, write_gallery
 
 from sbir.index import Index, build_index, update_index
 from sbir.index.store import KILL_ENV

@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import io
-import json
 import os
 import threading
 
-import numpy as np
 import pytest
 from PIL import Image
 

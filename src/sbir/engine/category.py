@@ -73,13 +73,19 @@ from typing import Any, Optional
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset as TorchDataset
+from torch.utils.data import Dataset as TorchDataset
 
 from sbir.config import TrainConfig
 from sbir.data.formats import load_dataset
 from sbir.data.records import Split
-from sbir.data.splits import BY_CLASS, apply_split_record, carve_validation, save_split_record
+from sbir.data.splits import (
+    BY_CLASS,
+    apply_split_record,
+    carve_validation,
+    save_split_record,
+)
 from sbir.data.transforms import train_transform
+from sbir.engine.batches import SampledBatchesMixin
 from sbir.engine.embed import embed_images
 from sbir.errors import ConfigError, DataError
 
@@ -490,7 +496,7 @@ def write_category_grid(
 # ---------------------------------------------------------------- the task
 
 
-class CategoryTask:
+class CategoryTask(SampledBatchesMixin):
     """The :class:`sbir.engine.trainer.Task` of ``task=category`` and ``task=zeroshot``."""
 
     def __init__(self, cfg: TrainConfig, run_dir: Path, progress: bool = True, split_record: Optional[dict] = None):
@@ -542,25 +548,6 @@ class CategoryTask:
         self.criterion = build_criterion(cfg, len(self.classes), self.model.embed_dim)
         self._last_eval: Optional[dict] = None
 
-    def steps_per_epoch(self) -> int:
-        n = len(self.sampler)
-        cap = self.cfg.optim.max_steps_per_epoch
-        return min(n, cap) if cap else n
-
-    def train_batches(self, epoch: int):
-        self.sampler.set_epoch(epoch)
-        self.pairs.set_epoch(epoch)
-        loader = DataLoader(
-            self.pairs,
-            batch_sampler=self.sampler,
-            num_workers=self.cfg.data.num_workers,
-            persistent_workers=False,
-        )
-        for step, batch in enumerate(loader):
-            if step >= self.steps_per_epoch():
-                break
-            yield batch
-
     def compute_loss(self, batch: dict, device: torch.device):
         s = batch["sketch"].to(device, non_blocking=True)
         p = batch["photo"].to(device, non_blocking=True)
@@ -602,7 +589,11 @@ class CategoryTask:
     def _train_hash_codes(self, run_dir: Path) -> None:
         """Fit the hash heads on the training split's embeddings of the new best weights; save them."""
         from sbir.engine.checkpoint import file_digest
-        from sbir.engine.hashcodes import hash_file_name, save_hash_head, train_hash_heads
+        from sbir.engine.hashcodes import (
+            hash_file_name,
+            save_hash_head,
+            train_hash_heads,
+        )
 
         digest = file_digest(run_dir / "best.safetensors")
         heads = train_hash_heads(

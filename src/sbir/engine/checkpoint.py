@@ -29,6 +29,7 @@ from typing import Any, Optional
 
 import numpy as np
 import torch
+
 try:
     from safetensors import SafetensorError as SafetensorsError
 except ImportError:  # older safetensors
@@ -37,7 +38,7 @@ from safetensors.torch import load_file, safe_open, save_file
 
 from sbir.config import TrainConfig, config_from_dict, to_dict
 from sbir.errors import CheckpointError, SbirError
-from sbir.fileio import atomic_write_text, fsync_dir
+from sbir.fileio import atomic_write_text, atomic_write_with, fsync_dir
 
 FORMAT_TAG = "sbir-checkpoint-v1"
 
@@ -53,18 +54,8 @@ def save_weights(model: torch.nn.Module, path: Path, cfg: TrainConfig, extra: Op
     meta = {"format": FORMAT_TAG, "config": json.dumps(to_dict(cfg))}
     for k, v in (extra or {}).items():
         meta[k] = json.dumps(v)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        save_file(state_dict_for_save(model), tmp, metadata=meta)
-        with open(tmp, "rb") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    fsync_dir(path.parent)
+    tensors = state_dict_for_save(model)
+    atomic_write_with(path, lambda tmp: save_file(tensors, tmp, metadata=meta))
 
 
 def read_weights(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:

@@ -15,13 +15,13 @@ from typing import Any, Optional
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader
 
 from sbir.config import TrainConfig
 from sbir.data.formats import load_dataset
 from sbir.data.records import Split
 from sbir.data.splits import apply_split_record, carve_validation, save_split_record
 from sbir.data.transforms import train_transform
+from sbir.engine.batches import SampledBatchesMixin
 from sbir.engine.embed import embed_images
 from sbir.errors import DataError
 
@@ -106,7 +106,7 @@ def write_retrieval_grid(split: Split, sketches, s_emb, p_emb, true_index, out_p
     return retrieval_grid(queries, results, true_pos, out_path, scores=top_scores, title=title, true_ranks=ranks)
 
 
-class FineGrainedTask:
+class FineGrainedTask(SampledBatchesMixin):
     def __init__(self, cfg: TrainConfig, run_dir: Path, progress: bool = True, split_record: Optional[dict] = None):
         from sbir.data.pairs import FineGrainedPairs
         from sbir.data.sampler import UniquePhotoBatchSampler
@@ -134,24 +134,6 @@ class FineGrainedTask:
         self.sampler = UniquePhotoBatchSampler(groups, cfg.optim.batch_size, seed=cfg.seed, drop_last=True)
         self.criterion = build_loss(cfg.loss)
         self._last_eval: Optional[dict] = None
-
-    def steps_per_epoch(self) -> int:
-        n = len(self.sampler)
-        cap = self.cfg.optim.max_steps_per_epoch
-        return min(n, cap) if cap else n
-
-    def train_batches(self, epoch: int):
-        self.sampler.set_epoch(epoch)
-        loader = DataLoader(
-            self.pairs,
-            batch_sampler=self.sampler,
-            num_workers=self.cfg.data.num_workers,
-            persistent_workers=False,
-        )
-        for step, batch in enumerate(loader):
-            if step >= self.steps_per_epoch():
-                break
-            yield batch
 
     def compute_loss(self, batch: dict, device: torch.device):
         model = self.model

@@ -21,19 +21,16 @@ packed codes (:meth:`HashHead.encode`) go into a FAISS binary index
 from __future__ import annotations
 
 import json
-import os
 import re
 import sys
-import tempfile
 from pathlib import Path
 from typing import Optional, Sequence
 
 import numpy as np
-import torch
 from safetensors.torch import load_file, safe_open, save_file
 
 from sbir.errors import CheckpointError
-from sbir.fileio import fsync_dir
+from sbir.fileio import atomic_write_with
 from sbir.models.hashing import HASH_BITS, HashHead, hamming_search, train_hash_head
 
 HASH_FORMAT_TAG = "sbir-hash-head-v1"
@@ -58,18 +55,7 @@ def save_hash_head(head: HashHead, path: Path, weights_digest: str, extra: Optio
     for k, v in (extra or {}).items():
         meta[k] = json.dumps(v)
     tensors = {k: v.detach().cpu().contiguous().clone() for k, v in head.state_dict().items()}
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        save_file(tensors, tmp, metadata=meta)
-        with open(tmp, "rb") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    fsync_dir(path.parent)
+    atomic_write_with(path, lambda tmp: save_file(tensors, tmp, metadata=meta))
     return path
 
 

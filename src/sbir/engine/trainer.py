@@ -27,6 +27,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from sbir.config import TrainConfig, save_config, to_dict
+from sbir.data.splits import load_split_record
 from sbir.engine.checkpoint import (
     atomic_write_text,
     capture_rng_state,
@@ -36,7 +37,6 @@ from sbir.engine.checkpoint import (
     save_weights,
 )
 from sbir.engine.embed import resolve_device
-from sbir.data.splits import load_split_record
 from sbir.engine.schedule import warmup_cosine
 from sbir.errors import CheckpointError, ConfigError
 

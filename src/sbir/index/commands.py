@@ -185,8 +185,8 @@ def add_index_commands(subparsers) -> None:
         "--approx",
         choices=APPROX_CHOICES,
         default="auto",
-        help=f"nearest-neighbour index: none (exact), hnsw, ivfpq, or auto = hnsw from --approx-threshold vectors, "
-        f"exact below (default auto)",
+        help="nearest-neighbour index: none (exact), hnsw, ivfpq, or auto = hnsw from --approx-threshold vectors, "
+        "exact below (default auto)",
     )
     b.add_argument(
         "--approx-threshold", type=int, default=AUTO_THRESHOLD, help=f"gallery size where auto switches to HNSW (default {AUTO_THRESHOLD})"

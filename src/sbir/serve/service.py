@@ -25,7 +25,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
-import numpy as np
 from PIL import Image
 
 from sbir.data.image_io import load_image, load_image_bytes
