@@ -83,10 +83,36 @@ def main(argv=None) -> int:
             torch.cuda.empty_cache()
     from sbir.config import to_dict
 
-    write_result("fg_qmul_v1" + (f"-{args.tag}" if args.tag else ""),
-                 {"config": to_dict(cfg), "overrides": args.set, "results": results,
-                  "split": "validation carved from the training split (data.val_fraction, data.split_seed)"})
+    name = "fg_qmul_v1" + (f"-{args.tag}" if args.tag else "")
+    for entry in results.values():  # each category keeps its own command and date when files are merged
+        entry.update(command="python " + " ".join(["benchmarks/fg_qmul_v1.py", *(argv if argv is not None else sys.argv[1:])]),
+                     date=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
+    write_result(name, {"config": to_dict(cfg), "overrides": args.set,
+                        "results": merge_previous(name, results, to_dict(cfg)),
+                        "split": "validation carved from the training split (data.val_fraction, data.split_seed)"})
     return 0
+
+
+def merge_previous(name: str, results: dict, config: dict) -> dict:
+    """Categories from an earlier run of the same recipe (same config but the data path) kept beside new ones."""
+    import json
+
+    from _common import RESULTS_DIR
+
+    path = RESULTS_DIR / f"{name}.json"
+    if not path.exists():
+        return results
+    old = json.loads(path.read_text())
+
+    def recipe(c: dict) -> dict:
+        c = json.loads(json.dumps(c))
+        c.get("data", {}).pop("path", None)
+        return c
+
+    if recipe(old.get("config", {})) != recipe(config):
+        print(f"note: {path} holds another recipe; replacing it", file=sys.stderr)
+        return results
+    return {**old.get("results", {}), **results}
 
 
 def summarize_runs(args) -> int:

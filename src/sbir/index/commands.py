@@ -222,7 +222,8 @@ def add_index_commands(subparsers) -> None:
         help="find the photos matching a sketch",
         formatter_class=_FMT,
         description=(
-            "Embed SKETCH with the index's model and print the top-k photos with cosine scores.\n"
+            "Embed SKETCH with the index's model and print the top-k photos with scores (cosine similarity; minus\n"
+            "the euclidean distance for models tested with euclidean distance; higher is better).\n"
             "SKETCH is an image, or a .json file of strokes ([[[x...],[y...]], ...] as Quick, Draw!'s drawing)."
         ),
         epilog="example:\n  sbir search shoes.idx my_sketch.png -k 10 --json",
