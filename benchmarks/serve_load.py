@@ -5,8 +5,9 @@ photos in ../shared/data/sketchy_mini/photo, each hard-linked (or copied) into
 ``copy-N/`` folders until the count is reached. ``sbir index build`` embeds
 every distinct content once (duplicates share a vector), so the index is a
 real 10,000-entry index built by the real code, with 3,125 distinct vectors
-(each result list contains copies). The index is built with the pretrained
-EfficientNet-Lite0 once and kept in ``--workdir`` for later runs.
+(each result list contains copies). The index is built with ``--model``
+(default: the pretrained EfficientNet-Lite0 at 224 px; or a run folder, e.g. a
+trained 128 px category model) once and kept in ``--workdir`` for later runs.
 
 The server is the real command (``python -m sbir.cli serve``) in a
 subprocess. Each client sends, one request after the other, alternately a
@@ -25,6 +26,7 @@ Prints JSON and writes ``benchmarks/results/serve_load.json``. Usage::
 
     python benchmarks/serve_load.py                          # 10k gallery, 50 clients, 1000 requests
     python benchmarks/serve_load.py --requests 300 --compare-no-batching
+    python benchmarks/serve_load.py --model runs/my_run --out serve_load-my_run
 """
 
 from __future__ import annotations
@@ -73,7 +75,8 @@ def ensure_index(args) -> Path:
 
     work = Path(args.workdir)
     gallery = work / f"gallery-{args.gallery_size}"
-    index_dir = work / f"index-{args.gallery_size}"
+    suffix = "" if args.model == "pretrained" else "-" + Path(args.model.rstrip("/")).name
+    index_dir = work / f"index-{args.gallery_size}{suffix}"
     if not gallery.is_dir():
         make_gallery(Path(args.photos), gallery, args.gallery_size)
     t0 = time.perf_counter()
@@ -81,7 +84,7 @@ def ensure_index(args) -> Path:
         rep = update_index(index_dir, progress=False)
         how = "reused (updated)"
     else:
-        rep = build_index(gallery, "pretrained", index_dir, progress=True, device=args.device)
+        rep = build_index(gallery, args.model, index_dir, progress=True, device=args.device)
         how = "built"
     index = Index.open(index_dir)
     args._index_info = {
@@ -232,6 +235,8 @@ def main() -> None:
     ap.add_argument("--photos", default=str(SHARED_DATA / "sketchy_mini" / "photo"))
     ap.add_argument("--gallery-size", type=int, default=10_000)
     ap.add_argument("--workdir", default=os.path.join(os.environ.get("TMPDIR", "/tmp"), "sbir-serve-load"))
+    ap.add_argument("--model", default="pretrained",
+                    help="model the index is built with: 'pretrained' (224 px ImageNet features) or a run folder")
     ap.add_argument("--index", default=None, help="use this existing index instead of building one")
     ap.add_argument("--clients", type=int, default=50)
     ap.add_argument("--requests", type=int, default=1000)
