@@ -16,12 +16,12 @@ the euclidean distance. Three kinds:
 ``auto`` picks ``hnsw`` at or above :data:`AUTO_THRESHOLD` vectors and exact
 search below. The recall cost of each approximate kind is measured by
 ``benchmarks/index_search.py`` (recall@10 against exact search, D=512,
-embedding-like synthetic vectors, 2 busy CPU cores): exact search takes
-~0.7 / 16 / 170 ms per query at 10k / 100k / 1M vectors; HNSW with the defaults
-below has recall@10 1.00 / 0.99 at 10k / 100k in ~0.4 / 1.2 ms but takes
-~2 min to build at 100k (1M was not built on 2 cores); IVF-PQ with
-re-ranking and nprobe 256 has recall@10 0.96 / 0.87 at 100k / 1M in ~1.2 /
-3.5 ms and builds 1M vectors in ~4.5 min. Every ``sbir index update`` rebuilds
+embedding-like synthetic vectors, one thread on a 2-core CPU, 2026-12-03):
+exact search takes ~1.3 / 17 / 136 ms per query at 10k / 100k / 1M vectors;
+HNSW with the defaults below has recall@10 1.00 / 0.99 at 10k / 100k in ~0.6
+/ 1.6 ms and takes ~1 min to build at 100k (1M was not built on 2 cores);
+IVF-PQ with re-ranking and nprobe 256 has recall@10 0.96 / 0.87 at 100k / 1M
+in ~2.2 / 5.3 ms and builds 1M vectors in ~1.6 min. Every ``sbir index update`` rebuilds
 the FAISS index from the stored vectors (no re-embedding).
 """
 
