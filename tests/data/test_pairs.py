@@ -132,6 +132,22 @@ def test_preload(tmp_path):
     assert all(ds[i]["sketch"].shape == (3, 16, 16) for i in range(len(ds)))
 
 
+def test_preload_reports_every_broken_file(tmp_path):
+    split = make_file_split(tmp_path)
+    t = eval_transform(16, MEAN, STD)
+    broken = [split.sketches[0].image.path, split.photos[2].image.path]
+    open(broken[0], "wb").close()  # 0 bytes
+    with open(broken[1], "wb") as fh:
+        fh.write(b"\x89PNG\r\n\x1a\n truncated")
+    with pytest.raises(DataError) as info:
+        FineGrainedPairs(split, t, t).preload()
+    msg = str(info.value)
+    assert msg.startswith("2 images cannot be read") and all(str(p) in msg for p in broken)
+    Image.new("RGB", (8, 8)).save(broken[1])
+    with pytest.raises(ImageLoadError, match=str(broken[0])):  # a single bad file keeps its own error
+        FineGrainedPairs(split, t, t).preload()
+
+
 def test_errors_name_the_sketch():
     split = make_array_split()
     t = eval_transform(16, MEAN, STD)

@@ -30,7 +30,10 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from sbir.data.records import ImageRef, Split
-from sbir.errors import DataError
+from sbir.errors import DataError, ImageLoadError
+
+# How many unreadable files one error message lists.
+MAX_LISTED_ERRORS = 20
 
 Transform = Callable[[Image.Image], Any]
 
@@ -108,10 +111,24 @@ class FineGrainedPairs(Dataset):
     def preload(self) -> None:
         """Decode every sketch and photo now (turns ``cache_decoded`` on); bad images fail here."""
         self.cache_decoded = True
-        for i in range(len(self.split.sketches)):
-            self.sketch_image(i)
-        for j in sorted(set(self.groups)):
-            self.photo_image(j)
+        # Try every image, so a folder with several broken files is reported in one go.
+        errors: list[ImageLoadError] = []
+        loads = [(self.sketch_image, i) for i in range(len(self.split.sketches))]
+        loads += [(self.photo_image, j) for j in sorted(set(self.groups))]
+        for load, k in loads:
+            try:
+                load(k)
+            except ImageLoadError as exc:
+                errors.append(exc)
+        if len(errors) == 1:
+            raise errors[0]
+        if errors:
+            shown = "\n".join(f"  {e.path}: {e.reason}" for e in errors[:MAX_LISTED_ERRORS])
+            more = f"\n  ... and {len(errors) - MAX_LISTED_ERRORS} more" if len(errors) > MAX_LISTED_ERRORS else ""
+            raise DataError(
+                f"{len(errors)} images cannot be read:\n{shown}{more}\n"
+                "Replace or delete these files (or re-export them as PNG/JPEG)."
+            )
 
     def cached_images(self) -> int:
         return len(self._sketch_cache) + len(self._photo_cache)
