@@ -43,3 +43,13 @@ def write_result(name: str, payload: dict) -> Path:
     path = RESULTS_DIR / f"{name}.json"
     path.write_text(text + "\n")
     return path
+
+
+def add_training_arguments(ap, runs_name: str, set_help: str = "config overrides") -> None:
+    """The options every training benchmark shares: overrides, where runs go, result tag, baseline, progress."""
+    ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help=set_help)
+    ap.add_argument("--runs", default=str(REPO_ROOT / "runs" / runs_name), help="where run folders go")
+    ap.add_argument("--tag", default="", help="suffix of the results file name")
+    ap.add_argument("--no-baseline", action="store_true")
+    ap.add_argument("--no-progress", action="store_true")
+

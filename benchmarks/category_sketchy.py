@@ -34,7 +34,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import REPO_ROOT, SHARED_DATA, write_result  # noqa: E402
+from _common import REPO_ROOT, SHARED_DATA, add_training_arguments, write_result  # noqa: E402
 
 TASKS = ("category", "zeroshot")
 TEST_FRACTION = 0.2
@@ -159,11 +159,7 @@ def main(argv=None) -> int:
     ap.add_argument("--tasks", nargs="+", default=list(TASKS), choices=TASKS)
     ap.add_argument("--config-category", default=str(REPO_ROOT / "configs" / "category_sketchy.yaml"))
     ap.add_argument("--config-zeroshot", default=str(REPO_ROOT / "configs" / "zeroshot_sketchy.yaml"))
-    ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="config overrides for both tasks")
-    ap.add_argument("--runs", default=str(REPO_ROOT / "runs" / "bench_category_sketchy"), help="where run folders go")
-    ap.add_argument("--tag", default="", help="suffix of the results file name")
-    ap.add_argument("--no-baseline", action="store_true")
-    ap.add_argument("--no-progress", action="store_true")
+    add_training_arguments(ap, "bench_category_sketchy", set_help="config overrides for both tasks")
     args = ap.parse_args(argv)
 
     if not (SHARED_DATA / "sketchy_mini").is_dir():

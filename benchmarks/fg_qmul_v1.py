@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import REPO_ROOT, SHARED_DATA, write_result  # noqa: E402
+from _common import REPO_ROOT, SHARED_DATA, add_training_arguments, write_result  # noqa: E402
 
 CATEGORIES = ("shoes", "chairs", "handbags")
 
@@ -29,11 +29,7 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--categories", nargs="+", default=list(CATEGORIES), choices=CATEGORIES)
     ap.add_argument("--config", default=str(REPO_ROOT / "configs" / "fg_qmul_v1.yaml"))
-    ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="config overrides")
-    ap.add_argument("--runs", default=str(REPO_ROOT / "runs" / "bench_fg_qmul_v1"), help="where run folders go")
-    ap.add_argument("--tag", default="", help="suffix of the results file name")
-    ap.add_argument("--no-baseline", action="store_true")
-    ap.add_argument("--no-progress", action="store_true")
+    add_training_arguments(ap, "bench_fg_qmul_v1")
     ap.add_argument("--from-runs", nargs="+", metavar="RUN_DIR",
                     help="do not train: evaluate these finished or interrupted run folders (best validation epoch "
                          "so far) on their recorded validation split, beside the ImageNet baseline")
@@ -118,8 +114,8 @@ def merge_previous(name: str, results: dict, config: dict) -> dict:
 def summarize_runs(args) -> int:
     """Validation metrics of existing run folders (e.g. runs stopped early for time) and the baseline."""
     import csv
-    import json
 
+    from sbir.config import to_dict
     from sbir.data.formats import load_dataset
     from sbir.data.splits import apply_split_record, load_split_record
     from sbir.engine.checkpoint import load_model
@@ -145,7 +141,7 @@ def summarize_runs(args) -> int:
             "train_wall_s": round(sum(float(r["seconds"]) for r in rows), 1),
             "val": {k: trained[k] for k in keys if k in trained},
             "imagenet_baseline_val": {k: b[k] for k in keys if k in b},
-            "config": json.loads(json.dumps(__import__("sbir.config", fromlist=["to_dict"]).to_dict(cfg))),
+            "config": to_dict(cfg),
         }
     write_result("fg_qmul_v1" + (f"-{args.tag}" if args.tag else ""),
                  {"results": results, "split": "validation carved from the training split (split.json of each run)"})

@@ -180,7 +180,8 @@ def _partition(split: Split, val_photos: set[str], val_sketches: set[str], val_n
     return train, val
 
 
-def _record(split: Split, train: Split, val: Split, fraction: float, seed: int, by: str) -> dict:
+def make_split_record(split: Split, train: Split, val: Split, fraction: float, seed: int, by: str) -> dict:
+    """The record of a validation split carved from ``split`` (what ``split.json`` holds)."""
     return {
         "version": RECORD_VERSION,
         "source_split": split.name,
@@ -229,7 +230,7 @@ def carve_validation(
     else:
         val_p, val_s = _select_by_class(split, f, rng)
     train, val = _partition(split, val_p, val_s)
-    return train, val, _record(split, train, val, f, int(seed), by)
+    return train, val, make_split_record(split, train, val, f, int(seed), by)
 
 
 def apply_split_record(split: Split, record: dict) -> tuple[Split, Split]:

@@ -82,6 +82,7 @@ from sbir.data.splits import (
     BY_CLASS,
     apply_split_record,
     carve_validation,
+    make_split_record,
     save_split_record,
 )
 from sbir.data.transforms import train_transform
@@ -152,8 +153,6 @@ def carve_heldout_classes(split: Split, fraction: float, seed: int) -> tuple[Spl
     (at least 2, and at least 2 classes stay for training) are drawn with
     ``seed``; all their photos and sketches go to validation.
     """
-    from sbir.data.splits import RECORD_VERSION
-
     if not 0.0 < fraction < 1.0:
         raise ConfigError(
             f"data.val_fraction is {fraction}; zero-shot model selection holds out that fraction of the seen "
@@ -179,21 +178,9 @@ def carve_heldout_classes(split: Split, fraction: float, seed: int) -> tuple[Spl
     )
     val = _subset(split, "val", vset)
     record = {
-        "version": RECORD_VERSION,
-        "source_split": split.name,
-        "fraction": float(fraction),
-        "seed": int(seed),
-        "by": BY_CLASS,
+        **make_split_record(split, train, val, float(fraction), int(seed), BY_CLASS),
         "class_disjoint": True,
         "val_classes": val_classes,
-        "val_photo_ids": [p.id for p in val.photos],
-        "val_sketch_ids": [s.id for s in val.sketches],
-        "n_train_photos": len(train.photos),
-        "n_train_sketches": len(train.sketches),
-        "n_val_photos": len(val.photos),
-        "n_val_sketches": len(val.sketches),
-        "n_train_triplets": None,
-        "n_val_triplets": None,
     }
     return train, val, record
 
