@@ -174,7 +174,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", help="YAML config file (see configs/)")
     p.add_argument("--out", help="run folder (default: runs/<time>-<task>)")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its last checkpoint")
-    p.add_argument("--task", choices=["finegrained", "category", "zeroshot"])
+    p.add_argument("--task", help="finegrained (default), category or zeroshot (any registered task)")
     p.add_argument("--epochs", type=int)
     p.add_argument("--batch-size", type=int)
     p.add_argument("--lr", type=float)

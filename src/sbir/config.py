@@ -10,6 +10,7 @@ naming the key.
 from __future__ import annotations
 
 import dataclasses
+import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,9 +19,6 @@ from typing import Any, Optional
 import yaml
 
 from sbir.errors import ConfigError
-
-TASKS = ("finegrained", "category", "zeroshot")
-
 
 @dataclass
 class DataConfig:
@@ -92,49 +90,40 @@ class ModelConfig:
             raise ConfigError(f"model.num_classes must be >= 2 (or unset), got {self.num_classes}")
 
 
-FINEGRAINED_LOSSES = ("ntxent", "triplet", "ntxent+triplet")
-CATEGORY_LOSSES = ("mems", "cosface")
-
-
 @dataclass
 class LossConfig:
-    # Fine-grained: ntxent | triplet | ntxent+triplet. Category / zero-shot: mems | cosface.
-    name: str = "ntxent"
-    temperature: float = 0.07
-    weight_cross: float = 1.0  # sketch <-> photo
-    weight_sketch: float = 1.0  # sketch <-> augmented sketch
-    weight_photo: float = 1.0  # photo <-> augmented photo
-    triplet_margin: float = 0.2
-    weight_triplet: float = 1.0
-    # MEMS / CosFace. None = the published default: MEMS margin 4, scale 1; CosFace margin 0.35, scale 32.
+    """The training loss. Unset (None) values take the loss's own defaults (its constructor's signature).
+
+    ``name`` unset: the task's default loss (fine-grained ``ntxent``, category / zero-shot ``mems``).
+    Fine-grained losses: ``ntxent | triplet | ntxent+triplet``; category / zero-shot: ``mems | cosface``
+    (see ``sbir.losses`` for every registered name).
+    """
+
+    name: Optional[str] = None
+    temperature: Optional[float] = None  # NT-Xent
+    weight_cross: Optional[float] = None  # sketch <-> photo
+    weight_sketch: Optional[float] = None  # sketch <-> augmented sketch
+    weight_photo: Optional[float] = None  # photo <-> augmented photo
+    triplet_margin: Optional[float] = None
+    weight_triplet: Optional[float] = None
+    # MEMS / CosFace margin and scale.
     margin: Optional[float] = None
     scale: Optional[float] = None
-    # Steps over which the margin ramps up. None: MEMS 100000 (published), CosFace 0 (full margin at once).
+    # Steps over which the margin ramps up (MEMS: 100000 as published; CosFace: 0, full margin at once).
     # A MEMS margin that grows within a short run collapses the embedding: keep it slow.
     anneal_steps: Optional[int] = None
 
-    def resolved(self) -> tuple[float, float]:
-        """``(margin, scale)`` of a MEMS / CosFace loss, defaults filled in."""
-        if self.name == "cosface":
-            return (0.35 if self.margin is None else self.margin, 32.0 if self.scale is None else self.scale)
-        return (4.0 if self.margin is None else self.margin, 1.0 if self.scale is None else self.scale)
-
     def validate(self) -> None:
-        allowed = set(FINEGRAINED_LOSSES) | set(CATEGORY_LOSSES)
-        if self.name not in allowed:
-            raise ConfigError(f"loss.name must be one of {sorted(allowed)}, got {self.name!r}")
-        if self.name == "mems" and self.margin is not None and self.margin < 1.0:
-            raise ConfigError(f"loss.margin must be >= 1 for MEMS (multiplicative margin), got {self.margin}")
-        if self.name == "cosface" and self.margin is not None and not 0.0 <= self.margin < 2.0:
-            raise ConfigError(f"loss.margin must be in [0, 2) for CosFace, got {self.margin}")
+        if self.name is not None and not self.name:
+            raise ConfigError("loss.name must be a loss name (or unset for the task's default)")
         if self.scale is not None and self.scale <= 0:
             raise ConfigError(f"loss.scale must be > 0, got {self.scale}")
         if self.anneal_steps is not None and self.anneal_steps < 0:
             raise ConfigError(f"loss.anneal_steps must be >= 0 (or unset), got {self.anneal_steps}")
-        if self.temperature <= 0:
+        if self.temperature is not None and self.temperature <= 0:
             raise ConfigError(f"loss.temperature must be > 0, got {self.temperature}")
-        for k in ("weight_cross", "weight_sketch", "weight_photo", "weight_triplet"):
-            if getattr(self, k) < 0:
+        for k in ("weight_cross", "weight_sketch", "weight_photo", "weight_triplet", "triplet_margin"):
+            if getattr(self, k) is not None and getattr(self, k) < 0:
                 raise ConfigError(f"loss.{k} must be >= 0, got {getattr(self, k)}")
 
 
@@ -180,8 +169,9 @@ class EvalConfig:
     # (DASE-MEMS). flip_mode picks explicitly: auto | average | pairings.
     flip_tta: bool = False
     flip_mode: str = "auto"
-    # cosine | euclidean | angular | auto (euclidean for MEMS, angular for CosFace, cosine otherwise).
-    distance: str = "cosine"
+    # cosine | euclidean | angular | auto (the distance the loss trains for: cosine for NT-Xent and
+    # triplet, euclidean for MEMS, angular for CosFace).
+    distance: str = "auto"
     batch_size: int = 64
     # Category / zero-shot: hash-code lengths (any of 32, 64, 128) learned on the training split's
     # embeddings after the best epoch; evaluation then also reports Hamming-distance metrics.
@@ -195,37 +185,24 @@ class EvalConfig:
         if self.batch_size < 1:
             raise ConfigError(f"eval.batch_size must be >= 1, got {self.batch_size}")
         bits = self.hash_bits
-        if bits is None:
-            bits = []
-        elif isinstance(bits, (int, str)) and not isinstance(bits, bool):
-            bits = [b for b in str(bits).strip("[]").replace(",", " ").split()]
-        if not isinstance(bits, (list, tuple)):
-            raise ConfigError(f"eval.hash_bits must be a list of code lengths from {HASH_BITS}, got {self.hash_bits!r}")
-        out: list[int] = []
-        for b in bits:
-            try:
-                v = int(b)
-            except (TypeError, ValueError):
-                v = None
-            if v not in HASH_BITS or isinstance(b, bool) or (isinstance(b, float) and not b.is_integer()):
-                raise ConfigError(
-                    f"eval.hash_bits must list code lengths from {HASH_BITS} (e.g. eval.hash_bits=[32,64,128]), "
-                    f"got {self.hash_bits!r}"
-                )
-            if v not in out:
-                out.append(v)
-        self.hash_bits = out
+        if not isinstance(bits, list) or any(isinstance(b, bool) or b not in HASH_BITS for b in bits):
+            raise ConfigError(
+                f"eval.hash_bits must list code lengths from {HASH_BITS} (e.g. eval.hash_bits=[32,64,128]), "
+                f"got {bits!r}"
+            )
+        if len(set(bits)) != len(bits):
+            raise ConfigError(f"eval.hash_bits lists a code length twice: {bits!r}")
 
 
 @dataclass
 class TrainConfig:
+    # A registered task (sbir.engine.tasks): finegrained | category | zeroshot.
     task: str = "finegrained"
     seed: int = 0
-    device: str = "auto"  # auto | cpu | cuda
+    device: str = "auto"  # auto | cpu | cuda[:N]
     amp: bool = True  # mixed precision, used on GPU only
-    # Validation metric for the best epoch. Category / zero-shot runs left at the fine-grained
-    # default acc@1 select on map@all (see validate()).
-    select_metric: str = "acc@1"
+    # Validation metric for the best epoch; unset: the task's (acc@1 fine-grained, map@all category).
+    select_metric: Optional[str] = None
     data: DataConfig = field(default_factory=DataConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -233,55 +210,15 @@ class TrainConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
 
-    def validate(self) -> "TrainConfig":
-        if self.task not in TASKS:
-            raise ConfigError(f"task must be one of {TASKS}, got {self.task!r}")
+    def validate(self) -> TrainConfig:
+        """Check every value; never changes one. Task-specific rules: ``sbir.engine.tasks.check_config``."""
+        if not isinstance(self.task, str) or not self.task:
+            raise ConfigError(f"task must be a task name such as finegrained, category or zeroshot, got {self.task!r}")
         if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
             raise ConfigError(f"device must be auto, cpu or cuda[:N], got {self.device!r}")
         for sub in (self.data, self.augment, self.model, self.loss, self.optim, self.eval):
             sub.validate()
-        if self.task in ("category", "zeroshot"):
-            # Settings left at the fine-grained defaults get the category-level ones. "cosine" and
-            # "angular" rank identically, so an explicit cosine ranking stays available as "angular".
-            if self.loss.name == "ntxent":
-                self.loss.name = "mems"
-            if self.select_metric == "acc@1":
-                self.select_metric = "map@all"
-            if self.eval.distance == "cosine":
-                self.eval.distance = "auto"
-            if self.loss.name not in CATEGORY_LOSSES:
-                raise ConfigError(
-                    f"loss.name {self.loss.name!r} is a fine-grained loss; task {self.task!r} trains with "
-                    f"one of {list(CATEGORY_LOSSES)} (set loss.name=mems or loss.name=cosface)"
-                )
-            if self.select_metric.startswith(("acc@", "%corr")):
-                raise ConfigError(
-                    f"select_metric {self.select_metric!r} is a fine-grained metric; task {self.task!r} "
-                    "selects on a category metric such as map@all, map@200, p@100 or p@200"
-                )
-        else:
-            if self.loss.name in CATEGORY_LOSSES:
-                raise ConfigError(
-                    f"loss.name {self.loss.name!r} is a category-level loss; use it with --task category or "
-                    f"--task zeroshot, or pick a fine-grained loss ({', '.join(FINEGRAINED_LOSSES)})"
-                )
-            if self.eval.hash_bits:
-                raise ConfigError("eval.hash_bits is for category / zero-shot runs; remove it for task finegrained")
         return self
-
-    def resolved_distance(self) -> str:
-        """``eval.distance`` with ``auto`` resolved: euclidean for MEMS, angular for CosFace, else cosine."""
-        if self.eval.distance != "auto":
-            return self.eval.distance
-        if self.task in ("category", "zeroshot"):
-            return "angular" if self.loss.name == "cosface" else "euclidean"
-        return "cosine"
-
-    def resolved_flip_mode(self) -> str:
-        """``eval.flip_mode`` with ``auto`` resolved: pairings for category / zero-shot, average otherwise."""
-        if self.eval.flip_mode != "auto":
-            return self.eval.flip_mode
-        return "pairings" if self.task in ("category", "zeroshot") else "average"
 
 
 # ---------------------------------------------------------------- (de)serialisation
@@ -293,11 +230,20 @@ def to_dict(cfg: Any) -> dict:
 
 def _coerce(value: Any, tp: Any, key: str) -> Any:
     origin = typing.get_origin(tp)
-    if origin is typing.Union:
+    if origin is typing.Union or origin is types.UnionType:  # Optional[X] and X | None
         args = [a for a in typing.get_args(tp) if a is not type(None)]
         if value is None or (isinstance(value, str) and value.lower() in ("none", "null", "")):
             return None
         return _coerce(value, args[0], key)
+    if origin is list:
+        (item_tp,) = typing.get_args(tp) or (Any,)
+        if value is None:
+            return []
+        if isinstance(value, str):
+            value = [v for v in value.strip().strip("[]").replace(",", " ").split()]
+        elif not isinstance(value, (list, tuple)):
+            value = [value]
+        return [_coerce(v, item_tp, f"{key}[{i}]") for i, v in enumerate(value)]
     if dataclasses.is_dataclass(tp):
         if not isinstance(value, dict):
             raise ConfigError(f"config key '{key}' must be a mapping, got {type(value).__name__}")
@@ -374,7 +320,10 @@ def load_config(path: Optional[str | Path] = None, overrides: Optional[list[str]
             raise ConfigError(f"config file {p} must contain a mapping at the top level")
     cfg = from_dict(TrainConfig, data)
     apply_overrides(cfg, overrides or [])
-    return cfg.validate()
+    # The task's own rules (its loss kind, its metrics) come from the task registry.
+    from sbir.engine.tasks import check_config
+
+    return check_config(cfg)
 
 
 def config_from_dict(data: dict) -> TrainConfig:

@@ -11,6 +11,7 @@ from safetensors.torch import save_file
 
 from sbir.config import ModelConfig, TrainConfig
 from sbir.engine import checkpoint as ck
+from sbir.engine.inference import load_model
 from sbir.errors import CheckpointError
 from sbir.models.fgsbir import build_model
 
@@ -24,32 +25,32 @@ def test_weights_round_trip_and_model_id(tmp_path):
     model = build_model(cfg.model)
     path = tmp_path / "best.safetensors"
     ck.save_weights(model, path, cfg, {"epoch": 3})
-    loaded, cfg2, model_id = ck.load_model(path)
+    loaded, cfg2, model_id = load_model(path)
     assert cfg2.model.embed_dim == 16 and model_id.startswith("resnet18:")
     x = torch.randn(2, 3, 64, 64)
     model.eval()
     torch.testing.assert_close(model.embed(x, "photo"), loaded.embed(x, "photo"))
     # a run folder resolves to its best.safetensors; the id is the same
-    assert ck.load_model(tmp_path)[2] == model_id
+    assert load_model(tmp_path)[2] == model_id
 
 
 def test_foreign_and_corrupt_checkpoints_are_clear_errors(tmp_path):
     foreign = tmp_path / "foreign.safetensors"
     save_file({"w": torch.zeros(2)}, str(foreign))
     with pytest.raises(CheckpointError, match="not an sbir checkpoint"):
-        ck.load_model(foreign)
+        load_model(foreign)
     junk = tmp_path / "junk.safetensors"
     junk.write_bytes(b"\x00garbage" * 10)
     with pytest.raises(CheckpointError, match="not a readable safetensors"):
-        ck.load_model(junk)
+        load_model(junk)
     pth = tmp_path / "model.pth"
     torch.save({"w": torch.zeros(1)}, pth)
     with pytest.raises(CheckpointError, match=str(pth)):
-        ck.load_model(pth)
+        load_model(pth)
     with pytest.raises(CheckpointError, match="does not exist"):
-        ck.load_model(tmp_path / "missing")
+        load_model(tmp_path / "missing")
     with pytest.raises(CheckpointError, match="no best.safetensors"):
-        ck.load_model(tmp_path)
+        load_model(tmp_path)
 
 
 def test_failed_write_keeps_previous_file(tmp_path, monkeypatch):

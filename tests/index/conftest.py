@@ -13,7 +13,7 @@ from .index_helpers import write_gallery
 @pytest.fixture(scope="session")
 def pretrained():
     """(model, cfg, model_id) of the off-the-shelf model, loaded once per test session."""
-    from sbir.engine.checkpoint import load_model
+    from sbir.engine.inference import load_model
 
     return load_model("pretrained")
 

@@ -63,7 +63,7 @@ def scenario(tmp_path_factory, tiny_checkpoint):
 
     The model is a real sbir checkpoint of a tiny network, so each subprocess loads fast.
     """
-    from sbir.engine.checkpoint import load_model
+    from sbir.engine.inference import load_model
 
     ckpt = str(tiny_checkpoint)
     pre = load_model(ckpt)

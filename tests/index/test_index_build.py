@@ -187,7 +187,8 @@ def test_approximate_kinds_and_auto_threshold(tmp_path, gallery, pretrained):
 def test_other_checkpoint_is_refused(tmp_path, gallery, pretrained):
     """A real sbir checkpoint (random projection head) has another model id than the pretrained index."""
     from sbir.config import ModelConfig, TrainConfig
-    from sbir.engine.checkpoint import load_model, save_weights
+    from sbir.engine.checkpoint import save_weights
+    from sbir.engine.inference import load_model
     from sbir.index.model import load_index_model
     from sbir.models.fgsbir import build_model
 
@@ -280,12 +281,14 @@ def test_errors_are_sbir_errors():
 def test_models_with_raw_embeddings_use_their_distance(tmp_path, gallery, distance):
     """A category model without output normalisation (MEMS-style) is indexed with its test distance."""
     from sbir.config import TrainConfig
-    from sbir.engine.checkpoint import build_model_for, load_model, save_weights
+    from sbir.engine.checkpoint import save_weights
+    from sbir.engine.inference import load_model
+    from sbir.engine.tasks import build_model
 
     cfg = TrainConfig(task="category")
     cfg.model.backbone, cfg.model.pretrained, cfg.model.embed_dim = "test_efficientnet", False, 16
     cfg.eval.distance = distance
-    model = build_model_for(cfg)
+    model = build_model(cfg)
     assert model.normalize is False
     ckpt = tmp_path / "cat.safetensors"
     save_weights(model, ckpt, cfg)

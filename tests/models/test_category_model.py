@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import pytest
+
+from sbir.errors import ConfigError
 import torch
 
 from sbir.config import ModelConfig
@@ -88,9 +90,18 @@ def test_mems_training_step_makes_the_encoder_domain_aware():
         assert (m.embed_sketch(photos) - m.embed_photo(photos)).abs().max() > 1e-4
 
 
-def test_build_category_model_picks_normalisation_from_the_loss():
-    cfg = ModelConfig(backbone="resnet18", pretrained=False, embed_dim=8)
-    assert build_category_model(cfg, 4, "cosface").normalize is True
-    assert build_category_model(cfg, 4, "mems", dase=False).normalize is False
-    with pytest.raises(ValueError):
-        build_category_model(cfg, 4, "arcface")
+def test_the_task_picks_normalisation_from_the_loss():
+    from sbir.config import LossConfig, TrainConfig
+    from sbir.engine.tasks import build_model
+
+    model_cfg = ModelConfig(backbone="resnet18", pretrained=False, embed_dim=8, num_classes=4)
+    cosface = build_model(TrainConfig(task="category", model=model_cfg, loss=LossConfig(name="cosface")))
+    mems = build_model(TrainConfig(task="zeroshot", model=model_cfg, loss=LossConfig(name="mems")))
+    default = build_model(TrainConfig(task="category", model=model_cfg))  # MEMS
+    assert cosface.normalize is True and mems.normalize is False and default.normalize is False
+    x = torch.randn(2, 3, 64, 64)
+    assert torch.allclose(cosface.eval().embed(x, "photo").norm(dim=1), torch.ones(2), atol=1e-5)
+    assert cosface.num_classes == 4
+    with pytest.raises(ConfigError, match="loss.name"):
+        build_model(TrainConfig(task="category", model=model_cfg, loss=LossConfig(name="ntxent")))
+    assert isinstance(build_category_model(model_cfg, normalize=True), CategorySBIRModel)

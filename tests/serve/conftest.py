@@ -11,7 +11,7 @@ from .shapes import write_gallery
 
 @pytest.fixture(scope="session")
 def pretrained():
-    from sbir.engine.checkpoint import load_model
+    from sbir.engine.inference import load_model
 
     return load_model("pretrained")
 

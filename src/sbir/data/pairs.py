@@ -1,4 +1,8 @@
-"""Torch dataset of (sketch, photo) training pairs for fine-grained SBIR.
+"""Torch datasets of training pairs: :class:`FineGrainedPairs` (a sketch and its photo, fine-grained
+SBIR) and :class:`CategoryPairs` (a sketch and a photo of its class, category-level SBIR).
+
+FineGrainedPairs
+----------------
 
 Item ``i`` is the split's ``i``-th sketch with its photo, each as two
 independently augmented views (the double-siamese NT-Xent needs both)::
@@ -26,6 +30,7 @@ from __future__ import annotations
 from collections import Counter
 from typing import Any, Callable, Optional
 
+import numpy as np
 from PIL import Image
 from torch.utils.data import Dataset
 
@@ -148,3 +153,50 @@ class FineGrainedPairs(Dataset):
         item["group"] = group
         item["index"] = i
         return item
+
+
+class CategoryPairs(Dataset):
+    """Item ``i``: training sketch ``i``, a random photo of its class, and the class index.
+
+    ``{"sketch": T_s(sketch), "photo": T_p(photo), "label": class index}``. The
+    photo is drawn with a generator seeded by ``(seed, epoch, i)`` (call
+    :meth:`set_epoch` before building the DataLoader), so runs and resumes draw
+    the same pairs whatever the number of loader workers.
+    """
+
+    def __init__(self, split: Split, classes: list[str], sketch_transform, photo_transform, seed: int = 0):
+        self.split = split
+        self.class_index = {c: i for i, c in enumerate(classes)}
+        self.sketch_transform = sketch_transform
+        self.photo_transform = photo_transform
+        self.seed = int(seed)
+        self.epoch = 0
+        self.labels = [self.class_index[s.label] for s in split.sketches]
+        by_class: dict[int, list[int]] = {}
+        for j, p in enumerate(split.photos):
+            if p.label in self.class_index:
+                by_class.setdefault(self.class_index[p.label], []).append(j)
+        missing = sorted({classes[c] for c in self.labels if c not in by_class})
+        if missing:
+            raise DataError(
+                f"training split '{split.name}' has sketches of class(es) with no training photo: "
+                f"{', '.join(missing[:10])}. Add photos of these classes (each class needs photos and sketches)."
+            )
+        self.photos_of = by_class
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        return len(self.split.sketches)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        c = self.labels[i]
+        pool = self.photos_of[c]
+        rng = np.random.default_rng((self.seed, self.epoch, int(i)))
+        j = pool[int(rng.integers(len(pool)))]
+        return {
+            "sketch": self.sketch_transform(self.split.sketches[i].image.load()),
+            "photo": self.photo_transform(self.split.photos[j].image.load()),
+            "label": c,
+        }

@@ -233,6 +233,44 @@ def carve_validation(
     return train, val, make_split_record(split, train, val, f, int(seed), by)
 
 
+def carve_heldout_classes(split: Split, fraction: float, seed: int) -> tuple[Split, Split, dict]:
+    """Hold out whole classes of ``split`` for validation (zero-shot model selection).
+
+    ``round(fraction * n)`` of the classes that have both photos and sketches
+    (at least 2, and at least 2 classes stay for training) are drawn with
+    ``seed``; all their photos and sketches go to validation. The record is
+    :func:`carve_validation`'s with ``by="class-stratified"``, plus
+    ``"class_disjoint": true`` and ``"val_classes"``.
+    """
+    if not 0.0 < fraction < 1.0:
+        raise ConfigError(
+            f"data.val_fraction is {fraction}; zero-shot model selection holds out that fraction of the seen "
+            "classes, so it must be in (0, 1) (e.g. 0.1)"
+        )
+    photo_classes = {p.label for p in split.photos}
+    eligible = sorted({s.label for s in split.sketches} & photo_classes)
+    if len(eligible) < 4:
+        raise DataError(
+            f"zero-shot training needs at least 4 seen classes with photos and sketches (2 to train, 2 held out "
+            f"for validation); split '{split.name}' has {len(eligible)}: {', '.join(eligible)}. "
+            "Use fewer unseen classes or more data."
+        )
+    k = int(np.floor(fraction * len(eligible) + 0.5))
+    k = min(max(k, 2), len(eligible) - 2)
+    rng = np.random.default_rng(int(seed))
+    val_classes = sorted(eligible[i] for i in rng.permutation(len(eligible))[:k])
+    held = set(val_classes)
+    val_p = {p.id for p in split.photos if p.label in held}
+    val_s = {s.id for s in split.sketches if s.label in held}
+    train, val = _partition(split, val_p, val_s)
+    record = {
+        **make_split_record(split, train, val, float(fraction), int(seed), BY_CLASS),
+        "class_disjoint": True,
+        "val_classes": val_classes,
+    }
+    return train, val, record
+
+
 def apply_split_record(split: Split, record: dict) -> tuple[Split, Split]:
     """Rebuild (train, val) from a record made by :func:`carve_validation` on the same data.
 
@@ -302,4 +340,11 @@ def load_split_record(path: Union[str, os.PathLike]) -> dict:
     return record
 
 
-__all__ = ["carve_validation", "apply_split_record", "save_split_record", "load_split_record"]
+__all__ = [
+    "apply_split_record",
+    "carve_heldout_classes",
+    "carve_validation",
+    "load_split_record",
+    "make_split_record",
+    "save_split_record",
+]

@@ -32,9 +32,10 @@ def run_demo(
     seed: int = 0,
 ) -> dict:
     from sbir.data.formats import load_dataset
-    from sbir.engine.checkpoint import load_model
-    from sbir.engine.finegrained import evaluate_finegrained, write_retrieval_grid
+    from sbir.engine.evaluate import evaluate_finegrained
+    from sbir.engine.inference import load_model
     from sbir.engine.trainer import Trainer
+    from sbir.viz.grid import write_retrieval_grid
 
     t_start = time.time()
     out_dir = Path(out_dir)
@@ -67,7 +68,6 @@ def run_demo(
     cfg.optim.warmup_epochs = 0.5
     # Keeps the whole demo within about 3 minutes on 2 CPU cores.
     cfg.optim.time_budget_minutes = 2.0 if generated else None
-    cfg.validate()
 
     run_dir = out_dir / "run"
     if (run_dir / "last.json").exists():
@@ -75,20 +75,19 @@ def run_demo(
     trainer = Trainer(cfg, run_dir, progress=progress)
     target = trainer.task.val_split if held_out == "val" else dataset.split("test")
 
-    baseline, _, _ = load_model("pretrained")
-    before = evaluate_finegrained(baseline, target, cfg.data.image_size, progress=progress)
+    baseline, base_cfg, _ = load_model("pretrained")
+    base_cfg.data.image_size = cfg.data.image_size
+    before = evaluate_finegrained(baseline, base_cfg, target, progress=progress).metrics
     print(f"before training (off-the-shelf ImageNet {cfg.model.backbone}), {held_out} split: {_fmt(before)}")
 
     summary = trainer.fit()
-    model, _, _ = load_model(run_dir)
-    after = evaluate_finegrained(model, target, cfg.data.image_size, progress=progress, keep_embeddings=True)
-    s_emb, p_emb, true_index, sketches = after.pop("_embeddings")
+    model, run_cfg, _ = load_model(run_dir)
+    evaluation = evaluate_finegrained(model, run_cfg, target, progress=progress)
+    after = evaluation.metrics
     print(f"after training ({summary['epochs_run']} epochs, best on validation: epoch {summary['best_epoch']}), "
           f"{held_out} split: {_fmt(after)}")
-    grid = write_retrieval_grid(
-        target, sketches, s_emb, p_emb, true_index, out_dir / "retrieval.png", title=f"sbir demo: {held_out} queries"
-    )
-    save_config(cfg, out_dir / "config.yaml")
+    grid = write_retrieval_grid(evaluation, out_dir / "retrieval.png", title=f"sbir demo: {held_out} queries")
+    save_config(trainer.cfg, out_dir / "config.yaml")
     print(f"retrieval grid: {grid}")
     print(f"run folder: {run_dir}  (training curves: {run_dir / 'acc.png'})")
     print(f"demo finished in {time.time() - t_start:.0f} s")

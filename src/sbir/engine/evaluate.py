@@ -1,34 +1,197 @@
-"""``sbir eval``: evaluate a trained run on its validation split or a test split."""
+"""Evaluation: every task's metrics from embeddings, and ``sbir eval`` on a trained run.
+
+An evaluation returns an :class:`Evaluation`: the metrics (JSON-serialisable)
+*beside* the embeddings and records they came from, so the retrieval grid
+(:func:`sbir.viz.grid.write_retrieval_grid`) and callers that need the vectors
+use them without recomputing.
+
+* :func:`evaluate_finegrained`: Acc@1/5/10 (and %corr with human triplets); the
+  gallery is the split's unique photos; a query's only relevant photo is its own.
+* :func:`evaluate_category`: mAP@all, mAP@200, P@100, P@200 (+ variants and hash
+  metrics); any photo of the sketch's class is relevant. Flip TTA takes the
+  minimum distance over the four (sketch, photo) flip pairings (DASE-MEMS) or
+  averages embeddings (``eval.flip_mode``).
+
+The distance is the run's (``eval.distance``; ``auto`` = the distance the loss
+trains for, :func:`sbir.engine.tasks.resolve_distance`).
+"""
 
 from __future__ import annotations
 
 import json
 import sys
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
-from sbir.engine.checkpoint import atomic_write_text, load_model
-from sbir.engine.embed import resolve_device
+import numpy as np
+
+from sbir.config import TrainConfig
+from sbir.data.records import Split
+from sbir.engine.embed import embed_images, resolve_device
+from sbir.engine.tasks import get_task, resolve_distance, resolve_flip_mode
 from sbir.errors import CheckpointError, DataError
+from sbir.fileio import atomic_write_text
+
+KS_FINEGRAINED = (1, 5, 10)
+KS_MAP = (200,)
+KS_PREC = (100, 200)
+
+
+@dataclass
+class Evaluation:
+    """Metrics of one evaluation and what they were computed from.
+
+    Query ``i`` is relevant to gallery item ``j`` when ``query_keys[i] == gallery_keys[j]``
+    (the photo's index for fine-grained, the class for category-level).
+    """
+
+    metrics: dict[str, Any]
+    queries: list  # sketch records, in the order of query_emb
+    gallery: list  # photo records, in the order of gallery_emb
+    query_emb: np.ndarray
+    gallery_emb: np.ndarray
+    query_keys: np.ndarray
+    gallery_keys: np.ndarray
+    distance: str
+    query_flip: np.ndarray | None = None
+    gallery_flip: np.ndarray | None = None
+    show_labels: bool = False  # the grid names each query's class
+
+
+def _embed_kwargs(cfg: TrainConfig, progress: bool, batch_size: int | None, num_workers: int | None) -> dict:
+    return dict(
+        image_size=cfg.data.image_size,
+        batch_size=batch_size or cfg.eval.batch_size,
+        num_workers=cfg.data.num_workers if num_workers is None else num_workers,
+        progress=progress,
+    )
+
+
+def evaluate_finegrained(
+    model,
+    cfg: TrainConfig,
+    split: Split,
+    flip_tta: bool = False,
+    progress: bool = True,
+    distance: str | None = None,
+    batch_size: int | None = None,
+    num_workers: int | None = 0,
+) -> Evaluation:
+    """Acc@1/5/10 (and %corr when the split has triplets); the gallery is the split's unique photos."""
+    from sbir.metrics import finegrained_report, percent_correct
+
+    photo_index = split.photo_index()
+    sketches = [s for s in split.sketches if s.photo_id is not None]
+    if not sketches:
+        raise DataError(f"split '{split.name}' has no sketches paired with photos; fine-grained evaluation needs pairs")
+    true_index = np.array([photo_index[s.photo_id] for s in sketches])
+    dist = distance or resolve_distance(cfg)
+    kw = _embed_kwargs(cfg, progress, batch_size, num_workers)
+    s_emb = embed_images(model, [s.image for s in sketches], "sketch", flip_tta=bool(flip_tta), **kw).embeddings
+    p_emb = embed_images(model, [p.image for p in split.photos], "photo", flip_tta=bool(flip_tta), **kw).embeddings
+    report = finegrained_report(s_emb, p_emb, true_index, ks=KS_FINEGRAINED, distance=dist)
+    if split.triplets is not None and len(split.triplets):
+        report["%corr"] = percent_correct(s_emb, p_emb, split.triplets, distance=dist)
+    report["distance"] = dist
+    return Evaluation(
+        metrics=report,
+        queries=sketches,
+        gallery=list(split.photos),
+        query_emb=s_emb,
+        gallery_emb=p_emb,
+        query_keys=true_index,
+        gallery_keys=np.arange(len(split.photos)),
+        distance=dist,
+    )
+
+
+def _labels(records) -> np.ndarray:
+    return np.array([r.label for r in records], dtype=object)
+
+
+def evaluate_category(
+    model,
+    cfg: TrainConfig,
+    split: Split,
+    flip_tta: bool = False,
+    progress: bool = True,
+    distance: str | None = None,
+    batch_size: int | None = None,
+    num_workers: int | None = None,
+) -> Evaluation:
+    """Category-level metrics of ``split``: its sketches against its photos (same class = relevant).
+
+    Hash metrics (``<metric>_hash<bits>``) are added for the heads in ``model.hash_heads``.
+    """
+    from sbir.data.policies import require_labels
+    from sbir.engine.hashcodes import hash_metrics
+    from sbir.metrics import category_report
+
+    require_labels(split, "the evaluation data")
+    if not split.sketches or not split.photos:
+        raise DataError(
+            f"split '{split.name}' has {len(split.sketches)} sketches and {len(split.photos)} photos; "
+            "evaluation needs both"
+        )
+    dist = distance or resolve_distance(cfg)
+    mode = resolve_flip_mode(cfg) if flip_tta else None
+    kw = _embed_kwargs(cfg, progress, batch_size, num_workers)
+    flips = dict(flip_tta=mode == "average", return_flipped=mode == "pairings")
+    s_res = embed_images(model, [s.image for s in split.sketches], "sketch", **flips, **kw)
+    p_res = embed_images(model, [p.image for p in split.photos], "photo", **flips, **kw)
+    s_lab, p_lab = _labels(split.sketches), _labels(split.photos)
+    report: dict[str, Any] = category_report(
+        s_res.embeddings, s_lab, p_res.embeddings, p_lab, distance=dist, ks_map=KS_MAP, ks_prec=KS_PREC,
+        sketch_flip=s_res.flipped, photo_flip=p_res.flipped,
+    )
+    report["n_classes"] = int(len(set(s_lab.tolist())))
+    report["distance"] = dist
+    report["flip"] = mode or "none"
+    heads = getattr(model, "hash_heads", None) or {}
+    if heads:
+        report.update(hash_metrics(heads, s_res.embeddings, s_lab, p_res.embeddings, p_lab, s_res.flipped, p_res.flipped))
+    return Evaluation(
+        metrics=report,
+        queries=list(split.sketches),
+        gallery=list(split.photos),
+        query_emb=s_res.embeddings,
+        gallery_emb=p_res.embeddings,
+        query_keys=s_lab,
+        gallery_keys=p_lab,
+        distance=dist,
+        query_flip=s_res.flipped,
+        gallery_flip=p_res.flipped,
+        show_labels=True,
+    )
 
 
 def evaluate_run(
     run: str | Path,
-    data: Optional[str] = None,
-    fmt: Optional[str] = None,
+    data: str | None = None,
+    fmt: str | None = None,
     split: str = "test",
-    out_dir: Optional[str | Path] = None,
-    flip_tta: Optional[bool] = None,
+    out_dir: str | Path | None = None,
+    flip_tta: bool | None = None,
     skip_orphans: bool = False,
     progress: bool = True,
 ) -> tuple[dict[str, Any], Path]:
-    """Evaluate the best checkpoint of ``run`` and write ``metrics.json`` (+ a retrieval grid)."""
+    """Evaluate the best checkpoint of ``run``; write ``metrics.json`` and ``retrieval.png``.
+
+    ``split="test"`` evaluates what the task's split policy calls the test split
+    (:func:`sbir.data.policies.evaluation_split`: for a zero-shot run, the unseen
+    classes only); ``split="val"`` replays the run's recorded validation split.
+    """
     from sbir.data.formats import load_dataset
+    from sbir.data.policies import evaluation_split
     from sbir.data.splits import apply_split_record, load_split_record
+    from sbir.engine.inference import load_model
+    from sbir.viz.grid import write_retrieval_grid
 
     run = Path(run)
     # Evaluate wherever is available, whatever device the run trained on.
     model, cfg, model_id = load_model(run, device=str(resolve_device("auto")))
+    spec = get_task(cfg.task)
     data_path = data or cfg.data.path
     if not data_path:
         raise DataError("no dataset given: pass --data PATH")
@@ -43,31 +206,22 @@ def evaluate_run(
             )
         _, target = apply_split_record(dataset.split("train"), load_split_record(split_file))
     else:
-        target = dataset.split(split)
+        run_dir = run if run.is_dir() else run.parent
+        target = evaluation_split(dataset, cfg, data_path, spec.split_policy, run_dir, announce=progress)
     use_flip = cfg.eval.flip_tta if flip_tta is None else flip_tta
     out = Path(out_dir) if out_dir else (run if run.is_dir() else run.parent) / f"eval-{split}"
     out.mkdir(parents=True, exist_ok=True)
-
-    if cfg.task == "finegrained":
-        from sbir.engine.finegrained import evaluate_finegrained, write_retrieval_grid
-
-        metrics = evaluate_finegrained(
-            model, target, cfg.data.image_size, flip_tta=use_flip, distance=cfg.eval.distance,
-            batch_size=cfg.eval.batch_size, progress=progress, keep_embeddings=True,
-        )
-        s_emb, p_emb, true_index, sketches = metrics.pop("_embeddings")
-        write_retrieval_grid(target, sketches, s_emb, p_emb, true_index, out / "retrieval.png", title=f"{split} retrieval")
-    else:
-        from sbir.engine.category import evaluate_category
-
-        metrics = evaluate_category(model, cfg, target, flip_tta=use_flip, progress=progress, out_dir=out)
+    result = spec.evaluate(model, cfg, target, flip_tta=use_flip, progress=progress)
+    write_retrieval_grid(result, out / "retrieval.png", title=f"{split} retrieval")
     metrics = {
         "split": split,
         "dataset": str(Path(data_path).resolve()),
         "model_id": model_id,
         "flip_tta": use_flip,
-        **metrics,
+        **result.metrics,
     }
     atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=1))
     return metrics, out
 
+
+__all__ = ["Evaluation", "evaluate_category", "evaluate_finegrained", "evaluate_run"]

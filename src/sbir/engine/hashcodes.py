@@ -10,7 +10,7 @@ so the heads always belong to ``best.safetensors``.
 
 Each head is saved in the run folder as ``hash<bits>.safetensors`` whose
 metadata records the digest of the weights it was trained for;
-:func:`load_hash_heads` (called by :func:`sbir.engine.checkpoint.load_model`)
+:func:`load_hash_heads` (called by :func:`sbir.engine.inference.load_model`)
 attaches only heads whose digest matches, so a head is never used with other
 weights. Evaluation (:func:`hash_metrics`) reports Hamming-distance metrics
 with the suffix ``_hash<bits>`` (``map@all_hash64``, ...). For search, the

@@ -1,7 +1,8 @@
 """The training loop shared by every task (fine-grained, category, zero-shot).
 
-A *task* (see :mod:`sbir.engine.finegrained`) knows its data, model, loss and
-validation metric; the :class:`Trainer` owns everything else: seeding, the
+A *task* (registered in :mod:`sbir.engine.tasks`; e.g. :mod:`sbir.engine.finegrained`)
+knows its data, model, loss and validation metric; the :class:`Trainer` owns
+everything else: seeding, the
 optimizer and LR schedule, mixed precision on GPU, progress bars, per-epoch
 validation, best-epoch selection on the validation split (never test),
 ``metrics.csv`` and the training-curve PNG, and an atomic checkpoint every
@@ -37,8 +38,12 @@ from sbir.engine.checkpoint import (
     save_weights,
 )
 from sbir.engine.embed import resolve_device
+from sbir.engine.evaluate import Evaluation
 from sbir.engine.schedule import warmup_cosine
+from sbir.engine.tasks import build_task, check_config, with_defaults
 from sbir.errors import CheckpointError, ConfigError
+from sbir.viz.curves import plot_training_curves
+from sbir.viz.grid import write_retrieval_grid
 
 
 class Task(Protocol):
@@ -53,9 +58,9 @@ class Task(Protocol):
 
     def compute_loss(self, batch: Any, device: torch.device) -> tuple[torch.Tensor, dict[str, float]]: ...
 
-    def evaluate(self, split: str = "val") -> dict[str, Any]: ...
+    def evaluate(self) -> Evaluation: ...  # the validation split's
 
-    def on_best(self, run_dir: Path) -> None: ...
+    def on_best(self, run_dir: Path) -> None: ...  # after best.safetensors is written
 
 
 def seed_everything(seed: int) -> None:
@@ -66,21 +71,11 @@ def seed_everything(seed: int) -> None:
         torch.cuda.manual_seed_all(seed)
 
 
-def build_task(cfg: TrainConfig, run_dir: Path, progress: bool, split_record: Optional[dict]):
-    if cfg.task == "finegrained":
-        from sbir.engine.finegrained import FineGrainedTask
-
-        return FineGrainedTask(cfg, run_dir, progress=progress, split_record=split_record)
-    if cfg.task in ("category", "zeroshot"):
-        try:
-            from sbir.engine.category import CategoryTask
-        except ImportError as exc:  # pragma: no cover - until the category task lands
-            raise ConfigError(f"task {cfg.task!r} is not available in this build: {exc}") from exc
-        return CategoryTask(cfg, run_dir, progress=progress, split_record=split_record)
-    raise ConfigError(f"unknown task {cfg.task!r}")
-
-
 CSV_FIELDS_FIRST = ["epoch", "train_loss"]
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
 
 
 class Trainer:
@@ -99,7 +94,9 @@ class Trainer:
                     f"{self.run_dir} already holds a run; continue it with 'sbir train --resume {self.run_dir}' "
                     "or choose another --out folder"
                 )
-        self.cfg = cfg.validate()
+        # Resumed runs carry the filled-in config they started with.
+        cfg = check_config(cfg) if resume else with_defaults(cfg)
+        self.cfg = cfg
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.device = resolve_device(cfg.device)
         seed_everything(cfg.seed)
@@ -225,10 +222,11 @@ class Trainer:
                               f"({cfg.optim.time_budget_minutes}) reached", file=sys.stderr)
                     break
             losses = self.train_epoch(epoch)
-            val = self.task.evaluate("val")
+            evaluation = self.task.evaluate()
+            val = {k: v for k, v in evaluation.metrics.items() if _is_number(v)}
             row: dict[str, Any] = {"epoch": epoch, "train_loss": round(losses.pop("loss"), 6)}
             row.update({f"train_{k}": round(v, 6) for k, v in losses.items()})
-            row.update({f"val_{k}": v for k, v in val.items() if isinstance(v, (int, float))})
+            row.update({f"val_{k}": v for k, v in val.items()})
             row["lr"] = self.optimizer.param_groups[-1]["lr"]
             row["seconds"] = round(time.time() - t0, 2)
             self.history.append(row)
@@ -247,6 +245,8 @@ class Trainer:
             if self.progress:
                 print(msg, file=sys.stderr)
             if improved:
+                write_retrieval_grid(evaluation, self.run_dir / "val_retrieval.png",
+                                     title="validation retrieval (best epoch)")
                 self.task.on_best(self.run_dir)
         summary = {
             "best_epoch": self.best_epoch,
@@ -270,9 +270,4 @@ class Trainer:
         for row in self.history:
             writer.writerow(row)
         atomic_write_text(self.run_dir / "metrics.csv", buf.getvalue())
-        try:
-            from sbir.viz.curves import plot_training_curves
-
-            plot_training_curves(self.run_dir / "metrics.csv", self.run_dir / "acc.png")
-        except ImportError:  # pragma: no cover - viz is part of the package
-            pass
+        plot_training_curves(self.run_dir / "metrics.csv", self.run_dir / "acc.png")

@@ -16,13 +16,10 @@ import numpy as np
 from PIL import Image
 
 from sbir.config import to_dict
-from sbir.engine.checkpoint import load_model
 from sbir.engine.embed import embed_pil, outputs_normalized
+from sbir.engine.inference import is_pretrained_spec, load_model
+from sbir.engine.tasks import resolve_distance
 from sbir.index.store import Index, ModelInfo, ModelMismatchError
-
-
-def is_pretrained_spec(spec: str) -> bool:
-    return spec == "pretrained" or spec.startswith("pretrained:")
 
 
 def load_for_index(spec: Optional[str], device: str = "cpu"):
@@ -34,16 +31,17 @@ def load_for_index(spec: Optional[str], device: str = "cpu"):
 
 
 def metric_for(model, cfg: Any) -> tuple[str, bool]:
-    """(metric, normalize) for a model: cosine unless its outputs are raw and it tests with euclidean distance.
+    """(metric, normalize) for a model, ranking as ``sbir eval`` ranks with the run's test distance.
 
     Models with L2-normalised outputs use inner product (cosine). A model with raw
     outputs (``model.normalize is False``, e.g. a MEMS category model) keeps them and
-    uses euclidean distance when its config says ``eval.distance: euclidean``;
-    otherwise its outputs are normalised and compared by cosine.
+    uses euclidean distance when the run tests with euclidean distance
+    (``eval.distance``, ``auto`` resolved by the loss: MEMS is euclidean); with
+    cosine or angular distance its outputs are normalised and compared by inner product.
     """
     if outputs_normalized(model):
         return "ip", False
-    if getattr(cfg.eval, "distance", "cosine") == "euclidean":
+    if resolve_distance(cfg) == "euclidean":
         return "l2", False
     return "ip", True
 

@@ -1,16 +1,30 @@
-"""Training losses: NT-Xent (cross-modal and EffNet/ARNet double siamese), batch-hard triplet, and the factory."""
+"""Training losses and their registry.
 
-from sbir.losses.factory import LOSS_NAMES, FineGrainedLoss, build_loss
-from sbir.losses.ntxent import CrossModalNTXent, DoubleSiameseNTXent, NTXent, ntxent
-from sbir.losses.triplet import HardTripletLoss
+Fine-grained: NT-Xent (cross-modal and EffNet/ARNet double siamese) and
+batch-hard triplet. Category-level: MEMS and CosFace. Each loss module
+registers its builder (:func:`sbir.losses.factory.register_loss`) when
+imported; a new loss is its own file plus one import line here.
+"""
+
+from sbir.losses.factory import FineGrainedLoss, build_loss, get_loss_spec, list_losses, register_loss
+
+# The loss modules: importing each registers its losses.
+from sbir.losses.cosface import CosFaceLoss  # isort: skip
+from sbir.losses.mems import MEMSLoss  # isort: skip
+from sbir.losses.ntxent import CrossModalNTXent, DoubleSiameseNTXent, NTXent, ntxent  # isort: skip
+from sbir.losses.triplet import HardTripletLoss  # isort: skip
 
 __all__ = [
-    "LOSS_NAMES",
+    "CosFaceLoss",
     "CrossModalNTXent",
     "DoubleSiameseNTXent",
     "FineGrainedLoss",
     "HardTripletLoss",
+    "MEMSLoss",
     "NTXent",
     "build_loss",
+    "get_loss_spec",
+    "list_losses",
     "ntxent",
+    "register_loss",
 ]

@@ -11,6 +11,8 @@ import torch
 import torch.nn.functional as F
 from pytorch_metric_learning.losses import CosFaceLoss as _PMLCosFace
 
+from sbir.config import LossConfig
+from sbir.losses.factory import register_loss, set_values
 from sbir.losses.mems import AnnealedStep
 
 
@@ -75,11 +77,23 @@ class CosFaceLoss(AnnealedStep):
         self._after_forward()
         return loss
 
+    @torch.no_grad()
+    def predict(self, features: torch.Tensor) -> torch.Tensor:
+        """Margin-free class of each feature: the largest cosine to a class weight."""
+        w = F.normalize(self.weight.to(features.dtype), dim=1)
+        return (F.normalize(features, dim=1) @ w.t()).argmax(dim=1)
+
     def extra_repr(self) -> str:
         return (
             f"num_classes={self.num_classes}, embed_dim={self.embed_dim}, margin={self.margin}, "
             f"scale={self.scale}, anneal_steps={self.anneal_steps}"
         )
+
+
+@register_loss("cosface", kind="classes", distance="angular", normalized=True)
+def _build_cosface(cfg: LossConfig, num_classes: int, embed_dim: int) -> CosFaceLoss:
+    """CosFace over ``num_classes`` weights shared by both domains; normalised embeddings, angular distance."""
+    return CosFaceLoss(num_classes, embed_dim, **set_values(cfg, "margin", "scale", "anneal_steps"))
 
 
 __all__ = ["CosFaceLoss"]

@@ -1,24 +1,114 @@
-"""Build the fine-grained training loss from :class:`~sbir.config.LossConfig`."""
+"""The loss registry and the one loss factory, :func:`build_loss`.
+
+Every loss registers a builder in its own module with :func:`register_loss`,
+naming what it trains on and the distance it trains for::
+
+    @register_loss("mems", kind="classes", distance="euclidean", normalized=False)
+    def _build(cfg: LossConfig, num_classes: int, embed_dim: int) -> nn.Module:
+        return MEMSLoss(num_classes, embed_dim, **set_values(cfg, "margin", "anneal_steps", "scale"))
+
+``sbir/losses/__init__.py`` imports each loss module once (one line per loss).
+Defaults live only in the loss constructors' signatures: :func:`set_values`
+passes just the config values the user set.
+
+Kinds:
+
+* ``pairs``: fine-grained losses; ``forward(batch) -> (loss, parts)`` on a dict
+  of L2-normalised (B, D) embeddings ``{"sketch", "sketch_aug", "photo",
+  "photo_aug", "groups"}`` (``groups``: the (B,) photo index of each row).
+* ``classes``: category-level losses with learnable class centres / weights;
+  ``forward(z, labels) -> loss``, ``predict(z) -> class``, ``current_margin()``.
+"""
 
 from __future__ import annotations
 
-from typing import Mapping, Optional
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 
 from sbir.config import LossConfig
 from sbir.errors import ConfigError
-from sbir.losses.ntxent import DoubleSiameseNTXent
-from sbir.losses.triplet import HardTripletLoss
 
-LOSS_NAMES = ("ntxent", "triplet", "ntxent+triplet")
+KINDS = ("pairs", "classes")
+DISTANCES = ("cosine", "euclidean", "angular")
+
+
+@dataclass(frozen=True)
+class LossSpec:
+    name: str
+    kind: str  # "pairs" | "classes"
+    distance: str  # the test distance the loss trains for
+    normalized: bool  # whether the model should L2-normalise its embeddings for this loss
+    build: Callable[..., nn.Module]
+
+
+_LOSSES: dict[str, LossSpec] = {}
+
+
+def register_loss(name: str, kind: str, distance: str = "cosine", normalized: bool = True):
+    """Decorator registering ``builder(cfg: LossConfig, num_classes: int | None, embed_dim: int | None)``."""
+    if kind not in KINDS:
+        raise ValueError(f"loss kind must be one of {KINDS}, got {kind!r}")
+    if distance not in DISTANCES:
+        raise ValueError(f"loss distance must be one of {DISTANCES}, got {distance!r}")
+
+    def deco(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
+        _LOSSES[name] = LossSpec(name, kind, distance, normalized, fn)
+        return fn
+
+    return deco
+
+
+def list_losses(kind: str | None = None) -> list[str]:
+    return sorted(n for n, s in _LOSSES.items() if kind is None or s.kind == kind)
+
+
+def get_loss_spec(name: str, kind: str | None = None) -> LossSpec:
+    """The registered loss ``name``; with ``kind``, it must be of that kind."""
+    spec = _LOSSES.get(name)
+    if spec is None:
+        raise ConfigError(f"loss.name must be one of {list_losses(kind)}, got {name!r}")
+    if kind is not None and spec.kind != kind:
+        raise ConfigError(
+            f"loss.name {name!r} trains on {spec.kind}, but this task needs a loss on {kind}: one of {list_losses(kind)}"
+        )
+    return spec
+
+
+def set_values(cfg: LossConfig, *names: str) -> dict:
+    """``{name: value}`` for the ``names`` the config sets (not None): the rest keep the signature defaults."""
+    return {n: getattr(cfg, n) for n in names if getattr(cfg, n) is not None}
+
+
+def build_loss(
+    cfg: LossConfig, num_classes: int | None = None, embed_dim: int | None = None, kind: str | None = None
+) -> nn.Module:
+    """The loss module ``cfg.name`` describes (see the module docstring for the kinds' interfaces).
+
+    ``num_classes`` and ``embed_dim`` are needed by ``classes`` losses (their centres / weights).
+    Raises :class:`ConfigError` for an unknown name, a loss of another ``kind``, or bad values.
+    """
+    if not isinstance(cfg, LossConfig):
+        raise ConfigError(f"build_loss expects a LossConfig, got {type(cfg).__name__}")
+    cfg.validate()
+    if cfg.name is None:
+        raise ConfigError("loss.name is unset; the task fills in its default loss (sbir.engine.tasks.with_defaults)")
+    spec = get_loss_spec(cfg.name, kind)
+    if spec.kind == "classes" and (num_classes is None or embed_dim is None):
+        raise ConfigError(f"loss {cfg.name!r} needs num_classes and embed_dim (it learns class centres)")
+    return spec.build(cfg, num_classes=num_classes, embed_dim=embed_dim)
 
 
 class FineGrainedLoss(nn.Module):
-    """The loss ``build_loss`` returns; see :func:`build_loss`."""
+    """NT-Xent and / or batch-hard triplet on a fine-grained batch: ``ntxent + weight_triplet * triplet``.
 
-    def __init__(self, ntxent: Optional[DoubleSiameseNTXent], triplet: Optional[HardTripletLoss], weight_triplet: float):
+    ``parts`` holds the unweighted value of each computed term as a float: ``ntxent_cross``,
+    ``ntxent_sketch``, ``ntxent_photo``, ``triplet`` (never the total, which is the returned tensor).
+    """
+
+    def __init__(self, ntxent: nn.Module | None, triplet: nn.Module | None, weight_triplet: float = 1.0):
         super().__init__()
         if ntxent is None and triplet is None:
             raise ConfigError("a fine-grained loss needs an NT-Xent term, a triplet term or both")
@@ -40,55 +130,32 @@ class FineGrainedLoss(nn.Module):
             raise ValueError(f"loss batch lacks {missing}; it needs {list(self.required_keys())} (+ optional 'groups')")
         groups = batch.get("groups")
         parts: dict[str, float] = {}
-        total: Optional[torch.Tensor] = None
+        total: torch.Tensor | None = None
         if self.ntxent is not None:
             total, parts = self.ntxent(batch["sketch"], batch.get("sketch_aug"), batch["photo"], batch.get("photo_aug"), groups)
         if self.triplet is not None:
             trip = self.triplet(batch["sketch"], batch["photo"], groups)
             parts["triplet"] = float(trip.detach())
             total = trip if total is None else total + self.weight_triplet * trip
-        assert total is not None
         return total, parts
 
 
-def build_loss(cfg: LossConfig) -> FineGrainedLoss:
-    """Fine-grained loss module for ``cfg``.
-
-    ``forward(batch) -> (loss, parts)`` with ``batch`` a dict of L2-normalised
-    (B, D) embeddings ``{"sketch": s1, "sketch_aug": s2, "photo": p1,
-    "photo_aug": p2, "groups": g}`` (``groups``, the (B,) photo index of each
-    row, is optional; the ``*_aug`` views are needed only by NT-Xent terms with
-    a weight > 0).
-
-    * ``"ntxent"``: ``w_cross·NTXent(s1,p1) + w_sketch·NTXent(s1,s2) + w_photo·NTXent(p1,p2)``
-      (:class:`~sbir.losses.ntxent.DoubleSiameseNTXent`, SimCLR/ARNet form, ``cfg.temperature``).
-    * ``"triplet"``: batch-hard cross-modal triplet on cosine distance with
-      ``cfg.triplet_margin`` (:class:`~sbir.losses.triplet.HardTripletLoss`);
-      ``weight_triplet`` is not applied (it would only rescale the loss).
-    * ``"ntxent+triplet"``: the NT-Xent total ``+ cfg.weight_triplet · triplet``.
-
-    ``parts`` holds the unweighted value of each computed term as a float:
-    ``ntxent_cross``, ``ntxent_sketch``, ``ntxent_photo``, ``triplet`` (never
-    the total, which is the returned tensor). Raises :class:`ConfigError` for an
-    unknown name, bad values, or a setting with no cross-modal term (retrieval
-    could not learn).
-    """
-    if not isinstance(cfg, LossConfig):
-        raise ConfigError(f"build_loss expects a LossConfig, got {type(cfg).__name__}")
-    if cfg.name not in LOSS_NAMES:
-        raise ConfigError(f"loss.name must be one of {list(LOSS_NAMES)}, got {cfg.name!r}")
-    cfg.validate()
-    use_ntxent = cfg.name in ("ntxent", "ntxent+triplet")
-    use_triplet = cfg.name in ("triplet", "ntxent+triplet")
-    if cfg.name == "ntxent" and cfg.weight_cross == 0:
-        raise ConfigError(
-            "loss.weight_cross is 0 with loss.name='ntxent': no term links sketches to photos. "
-            "Set loss.weight_cross > 0 or use loss.name='ntxent+triplet'"
-        )
-    if cfg.name == "ntxent+triplet" and cfg.weight_triplet == 0:
+@register_loss("ntxent+triplet", kind="pairs")
+def _build_ntxent_triplet(cfg: LossConfig, num_classes=None, embed_dim=None) -> FineGrainedLoss:
+    """The NT-Xent total ``+ weight_triplet * triplet``."""
+    if cfg.weight_triplet == 0:
         raise ConfigError("loss.weight_triplet is 0 with loss.name='ntxent+triplet': use loss.name='ntxent' instead")
-    ntxent = (
-        DoubleSiameseNTXent(cfg.temperature, cfg.weight_cross, cfg.weight_sketch, cfg.weight_photo) if use_ntxent else None
-    )
-    triplet = HardTripletLoss(cfg.triplet_margin) if use_triplet else None
-    return FineGrainedLoss(ntxent, triplet, cfg.weight_triplet)
+    ntxent = _LOSSES["ntxent"].build(cfg).ntxent
+    triplet = _LOSSES["triplet"].build(cfg).triplet
+    return FineGrainedLoss(ntxent, triplet, **set_values(cfg, "weight_triplet"))
+
+
+__all__ = [
+    "FineGrainedLoss",
+    "LossSpec",
+    "build_loss",
+    "get_loss_spec",
+    "list_losses",
+    "register_loss",
+    "set_values",
+]

@@ -13,6 +13,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from sbir.config import LossConfig
+from sbir.losses.factory import register_loss, set_values
+
 
 class AnnealedStep(nn.Module):
     """A step counter in a buffer (saved in ``state_dict``, so a resumed run continues the schedule).
@@ -118,6 +121,12 @@ class MEMSLoss(AnnealedStep):
             f"num_classes={self.num_classes}, embed_dim={self.embed_dim}, margin={self.margin}, "
             f"anneal_steps={self.anneal_steps}, scale={self.scale}"
         )
+
+
+@register_loss("mems", kind="classes", distance="euclidean", normalized=False)
+def _build_mems(cfg: LossConfig, num_classes: int, embed_dim: int) -> MEMSLoss:
+    """MEMS over ``num_classes`` centres shared by both domains; raw embeddings, euclidean test distance."""
+    return MEMSLoss(num_classes, embed_dim, **set_values(cfg, "margin", "anneal_steps", "scale"))
 
 
 __all__ = ["AnnealedStep", "MEMSLoss"]

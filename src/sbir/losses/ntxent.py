@@ -47,7 +47,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from sbir.config import LossConfig
 from sbir.errors import ConfigError
+from sbir.losses.factory import FineGrainedLoss, register_loss, set_values
 
 NEGATIVES = ("all", "cross")
 
@@ -245,3 +247,15 @@ class DoubleSiameseNTXent(nn.Module):
             f"temperature={self.ntxent.temperature}, negatives={self.ntxent.negatives!r}, "
             f"weight_cross={self.weight_cross}, weight_sketch={self.weight_sketch}, weight_photo={self.weight_photo}"
         )
+
+
+@register_loss("ntxent", kind="pairs")
+def _build_ntxent(cfg: LossConfig, num_classes=None, embed_dim=None) -> FineGrainedLoss:
+    """``w_cross·NTXent(s1,p1) + w_sketch·NTXent(s1,s2) + w_photo·NTXent(p1,p2)`` (SimCLR/ARNet form)."""
+    if cfg.weight_cross == 0:
+        raise ConfigError(
+            "loss.weight_cross is 0 with loss.name='ntxent': no term links sketches to photos. "
+            "Set loss.weight_cross > 0 or use loss.name='ntxent+triplet'"
+        )
+    terms = set_values(cfg, "temperature", "weight_cross", "weight_sketch", "weight_photo")
+    return FineGrainedLoss(DoubleSiameseNTXent(**terms), None)

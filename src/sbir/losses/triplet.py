@@ -35,7 +35,9 @@ from pytorch_metric_learning.miners import BatchHardMiner
 from pytorch_metric_learning.reducers import MeanReducer
 from torch import nn
 
+from sbir.config import LossConfig
 from sbir.errors import ConfigError
+from sbir.losses.factory import FineGrainedLoss, register_loss, set_values
 from sbir.losses.ntxent import check_pair
 
 
@@ -76,3 +78,10 @@ class HardTripletLoss(nn.Module):
 
     def extra_repr(self) -> str:
         return f"margin={self.margin}, distance='cosine'"
+
+
+@register_loss("triplet", kind="pairs")
+def _build_triplet(cfg: LossConfig, num_classes=None, embed_dim=None) -> FineGrainedLoss:
+    """Batch-hard cross-modal triplet on cosine distance (``loss.triplet_margin`` as ``margin``)."""
+    margin = set_values(cfg, "triplet_margin")
+    return FineGrainedLoss(None, HardTripletLoss(**{"margin": v for v in margin.values()}))

@@ -24,6 +24,7 @@ from torch import nn
 
 from sbir.config import ModelConfig
 from sbir.models.dase import DomainAwareSE, DomainLike, dase_modules, domain_context, insert_dase
+from sbir.models.factory import register_model
 from sbir.models.heads import ProjectionHead
 from sbir.models.registry import create_backbone
 
@@ -134,13 +135,19 @@ class CategorySBIRModel(nn.Module):
         return self.embed(x, domain)
 
 
+@register_model("category")
 def build_category_model(
-    cfg: ModelConfig, num_classes: int, loss_name: str = "mems", dase: bool = True, pretrained: Optional[bool] = None
+    cfg: ModelConfig, pretrained: Optional[bool] = None, num_classes: Optional[int] = None, normalize: bool = False
 ) -> CategorySBIRModel:
-    """The model for ``loss_name``: un-normalised embeddings for ``mems``, normalised for ``cosface``."""
-    if loss_name not in ("mems", "cosface"):
-        raise ValueError(f"loss_name must be 'mems' or 'cosface', got {loss_name!r}")
-    return CategorySBIRModel(cfg, num_classes, dase=dase, pretrained=pretrained, normalize=(loss_name == "cosface"))
+    """The shared domain-aware model; ``normalize``: L2-normalised embeddings (CosFace) or raw ones (MEMS).
+
+    ``num_classes`` is only recorded (the classifier lives in the loss); unset until training counts them.
+    """
+    model = CategorySBIRModel(
+        cfg, num_classes or 2, dase=cfg.dase, pretrained=pretrained, normalize=normalize, dase_where=cfg.dase_where
+    )
+    # channels_last makes EfficientNet's depthwise convolutions several times faster on CPU.
+    return model.to(memory_format=torch.channels_last)
 
 
 __all__ = ["CategorySBIRModel", "DomainAwareSE", "build_category_model"]

@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from sbir.config import ModelConfig
+from sbir.models.factory import register_model
 from sbir.models.heads import ProjectionHead
 from sbir.models.registry import create_backbone
 
@@ -81,6 +82,7 @@ class SBIRModel(nn.Module):
         ]
 
 
+@register_model("fgsbir")
 def build_model(cfg: ModelConfig, pretrained: bool | None = None) -> SBIRModel:
     # channels_last makes the depthwise convolutions of EfficientNet several times faster on CPU.
     return SBIRModel(cfg, pretrained=pretrained).to(memory_format=torch.channels_last)

@@ -7,8 +7,9 @@
 * ``forward_head(feats)``: global pooling to ``(B, num_features)``,
 * ``forward(x)`` = ``forward_head(forward_features(x))``.
 
-Families register a builder with :func:`register_backbone`; names that no
-family claims fall through to timm, so any timm model works (with pretrained
+Families register a builder with :func:`register_backbone` in their own
+module, imported by ``sbir/models/__init__.py`` (one line per family; this
+module imports none of them). Names that no family claims fall through to timm, so any timm model works (with pretrained
 weights when the user has network, or from ``weights_path``).
 """
 
@@ -107,9 +108,6 @@ def create_backbone(
     **kwargs,
 ) -> nn.Module:
     """Create a backbone by name; see the module docstring for its interface."""
-    # Importing the family modules registers them.
-    from sbir.models import efficientnet_lite  # noqa: F401
-
     if name in _REGISTRY:
         return _REGISTRY[name](pretrained=pretrained, weights_path=weights_path, **kwargs)
     import timm

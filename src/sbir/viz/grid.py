@@ -25,7 +25,7 @@ from PIL import Image, ImageDraw, ImageFont, ImageOps
 from sbir.data.image_io import load_image, to_rgb
 from sbir.errors import ConfigError
 
-__all__ = ["MATCH_COLOUR", "GridLayout", "grid_layout", "retrieval_grid"]
+__all__ = ["MATCH_COLOUR", "GridLayout", "grid_layout", "retrieval_grid", "write_retrieval_grid"]
 
 MATCH_COLOUR = (0, 200, 0)  # frame around the true match; used for nothing else
 _BG = (255, 255, 255)
@@ -256,3 +256,39 @@ def retrieval_grid(queries: Sequence[ImageLike], results: Sequence[Sequence[Imag
     out.parent.mkdir(parents=True, exist_ok=True)
     canvas.save(out)
     return out
+
+
+def write_retrieval_grid(evaluation, out_path: Union[str, os.PathLike], title: str = "",
+                         n_queries: int = 8, top_k: int = 5) -> Optional[Path]:
+    """Grid of an evaluation (:class:`sbir.engine.evaluate.Evaluation`): ``n_queries`` sketches spread over
+    the queries, each with its top ``top_k`` photos under the evaluation's distance (and flip pairings);
+    the first relevant photo is outlined and its rank printed. None when there is nothing to show."""
+    import numpy as np
+
+    from sbir.metrics import iter_score_chunks
+
+    ev = evaluation
+    n = min(n_queries, len(ev.queries))
+    if n == 0 or len(ev.gallery) == 0:
+        return None
+    rows = np.linspace(0, len(ev.queries) - 1, n).round().astype(int)
+    _, scores = next(iter_score_chunks(
+        ev.query_emb[rows], ev.gallery_emb, ev.distance, chunk_size=n,
+        queries_flip=None if ev.query_flip is None else ev.query_flip[rows], gallery_flip=ev.gallery_flip,
+    ))
+    gallery_keys = np.asarray(ev.gallery_keys)
+    queries, results, true_pos, ranks, top_scores, names = [], [], [], [], [], []
+    for i, r in enumerate(rows):
+        order = np.argsort(-scores[i], kind="stable")
+        hits = np.flatnonzero(gallery_keys[order] == ev.query_keys[r])
+        rank = int(hits[0]) + 1 if hits.size else None
+        top = order[:top_k]
+        queries.append(ev.queries[r].image.load())
+        results.append([ev.gallery[j].image.load() for j in top])
+        true_pos.append(rank - 1 if rank is not None and rank <= len(top) else None)
+        ranks.append(rank)
+        top_scores.append([float(scores[i, j]) for j in top])
+        names.append(str(ev.query_keys[r]))
+    return retrieval_grid(queries, results, true_pos, out_path, scores=top_scores, title=title, true_ranks=ranks,
+                          query_labels=names if ev.show_labels else None)
+

@@ -1,0 +1,81 @@
+"""Loading a trained (or off-the-shelf) model for inference: ``sbir eval``, the index and the server.
+
+``load_model(spec)`` takes a run folder, an sbir ``.safetensors`` checkpoint,
+or ``"pretrained"`` / ``"pretrained:<backbone>"`` (off-the-shelf ImageNet
+features: shared encoder, no projection). The model is built from the config
+stored in the checkpoint by the run's task (:func:`sbir.engine.tasks.build_model`).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from sbir.config import ModelConfig, TrainConfig, config_from_dict
+from sbir.engine.checkpoint import file_digest, read_weights
+from sbir.engine.tasks import build_model, check_config, get_task, with_defaults
+from sbir.errors import CheckpointError, SbirError
+
+
+def resolve_weights(spec: str | Path) -> Path:
+    """A run folder (its best.safetensors) or a .safetensors file."""
+    p = Path(spec)
+    if p.is_dir():
+        for name in ("best.safetensors", "model.safetensors"):
+            if (p / name).is_file():
+                return p / name
+        raise CheckpointError(
+            f"{p} contains no best.safetensors: not an sbir run folder, or training has not finished an epoch"
+        )
+    if p.is_file():
+        return p
+    raise CheckpointError(f"model {p} does not exist (expected a run folder or a .safetensors checkpoint)")
+
+
+def is_pretrained_spec(spec: str) -> bool:
+    return spec == "pretrained" or spec.startswith("pretrained:")
+
+
+def load_model(spec: str | Path | None = None, device: str = "cpu"):
+    """Load a model for inference; returns ``(model, cfg, model_id)``.
+
+    ``model_id`` identifies the weights, so embeddings of different models are
+    never mixed. For tasks with hash codes, heads saved next to the weights for
+    exactly these weights (``hash<bits>.safetensors``, :mod:`sbir.engine.hashcodes`)
+    are attached as ``model.hash_heads`` (``{bits: HashHead}``); heads left from
+    other weights are ignored.
+    """
+    spec_s = "pretrained" if spec is None else str(spec)
+    if is_pretrained_spec(spec_s):
+        backbone = spec_s.split(":", 1)[1] if ":" in spec_s else "efficientnet_lite0"
+        cfg = with_defaults(
+            TrainConfig(model=ModelConfig(backbone=backbone, pretrained=True, shared_encoder=True, head="identity"))
+        )
+        model = build_model(cfg).to(device).eval()
+        return model, cfg, f"pretrained:{backbone}"
+    path = resolve_weights(spec_s)
+    tensors, meta = read_weights(path)
+    try:
+        cfg = check_config(config_from_dict(json.loads(meta["config"])))
+    except (ValueError, SbirError) as exc:
+        raise CheckpointError(f"{path} has an invalid sbir config in its metadata: {exc}") from exc
+    try:
+        model = build_model(cfg, pretrained=False)
+    except (SbirError, ValueError) as exc:
+        raise CheckpointError(f"{path}: cannot build the model its config describes ({exc})") from exc
+    missing, unexpected = model.load_state_dict(tensors, strict=False)
+    if missing or unexpected:
+        raise CheckpointError(
+            f"{path} does not fit the model its config describes ({len(missing)} missing, "
+            f"{len(unexpected)} unexpected tensors); was it written by another sbir version?"
+        )
+    digest = file_digest(path)
+    model = model.to(device).eval()
+    if get_task(cfg.task).hash_codes:
+        from sbir.engine.hashcodes import load_hash_heads
+
+        model.hash_heads = load_hash_heads(path.parent, digest, device=device)
+    return model, cfg, f"{cfg.model.backbone}:{digest}"
+
+
+__all__ = ["is_pretrained_spec", "load_model", "resolve_weights"]

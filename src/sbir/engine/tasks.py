@@ -1,0 +1,188 @@
+"""The task registry: one entry per SBIR task, naming every part the pipeline needs.
+
+A task (``cfg.task``) is a :class:`TaskSpec`: its split policy
+(:mod:`sbir.data.policies`), its model (:func:`sbir.models.create_model`), the
+kind of loss it trains with (:mod:`sbir.losses`), its batch sampler, its
+evaluation and the defaults it gives unset config values. The trainer, ``sbir
+eval``, the index and the server ask this registry and never test the task's
+name. Task modules register themselves (:func:`register_task`) and are
+listed once in ``TASK_MODULES``; a new task is its own file plus one line
+there.
+
+Config values a task fills in (:func:`with_defaults`, when the run starts and
+is recorded in ``config.yaml``): ``loss.name`` and ``select_metric`` when
+unset. ``eval.distance: auto`` and ``eval.flip_mode: auto`` stay ``auto`` in the
+config and are resolved by :func:`resolve_distance` / :func:`resolve_flip_mode`.
+"""
+
+from __future__ import annotations
+
+import copy
+import importlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from sbir.config import TrainConfig
+from sbir.errors import ConfigError
+
+# Modules that register tasks (imported on the first lookup).
+TASK_MODULES = ("sbir.engine.finegrained", "sbir.engine.category")
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """Everything the pipeline needs to know about one task."""
+
+    name: str
+    model: str  # registered model name (sbir.models.factory)
+    loss_kind: str  # "pairs" | "classes" (sbir.losses.factory)
+    default_loss: str
+    select_metric: str  # default validation metric for the best epoch
+    metric_keys: tuple[str, ...]  # the headline metrics, in the order the CLI prints them
+    flip_mode: str  # what eval.flip_mode "auto" means: "average" | "pairings"
+    split_policy: str  # sbir.data.policies: "photo" | "class" | "unseen"
+    # The trainer's Task: task_class(spec, cfg, run_dir, progress=..., split_record=...).
+    task_class: type
+    # evaluate(model, cfg, split, flip_tta=..., progress=..., distance=None) -> sbir.engine.evaluate.Evaluation
+    evaluate: Callable[..., Any]
+    # make_sampler(task) -> batch sampler with set_epoch(), over task.pairs
+    make_sampler: Callable[[Any], Any]
+    # Extra keyword arguments of the model builder, from the config and the loss spec.
+    model_kwargs: Callable[[TrainConfig, Any], dict] = field(default=lambda cfg, loss: {})
+    hash_codes: bool = False  # supports eval.hash_bits
+
+
+_TASKS: dict[str, TaskSpec] = {}
+_loaded = False
+
+
+def register_task(spec: TaskSpec) -> TaskSpec:
+    _TASKS[spec.name] = spec
+    return spec
+
+
+def _load_builtin() -> None:
+    global _loaded
+    if not _loaded:
+        _loaded = True
+        for mod in TASK_MODULES:
+            importlib.import_module(mod)
+
+
+def list_tasks() -> list[str]:
+    _load_builtin()
+    return sorted(_TASKS)
+
+
+def get_task(name: str) -> TaskSpec:
+    _load_builtin()
+    if name not in _TASKS:
+        raise ConfigError(f"task must be one of {list_tasks()}, got {name!r}")
+    return _TASKS[name]
+
+
+# ---------------------------------------------------------------- config rules
+
+
+def loss_name(cfg: TrainConfig) -> str:
+    return cfg.loss.name or get_task(cfg.task).default_loss
+
+
+def select_metric(cfg: TrainConfig) -> str:
+    return cfg.select_metric or get_task(cfg.task).select_metric
+
+
+def loss_spec(cfg: TrainConfig):
+    """The registered loss of ``cfg`` (its kind checked against the task)."""
+    from sbir.losses import get_loss_spec
+
+    return get_loss_spec(loss_name(cfg), get_task(cfg.task).loss_kind)
+
+
+def check_config(cfg: TrainConfig) -> TrainConfig:
+    """``cfg.validate()`` plus the task's rules: a loss of the task's kind, a metric it reports, hash codes
+    only where supported. Changes nothing; returns ``cfg``."""
+    cfg.validate()
+    spec = get_task(cfg.task)
+    loss_spec(cfg)
+    metric = select_metric(cfg)
+    if not any(metric == k or metric.startswith(k.split("@")[0] + "@") for k in spec.metric_keys):
+        raise ConfigError(
+            f"select_metric {metric!r} is not a {spec.name} metric; task {spec.name!r} selects on one of "
+            f"{', '.join(spec.metric_keys)}"
+        )
+    if cfg.eval.hash_bits and not spec.hash_codes:
+        raise ConfigError(f"eval.hash_bits is for category / zero-shot runs; remove it for task {spec.name}")
+    return cfg
+
+
+def with_defaults(cfg: TrainConfig) -> TrainConfig:
+    """A checked copy of ``cfg`` with the task's loss and selection metric filled in where unset."""
+    check_config(cfg)
+    out = copy.deepcopy(cfg)
+    out.loss.name = loss_name(cfg)
+    out.select_metric = select_metric(cfg)
+    return out
+
+
+def resolve_distance(cfg: TrainConfig) -> str:
+    """``eval.distance`` with ``auto`` resolved: the distance the loss trains for."""
+    if cfg.eval.distance != "auto":
+        return cfg.eval.distance
+    return loss_spec(cfg).distance
+
+
+def resolve_flip_mode(cfg: TrainConfig) -> str:
+    """``eval.flip_mode`` with ``auto`` resolved by the task (average embeddings, or min over pairings)."""
+    if cfg.eval.flip_mode != "auto":
+        return cfg.eval.flip_mode
+    return get_task(cfg.task).flip_mode
+
+
+# ---------------------------------------------------------------- factories
+
+
+def build_model(cfg: TrainConfig, pretrained: bool | None = None) -> nn.Module:
+    """The model ``cfg``'s task trains (``pretrained`` overrides ``cfg.model.pretrained``)."""
+    from sbir.models import create_model
+
+    spec = get_task(cfg.task)
+    return create_model(spec.model, cfg.model, pretrained=pretrained, **spec.model_kwargs(cfg, loss_spec(cfg)))
+
+
+def build_criterion(cfg: TrainConfig, num_classes: int | None = None, embed_dim: int | None = None) -> nn.Module:
+    """The task's loss module (:func:`sbir.losses.build_loss` with the task's default loss filled in)."""
+    from sbir.losses import build_loss
+
+    loss_cfg = copy.deepcopy(cfg.loss)
+    loss_cfg.name = loss_name(cfg)
+    return build_loss(loss_cfg, num_classes=num_classes, embed_dim=embed_dim, kind=get_task(cfg.task).loss_kind)
+
+
+def build_task(cfg: TrainConfig, run_dir: Path, progress: bool = True, split_record: dict | None = None):
+    """The trainer's Task object for ``cfg``."""
+    spec = get_task(cfg.task)
+    return spec.task_class(spec, cfg, Path(run_dir), progress=progress, split_record=split_record)
+
+
+__all__ = [
+    "TASK_MODULES",
+    "TaskSpec",
+    "build_criterion",
+    "build_model",
+    "build_task",
+    "check_config",
+    "get_task",
+    "list_tasks",
+    "loss_name",
+    "loss_spec",
+    "register_task",
+    "resolve_distance",
+    "resolve_flip_mode",
+    "select_metric",
+    "with_defaults",
+]
