@@ -29,5 +29,7 @@ def tiny_paired_dataset(tmp_path_factory) -> Path:
     from sbir.data.synthetic import generate_paired_dataset
 
     out = tmp_path_factory.mktemp("paired")
-    generate_paired_dataset(out, n_train_photos=24, n_test_photos=8, sketches_per_photo=2, image_size=64, seed=1, progress=False)
+    generate_paired_dataset(
+        out, n_train_photos=24, n_test_photos=8, sketches_per_photo=2, image_size=64, seed=1, progress=False
+    )
     return out

@@ -58,8 +58,23 @@ def test_folder_of_broken_images_names_the_file(tmp_path, capsys):
     root = _paired(tmp_path / "d")
     (root / "trainB" / "002.png").write_bytes(b"")  # 0-byte photo
     (root / "trainA" / "001_1.png").write_bytes(b"\x89PNG\r\n\x1a\n garbage")  # corrupt sketch
-    err = _run_error(capsys, ["train", "--data", str(root), "--out", str(tmp_path / "run"), "--epochs", "1",
-                              "--batch-size", "2", "--no-progress", "--set", "model.pretrained=false"])
+    err = _run_error(
+        capsys,
+        [
+            "train",
+            "--data",
+            str(root),
+            "--out",
+            str(tmp_path / "run"),
+            "--epochs",
+            "1",
+            "--batch-size",
+            "2",
+            "--no-progress",
+            "--set",
+            "model.pretrained=false",
+        ],
+    )
     assert "cannot read image" in err and ("001_1.png" in err or "002.png" in err)
 
 

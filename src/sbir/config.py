@@ -14,16 +14,17 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import yaml
 
 from sbir.errors import ConfigError
 
+
 @dataclass
 class DataConfig:
-    path: Optional[str] = None
-    format: Optional[str] = None  # auto-detected when None
+    path: str | None = None
+    format: str | None = None  # auto-detected when None
     skip_orphans: bool = False
     val_fraction: float = 0.15
     split_seed: int = 0
@@ -31,7 +32,7 @@ class DataConfig:
     num_workers: int = 2
     # Zero-shot: unseen classes as a built-in split name (e.g. sketchy_unseen21), a class-list file or a
     # comma list. None: sketchy_unseen21 when the data has all of its classes (Sketchy), else an error.
-    unseen: Optional[str] = None
+    unseen: str | None = None
 
     def validate(self) -> None:
         if not 0.0 <= self.val_fraction < 1.0:
@@ -64,7 +65,7 @@ class AugmentConfig:
 class ModelConfig:
     backbone: str = "efficientnet_lite0"
     pretrained: bool = True
-    weights_path: Optional[str] = None  # local weights file for any timm model
+    weights_path: str | None = None  # local weights file for any timm model
     shared_encoder: bool = False  # ARNet: separate sketch and photo encoders
     embed_dim: int = 512
     head: str = "linear"  # linear | mlp | identity (no projection: off-the-shelf features)
@@ -75,7 +76,7 @@ class ModelConfig:
     dase: bool = True  # domain-aware squeeze-and-excitation blocks
     dase_where: str = "auto"  # auto | se | stages (sbir.models.dase.insert_dase)
     # Number of training classes; set by the category task when training starts (recorded in checkpoints).
-    num_classes: Optional[int] = None
+    num_classes: int | None = None
 
     def validate(self) -> None:
         if self.embed_dim < 2:
@@ -99,19 +100,19 @@ class LossConfig:
     (see ``sbir.losses`` for every registered name).
     """
 
-    name: Optional[str] = None
-    temperature: Optional[float] = None  # NT-Xent
-    weight_cross: Optional[float] = None  # sketch <-> photo
-    weight_sketch: Optional[float] = None  # sketch <-> augmented sketch
-    weight_photo: Optional[float] = None  # photo <-> augmented photo
-    triplet_margin: Optional[float] = None
-    weight_triplet: Optional[float] = None
+    name: str | None = None
+    temperature: float | None = None  # NT-Xent
+    weight_cross: float | None = None  # sketch <-> photo
+    weight_sketch: float | None = None  # sketch <-> augmented sketch
+    weight_photo: float | None = None  # photo <-> augmented photo
+    triplet_margin: float | None = None
+    weight_triplet: float | None = None
     # MEMS / CosFace margin and scale.
-    margin: Optional[float] = None
-    scale: Optional[float] = None
+    margin: float | None = None
+    scale: float | None = None
     # Steps over which the margin ramps up (MEMS: 100000 as published; CosFace: 0, full margin at once).
     # A MEMS margin that grows within a short run collapses the embedding: keep it slow.
-    anneal_steps: Optional[int] = None
+    anneal_steps: int | None = None
 
     def validate(self) -> None:
         if self.name is not None and not self.name:
@@ -137,18 +138,20 @@ class OptimConfig:
     warmup_epochs: float = 1.0
     scheduler: str = "cosine"  # cosine | constant
     grad_clip: float = 5.0
-    max_steps_per_epoch: Optional[int] = None  # cap for quick runs
+    max_steps_per_epoch: int | None = None  # cap for quick runs
     # Category / zero-shot: each batch holds batch_size sketches (+ one photo of the same class each),
     # batch_size // samples_per_class classes x samples_per_class sketches (class-balanced sampling).
     samples_per_class: int = 4
     # Stop before an epoch that would end past this many minutes of training (None: no limit).
-    time_budget_minutes: Optional[float] = None
+    time_budget_minutes: float | None = None
 
     def validate(self) -> None:
         if self.epochs < 1:
             raise ConfigError(f"optim.epochs must be >= 1, got {self.epochs}")
         if self.batch_size < 2:
-            raise ConfigError(f"optim.batch_size must be >= 2 (contrastive losses need negatives), got {self.batch_size}")
+            raise ConfigError(
+                f"optim.batch_size must be >= 2 (contrastive losses need negatives), got {self.batch_size}"
+            )
         if self.lr <= 0:
             raise ConfigError(f"optim.lr must be > 0, got {self.lr}")
         if self.time_budget_minutes is not None and self.time_budget_minutes <= 0:
@@ -202,7 +205,7 @@ class TrainConfig:
     device: str = "auto"  # auto | cpu | cuda[:N]
     amp: bool = True  # mixed precision, used on GPU only
     # Validation metric for the best epoch; unset: the task's (acc@1 fine-grained, map@all category).
-    select_metric: Optional[str] = None
+    select_metric: str | None = None
     data: DataConfig = field(default_factory=DataConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -306,7 +309,7 @@ def apply_overrides(cfg: Any, overrides: list[str]) -> Any:
     return cfg
 
 
-def load_config(path: Optional[str | Path] = None, overrides: Optional[list[str]] = None) -> TrainConfig:
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> TrainConfig:
     data: dict = {}
     if path is not None:
         p = Path(path)

@@ -23,8 +23,7 @@ class ImageLoadError(DataError):
         self.path = str(path)
         self.reason = reason
         super().__init__(
-            f"cannot read image {self.path}: {reason}. "
-            "Replace or delete the file (or re-export it as PNG/JPEG)."
+            f"cannot read image {self.path}: {reason}. Replace or delete the file (or re-export it as PNG/JPEG)."
         )
 
 

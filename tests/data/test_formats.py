@@ -10,8 +10,7 @@ import pytest
 import scipy.io
 from PIL import Image
 
-from sbir.data.formats import FORMATS, detect_format, get_format, load_dataset
-from sbir.data.formats import category, paired, qmul_v1, sketchy
+from sbir.data.formats import FORMATS, category, detect_format, get_format, load_dataset, paired, qmul_v1, sketchy
 from sbir.data.records import ArrayRef, FileRef
 from sbir.errors import ConfigError, DataError
 
@@ -198,7 +197,9 @@ def test_paired_match_photo_stem():
 # ============================================================== qmul_v1
 
 
-def write_qmul(root: Path, cat: str = "shoes", n: int = 5, split: str = "train", size: int = 16, seed: int = 0) -> tuple:
+def write_qmul(
+    root: Path, cat: str = "shoes", n: int = 5, split: str = "train", size: int = 16, seed: int = 0
+) -> tuple:
     rng = np.random.default_rng(seed)
     sk = rng.integers(0, 256, (n, size, size), dtype=np.uint8)
     ed = rng.integers(0, 256, (n, size, size), dtype=np.uint8)

@@ -113,7 +113,9 @@ def test_decompression_bomb_header(tmp_path):
         return struct.pack(">I", len(body)) + tag + body + struct.pack(">I", zlib.crc32(tag + body) & 0xFFFFFFFF)
 
     ihdr = struct.pack(">IIBBBBB", 100_000, 100_000, 8, 0, 0, 0, 0)
-    png = b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\x00" * 10)) + chunk(b"IEND", b"")
+    png = (
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\x00" * 10)) + chunk(b"IEND", b"")
+    )
     p = tmp_path / "bomb.png"
     p.write_bytes(png)
     err = _expect_error(p)
@@ -270,7 +272,14 @@ def test_array_to_image():
 
 @pytest.mark.parametrize(
     "name, expected",
-    [("a.png", True), ("b.JPG", True), ("c.jpeg", True), ("notes.txt", False), (".DS_Store", False), ("x.png.bak", False)],
+    [
+        ("a.png", True),
+        ("b.JPG", True),
+        ("c.jpeg", True),
+        ("notes.txt", False),
+        (".DS_Store", False),
+        ("x.png.bak", False),
+    ],
 )
 def test_is_image_file(name, expected):
     assert is_image_file(name) is expected

@@ -26,7 +26,9 @@ def shared(*parts: str) -> Path:
 
 
 def write_ndjson(path: Path, drawings: list, word: str = "cat") -> None:
-    path.write_text("".join(json.dumps({"word": word, "key_id": str(i), "drawing": d}) + "\n" for i, d in enumerate(drawings)))
+    path.write_text(
+        "".join(json.dumps({"word": word, "key_id": str(i), "drawing": d}) + "\n" for i, d in enumerate(drawings))
+    )
 
 
 SQUARE = [[[10, 100, 100, 10, 10], [10, 10, 100, 100, 10]]]
@@ -71,11 +73,15 @@ def test_stroke_width_and_size_are_configurable(tmp_path):
 def test_stroke3_keeps_stroke_boundaries():
     from sbir.data.strokes import stroke3_to_strokes
 
-    strokes = [np.array([[0.0, 0.0], [1.0, 1.0]]), np.array([[5.0, 5.0]]), np.array([[2.0, 3.0], [4.0, 5.0], [6.0, 7.0]])]
+    strokes = [
+        np.array([[0.0, 0.0], [1.0, 1.0]]),
+        np.array([[5.0, 5.0]]),
+        np.array([[2.0, 3.0], [4.0, 5.0], [6.0, 7.0]]),
+    ]
     s3 = quickdraw.strokes_to_stroke3(strokes)
     assert s3.shape == (6, 3) and s3[:, 2].tolist() == [0, 1, 1, 0, 0, 1]
     back = stroke3_to_strokes(s3)
-    assert len(back) == 3 and all(np.array_equal(a, b) for a, b in zip(back, strokes))
+    assert len(back) == 3 and all(np.array_equal(a, b) for a, b in zip(back, strokes, strict=False))
 
 
 @pytest.mark.parametrize(
@@ -196,7 +202,9 @@ def test_restricted_load_broken_files(tmp_path):
 
 def fake_chairv2(root: Path) -> Path:
     def sketch(offset):
-        return np.array([[10 + offset, 10, 0], [100, 10, 0], [100, 100, 1], [20, 200, 0], [200, 200, 1]], dtype=np.float64)
+        return np.array(
+            [[10 + offset, 10, 0], [100, 10, 0], [100, 100, 1], [20, 200, 0], [200, 200, 1]], dtype=np.float64
+        )
 
     data = {
         "/train/chairA_1": sketch(0),

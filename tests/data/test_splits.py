@@ -40,7 +40,9 @@ def fg_split(n_photos: int = 40, sketches_per_photo=(1, 2, 3), n_distractors: in
 
 def cat_split(classes=("a", "b", "c", "d"), n_photos: int = 10, n_sketches: int = 20) -> Split:
     photos = [
-        PhotoRecord(id=f"{c}/p{i}", image=FileRef(Path(f"{c}/p{i}.jpg")), label=c) for c in classes for i in range(n_photos)
+        PhotoRecord(id=f"{c}/p{i}", image=FileRef(Path(f"{c}/p{i}.jpg")), label=c)
+        for c in classes
+        for i in range(n_photos)
     ]
     sketches = [
         SketchRecord(id=f"{c}/s{i}", image=FileRef(Path(f"{c}/s{i}.png")), label=c)
@@ -149,9 +151,7 @@ def test_triplets_reindexed_and_boundary_dropped():
         if len(t):
             assert t[:, 0].max() < len(side.sketches) and t[:, 1:].max() < len(side.photos)
         # each re-indexed row names the same records as some original row
-        orig = {
-            (full.sketches[a].id, full.photos[b].id, full.photos[c].id) for a, b, c in full.triplets.tolist()
-        }
+        orig = {(full.sketches[a].id, full.photos[b].id, full.photos[c].id) for a, b, c in full.triplets.tolist()}
         for a, b, c in t.tolist():
             assert (side.sketches[a].id, side.photos[b].id, side.photos[c].id) in orig
         kept += len(t)
@@ -252,8 +252,12 @@ def test_apply_record_new_sketch_follows_photo():
 
 def test_apply_record_malformed():
     full = fg_split()
-    for bad in ([], {"by": "photo"}, {"by": "x", "val_photo_ids": [], "val_sketch_ids": []},
-                {"by": "photo", "val_photo_ids": "p001", "val_sketch_ids": []}):
+    for bad in (
+        [],
+        {"by": "photo"},
+        {"by": "x", "val_photo_ids": [], "val_sketch_ids": []},
+        {"by": "photo", "val_photo_ids": "p001", "val_sketch_ids": []},
+    ):
         with pytest.raises(DataError):
             apply_split_record(full, bad)
     # a val sketch whose photo the record puts in train is inconsistent

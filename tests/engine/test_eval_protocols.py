@@ -28,8 +28,27 @@ def test_zeroshot_eval_reports_unseen_classes_only(tmp_path: Path, capsys):
 
     data = _dataset_with_test(tmp_path / "zs", SHAPES, seed=3)
     run = tmp_path / "run"
-    assert main(["train", "--task", "zeroshot", "--unseen", "star,bar", "--data", str(data), "--out", str(run),
-                 "--epochs", "1", *TRAIN_ARGS, "data.val_fraction=0.5", "optim.samples_per_class=4"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--task",
+                "zeroshot",
+                "--unseen",
+                "star,bar",
+                "--data",
+                str(data),
+                "--out",
+                str(run),
+                "--epochs",
+                "1",
+                *TRAIN_ARGS,
+                "data.val_fraction=0.5",
+                "optim.samples_per_class=4",
+            ]
+        )
+        == 0
+    )
     capsys.readouterr()
     assert main(["eval", str(run), "--split", "test", "--json", "--no-progress"]) == 0
     m = json.loads(capsys.readouterr().out)
@@ -53,8 +72,9 @@ def test_index_of_a_mems_run_ranks_as_eval_does(tmp_path: Path, capsys):
 
     data = _dataset_with_test(tmp_path / "cat", SHAPES, seed=5)
     run = tmp_path / "run"
-    assert main(["train", "--task", "category", "--data", str(data), "--out", str(run), "--epochs", "1",
-                 *TRAIN_ARGS]) == 0
+    assert (
+        main(["train", "--task", "category", "--data", str(data), "--out", str(run), "--epochs", "1", *TRAIN_ARGS]) == 0
+    )
     capsys.readouterr()
     assert main(["eval", str(run), "--split", "test", "--json", "--no-progress"]) == 0
     m = json.loads(capsys.readouterr().out)
@@ -62,8 +82,12 @@ def test_index_of_a_mems_run_ranks_as_eval_does(tmp_path: Path, capsys):
 
     gallery = data / "test" / "photos"
     idx = tmp_path / "idx"
-    assert main(["index", "build", str(gallery), "--model", str(run), "--out", str(idx), "--no-progress",
-                 "--workers", "0"]) == 0
+    assert (
+        main(
+            ["index", "build", str(gallery), "--model", str(run), "--out", str(idx), "--no-progress", "--workers", "0"]
+        )
+        == 0
+    )
     capsys.readouterr()
     sketches = sorted((data / "test" / "sketches").glob("*/*.png"))
     photos = sorted(gallery.glob("*/*.png"))

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+
 from .index_helpers import write_gallery
 
 
@@ -25,7 +26,11 @@ def tiny_checkpoint(tmp_path_factory) -> Path:
     from sbir.engine.checkpoint import save_weights
     from sbir.models.fgsbir import build_model
 
-    cfg = TrainConfig(model=ModelConfig(backbone="test_efficientnet", pretrained=False, shared_encoder=True, head="linear", embed_dim=32))
+    cfg = TrainConfig(
+        model=ModelConfig(
+            backbone="test_efficientnet", pretrained=False, shared_encoder=True, head="linear", embed_dim=32
+        )
+    )
     cfg.data.image_size = 48
     torch.manual_seed(0)
     path = tmp_path_factory.mktemp("tiny-run") / "best.safetensors"

@@ -39,5 +39,3 @@ def write_gallery(root: Path, n: int = 6, start: int = 0) -> list[str]:
         make_photo(i).save(p)
         rels.append(rel)
     return sorted(rels)
-
-

@@ -27,7 +27,7 @@ def data():
 
 
 def recall(ids: np.ndarray, truth: np.ndarray) -> float:
-    return float(np.mean([len(set(a) & set(b)) / len(b) for a, b in zip(ids, truth)]))
+    return float(np.mean([len(set(a) & set(b)) / len(b) for a, b in zip(ids, truth, strict=False)]))
 
 
 def test_exact_search_is_brute_force(data):

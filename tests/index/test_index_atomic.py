@@ -19,10 +19,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from .index_helpers import make_photo, write_gallery
 
 from sbir.index import Index, build_index, update_index
 from sbir.index.store import KILL_ENV
+
+from .index_helpers import make_photo, write_gallery
 
 pytestmark = pytest.mark.slow
 
@@ -136,7 +137,18 @@ def test_kill_at_write_stages_and_random_moments(scenario):
 def test_killed_first_build_leaves_a_reusable_folder(scenario, tmp_path):
     out = tmp_path / "new-index"
     proc = sbir(
-        ["index", "build", str(scenario["gallery"]), "--model", scenario["ckpt"], "--out", str(out), "--no-progress", "--workers", "0"],
+        [
+            "index",
+            "build",
+            str(scenario["gallery"]),
+            "--model",
+            scenario["ckpt"],
+            "--out",
+            str(out),
+            "--no-progress",
+            "--workers",
+            "0",
+        ],
         {KILL_ENV: "before-pointer"},
     )
     _, err = proc.communicate(timeout=300)

@@ -9,7 +9,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from .index_helpers import IMAGE_SIZE, make_photo, write_gallery
 
 from sbir.data.image_io import load_image
 from sbir.engine.embed import embed_pil
@@ -25,6 +24,8 @@ from sbir.index import (
 )
 from sbir.index.faiss_ops import ApproxError
 from sbir.index.store import write_lock
+
+from .index_helpers import IMAGE_SIZE, make_photo, write_gallery
 
 
 def build(gallery, out, pretrained, **kw):
@@ -192,7 +193,11 @@ def test_other_checkpoint_is_refused(tmp_path, gallery, pretrained):
     from sbir.index.model import load_index_model
     from sbir.models.fgsbir import build_model
 
-    cfg = TrainConfig(model=ModelConfig(backbone="test_efficientnet", pretrained=False, shared_encoder=True, head="linear", embed_dim=32))
+    cfg = TrainConfig(
+        model=ModelConfig(
+            backbone="test_efficientnet", pretrained=False, shared_encoder=True, head="linear", embed_dim=32
+        )
+    )
     ckpt = tmp_path / "run" / "best.safetensors"
     ckpt.parent.mkdir()
     save_weights(build_model(cfg.model), ckpt, cfg)
@@ -207,7 +212,15 @@ def test_other_checkpoint_is_refused(tmp_path, gallery, pretrained):
 
     # An index built with the checkpoint records its absolute path and reloads it by itself.
     other = load_model(str(tmp_path / "run"))
-    rep = build_index(gallery, str(tmp_path / "run"), tmp_path / "idx2", image_size=IMAGE_SIZE, progress=False, num_workers=0, preloaded=other)
+    rep = build_index(
+        gallery,
+        str(tmp_path / "run"),
+        tmp_path / "idx2",
+        image_size=IMAGE_SIZE,
+        progress=False,
+        num_workers=0,
+        preloaded=other,
+    )
     idx2 = Index.open(tmp_path / "idx2")
     assert idx2.dim == 32 and idx2.model.path == str((tmp_path / "run").resolve()) and rep.model_id == other[2]
     model, _, mid = load_index_model(idx2.model)
@@ -293,7 +306,9 @@ def test_models_with_raw_embeddings_use_their_distance(tmp_path, gallery, distan
     ckpt = tmp_path / "cat.safetensors"
     save_weights(model, ckpt, cfg)
     loaded = load_model(ckpt)
-    build_index(gallery, str(ckpt), tmp_path / "idx", image_size=IMAGE_SIZE, progress=False, num_workers=0, preloaded=loaded)
+    build_index(
+        gallery, str(ckpt), tmp_path / "idx", image_size=IMAGE_SIZE, progress=False, num_workers=0, preloaded=loaded
+    )
     index = Index.open(tmp_path / "idx")
     raw = embed_pil(loaded[0], [load_image(index.gallery / e.path) for e in index.entries], "photo", IMAGE_SIZE)
     enc = QueryEncoder.for_index(index)

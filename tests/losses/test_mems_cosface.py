@@ -65,7 +65,7 @@ def test_mems_first_step_is_plain_distance_softmax():
     torch.manual_seed(1)
     loss_fn = MEMSLoss(num_classes=4, embed_dim=3, margin=4.0, anneal_steps=1000)
     f, y = torch.randn(5, 3), torch.tensor([0, 1, 2, 3, 0])
-    expected = F.cross_entropy(-torch.cdist(f, loss_fn.centers) ** 2, y)
+    expected = F.cross_entropy(-(torch.cdist(f, loss_fn.centers) ** 2), y)
     assert torch.allclose(loss_fn(f, y), expected, atol=1e-5)
 
 

@@ -127,7 +127,7 @@ def test_gradient_matches_autograd_of_reference_formula():
 
     a2 = a.detach().clone().requires_grad_()
     total = 0
-    for x, y, wrt_rows in ((a2, b, True), (b, a2, False)):
+    for x, y, _wrt_rows in ((a2, b, True), (b, a2, False)):
         for i in range(5):
             keep = [j for j in range(5) if j == i or g[j] != g[i]]
             logits = torch.stack([x[i] @ y[j] for j in keep]) / 0.2
@@ -160,7 +160,10 @@ def test_double_siamese_is_weighted_sum_of_terms():
         assert parts[k] == pytest.approx(v.item(), rel=1e-6)
     want = expect["ntxent_cross"] + 0.5 * expect["ntxent_sketch"] + 2.0 * expect["ntxent_photo"]
     assert total.item() == pytest.approx(want.item(), rel=1e-6)
-    assert total.item() == pytest.approx(ref_all(s1, p1, 0.1, g.numpy()) + 0.5 * ref_all(s1, s2, 0.1, g.numpy()) + 2.0 * ref_all(p1, p2, 0.1, g.numpy()), rel=1e-5)
+    assert total.item() == pytest.approx(
+        ref_all(s1, p1, 0.1, g.numpy()) + 0.5 * ref_all(s1, s2, 0.1, g.numpy()) + 2.0 * ref_all(p1, p2, 0.1, g.numpy()),
+        rel=1e-5,
+    )
 
 
 def test_double_siamese_cross_form_and_zero_weights_skip_views():

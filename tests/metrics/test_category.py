@@ -36,9 +36,7 @@ def test_average_precision_hand_computed():
     assert average_precision(SCORES_A, REL_A, k=2, normalize="min_k_relevant") == pytest.approx(1 / 2)
     # A, top 4 holds ranks 1 and 3: sum = 1 + 2/3
     assert average_precision(SCORES_A, REL_A, k=4) == pytest.approx((1 + 2 / 3) / 2)
-    assert average_precision(SCORES_A, REL_A, k=4, normalize="all_relevant") == pytest.approx(
-        (1 + 2 / 3) / 3
-    )
+    assert average_precision(SCORES_A, REL_A, k=4, normalize="all_relevant") == pytest.approx((1 + 2 / 3) / 3)
     assert average_precision(SCORES_A, REL_A, k=4, normalize="min_k_relevant") == pytest.approx(
         (1 + 2 / 3) / 3  # min(4, 3) = 3
     )
@@ -101,9 +99,7 @@ def test_ap_all_matches_sklearn_on_continuous_scores():
         scores = rng.random(n)  # continuous: no ties (sklearn groups tied scores)
         rel = rng.random(n) < rng.uniform(0.05, 0.6)
         rel[rng.integers(n)] = True
-        assert average_precision(scores, rel) == pytest.approx(
-            average_precision_score(rel, scores), abs=1e-12
-        )
+        assert average_precision(scores, rel) == pytest.approx(average_precision_score(rel, scores), abs=1e-12)
 
 
 def _sake_voc(scores, rel, top=None):
@@ -124,9 +120,7 @@ def _sake_voc(scores, rel, top=None):
     mpre = [0.0] + precision + [0.0]
     for ii in range(len(mpre) - 2, -1, -1):
         mpre[ii] = max(mpre[ii], mpre[ii + 1])
-    return sum(
-        (mrec[i + 1] - mrec[i]) * mpre[i + 1] for i in range(len(mrec) - 1) if mrec[i + 1] != mrec[i]
-    )
+    return sum((mrec[i + 1] - mrec[i]) * mpre[i + 1] for i in range(len(mrec) - 1) if mrec[i + 1] != mrec[i])
 
 
 def test_voc_ap_matches_independent_implementation():
@@ -177,13 +171,13 @@ def _reference_report(scores, ql, gl, ks_map, ks_prec):
     ref["map@all"] = mean(lambda s, m: average_precision(s, m))
     ref["map@all_voc"] = mean(lambda s, m: voc_ap(s, m))
     for k in ks_map:
-        ref[f"map@{k}"] = mean(lambda s, m: average_precision(s, m, k))
-        ref[f"map@{k}_allrel"] = mean(lambda s, m: average_precision(s, m, k, "all_relevant"))
-        ref[f"map@{k}_minkr"] = mean(lambda s, m: average_precision(s, m, k, "min_k_relevant"))
-        ref[f"map@{k}_voc"] = mean(lambda s, m: voc_ap(s, m, k))
+        ref[f"map@{k}"] = mean(lambda s, m, k=k: average_precision(s, m, k))
+        ref[f"map@{k}_allrel"] = mean(lambda s, m, k=k: average_precision(s, m, k, "all_relevant"))
+        ref[f"map@{k}_minkr"] = mean(lambda s, m, k=k: average_precision(s, m, k, "min_k_relevant"))
+        ref[f"map@{k}_voc"] = mean(lambda s, m, k=k: voc_ap(s, m, k))
     for k in ks_prec:
-        ref[f"p@{k}"] = mean(lambda s, m: precision_at_k(s, m, k))
-        ref[f"p@{k}_zse"] = mean(lambda s, m: precision_at_k(s, m, k, "min_k_relevant"))
+        ref[f"p@{k}"] = mean(lambda s, m, k=k: precision_at_k(s, m, k))
+        ref[f"p@{k}_zse"] = mean(lambda s, m, k=k: precision_at_k(s, m, k, "min_k_relevant"))
     return ref
 
 
@@ -196,8 +190,9 @@ def _assert_report_matches(rep, ref):
 def test_category_report_matches_reference_functions(distance):
     q, ql, g, gl = _random_problem(3)
     ks_map, ks_prec = (5, 40, 1000), (1, 10, 200)
-    rep = category_report(q, ql, g, gl, distance=distance, ks_map=ks_map, ks_prec=ks_prec,
-                          chunk_size=len(q))  # one chunk: scores identical to similarity_matrix
+    rep = category_report(
+        q, ql, g, gl, distance=distance, ks_map=ks_map, ks_prec=ks_prec, chunk_size=len(q)
+    )  # one chunk: scores identical to similarity_matrix
     scores = similarity_matrix(q, g, distance)
     _assert_report_matches(rep, _reference_report(scores, ql, gl, ks_map, ks_prec))
     assert rep["n_queries"] == 60 and rep["n_gallery"] == 150
@@ -212,16 +207,19 @@ def test_category_report_hamming_with_heavy_ties():
     g = rng.integers(0, 2, size=(200, 6))
     ql, gl = rng.integers(0, 4, 50), rng.integers(0, 4, 200)
     ks_map, ks_prec = (10, 100), (10, 50)
-    rep = category_report(q, ql, g, gl, distance="hamming", ks_map=ks_map, ks_prec=ks_prec,
-                          chunk_size=9)
-    _assert_report_matches(rep, _reference_report(
-        similarity_matrix(q, g, "hamming"), ql, gl, ks_map, ks_prec))
+    rep = category_report(q, ql, g, gl, distance="hamming", ks_map=ks_map, ks_prec=ks_prec, chunk_size=9)
+    _assert_report_matches(rep, _reference_report(similarity_matrix(q, g, "hamming"), ql, gl, ks_map, ks_prec))
     # packed bits (padded to 8 bits with zeros: same distances) and +-1 codes give the same report
-    packed = category_report(np.packbits(q.astype(np.uint8), axis=1), ql,
-                             np.packbits(g.astype(np.uint8), axis=1), gl, distance="hamming",
-                             ks_map=ks_map, ks_prec=ks_prec)
-    signed = category_report(2 * q - 1, ql, 2 * g - 1, gl, distance="hamming",
-                             ks_map=ks_map, ks_prec=ks_prec)
+    packed = category_report(
+        np.packbits(q.astype(np.uint8), axis=1),
+        ql,
+        np.packbits(g.astype(np.uint8), axis=1),
+        gl,
+        distance="hamming",
+        ks_map=ks_map,
+        ks_prec=ks_prec,
+    )
+    signed = category_report(2 * q - 1, ql, 2 * g - 1, gl, distance="hamming", ks_map=ks_map, ks_prec=ks_prec)
     assert packed == rep and signed == rep
 
 
@@ -234,13 +232,12 @@ def test_category_report_matches_torchmetrics():
     preds = torch.from_numpy(scores.astype(np.float64) + 2.0).flatten()
     target = torch.from_numpy(gl[None, :] == ql[:, None]).flatten()
     indexes = torch.arange(len(q)).repeat_interleave(len(g))
-    assert float(RetrievalMAP()(preds, target, indexes=indexes)) == pytest.approx(
-        rep["map@all"], abs=1e-6)
-    assert float(RetrievalMAP(top_k=10)(preds, target, indexes=indexes)) == pytest.approx(
-        rep["map@10"], abs=1e-6)
+    assert float(RetrievalMAP()(preds, target, indexes=indexes)) == pytest.approx(rep["map@all"], abs=1e-6)
+    assert float(RetrievalMAP(top_k=10)(preds, target, indexes=indexes)) == pytest.approx(rep["map@10"], abs=1e-6)
     for k in (5, 20):
         assert float(RetrievalPrecision(top_k=k)(preds, target, indexes=indexes)) == pytest.approx(
-            rep[f"p@{k}"], abs=1e-6)
+            rep[f"p@{k}"], abs=1e-6
+        )
 
 
 def test_chunked_equals_unchunked():
@@ -249,8 +246,7 @@ def test_chunked_equals_unchunked():
     full = category_report(q, ql, g, gl, distance="euclidean", chunk_size=70)
     for kwargs in ({"chunk_size": 1}, {"chunk_size": 13}, {}, {"memory_budget_mb": 1e-6}):
         assert category_report(q, ql, g, gl, distance="euclidean", **kwargs) == full
-    _assert_report_matches(full, _reference_report(
-        similarity_matrix(q, g, "euclidean"), ql, gl, (200,), (100, 200)))
+    _assert_report_matches(full, _reference_report(similarity_matrix(q, g, "euclidean"), ql, gl, (200,), (100, 200)))
 
 
 def test_category_flip_tta_equals_explicit_max_of_four():
@@ -258,11 +254,10 @@ def test_category_flip_tta_equals_explicit_max_of_four():
     rng = np.random.default_rng(8)
     qf = rng.integers(-3, 4, size=q.shape).astype(np.float32)
     gf = rng.integers(-3, 4, size=g.shape).astype(np.float32)
-    scores = np.maximum.reduce(
-        [similarity_matrix(a, b, "euclidean") for a in (q, qf) for b in (g, gf)]
+    scores = np.maximum.reduce([similarity_matrix(a, b, "euclidean") for a in (q, qf) for b in (g, gf)])
+    rep = category_report(
+        q, ql, g, gl, distance="euclidean", sketch_flip=qf, photo_flip=gf, ks_map=(20,), ks_prec=(10,), chunk_size=11
     )
-    rep = category_report(q, ql, g, gl, distance="euclidean", sketch_flip=qf, photo_flip=gf,
-                          ks_map=(20,), ks_prec=(10,), chunk_size=11)
     _assert_report_matches(rep, _reference_report(scores, ql, gl, (20,), (10,)))
     plain = category_report(q, ql, g, gl, distance="euclidean", ks_map=(20,), ks_prec=(10,))
     assert plain["map@all"] != rep["map@all"]
@@ -287,19 +282,27 @@ def test_category_report_hand_computed_and_missing_classes():
     assert rep["p@2_zse"] == 0.5  # cutoff min(2, R=2) = 2
     assert rep["n_queries"] == 2 and rep["n_queries_without_relevant"] == 1
     # variants can be switched off
-    small = category_report(q, ql, g, gl, distance="euclidean", ks_map=(2,), ks_prec=(1,),
-                            variants=())
-    assert set(small) == {"map@all", "map@2", "p@1", "n_queries", "n_gallery",
-                          "n_queries_without_relevant"}
+    small = category_report(q, ql, g, gl, distance="euclidean", ks_map=(2,), ks_prec=(1,), variants=())
+    assert set(small) == {"map@all", "map@2", "p@1", "n_queries", "n_gallery", "n_queries_without_relevant"}
 
 
 def test_default_keys():
     q, ql, g, gl = _random_problem(9)
     rep = category_report(q, ql, g, gl)
     assert set(rep) == {
-        "map@all", "map@all_voc", "map@200", "map@200_allrel", "map@200_minkr", "map@200_voc",
-        "p@100", "p@100_zse", "p@200", "p@200_zse",
-        "n_queries", "n_gallery", "n_queries_without_relevant",
+        "map@all",
+        "map@all_voc",
+        "map@200",
+        "map@200_allrel",
+        "map@200_minkr",
+        "map@200_voc",
+        "p@100",
+        "p@100_zse",
+        "p@200",
+        "p@200_zse",
+        "n_queries",
+        "n_gallery",
+        "n_queries_without_relevant",
     }
 
 

@@ -27,13 +27,9 @@ def test_similarity_hand_computed():
     q = np.array([[1.0, 0.0]], dtype=np.float32)
     g = np.array([[2.0, 0.0], [0.0, 3.0], [-1.0, 0.0], [1.0, 1.0]], dtype=np.float32)
     # cosine: same direction 1, orthogonal 0, opposite -1, 45 degrees 1/sqrt(2)
-    np.testing.assert_allclose(
-        similarity_matrix(q, g, "cosine"), [[1.0, 0.0, -1.0, 1 / math.sqrt(2)]], atol=1e-6
-    )
+    np.testing.assert_allclose(similarity_matrix(q, g, "cosine"), [[1.0, 0.0, -1.0, 1 / math.sqrt(2)]], atol=1e-6)
     # euclidean: -|q-g|: |(-1,0)|=1, |(1,-3)|=sqrt(10), |(2,0)|=2, |(0,-1)|=1
-    np.testing.assert_allclose(
-        similarity_matrix(q, g, "euclidean"), [[-1.0, -math.sqrt(10), -2.0, -1.0]], atol=1e-6
-    )
+    np.testing.assert_allclose(similarity_matrix(q, g, "euclidean"), [[-1.0, -math.sqrt(10), -2.0, -1.0]], atol=1e-6)
     # angular: -angle: 0, -pi/2, -pi, -pi/4
     np.testing.assert_allclose(
         similarity_matrix(q, g, "angular"), [[0.0, -math.pi / 2, -math.pi, -math.pi / 4]], atol=1e-3
@@ -88,7 +84,7 @@ def test_iter_score_chunks_covers_all_rows_exactly():
     q = rng.integers(-3, 4, size=(23, 6)).astype(np.float32)
     g = rng.integers(-3, 4, size=(11, 6)).astype(np.float32)
     full = similarity_matrix(q, g, "euclidean")
-    starts, blocks = zip(*iter_score_chunks(q, g, "euclidean", chunk_size=5))
+    starts, blocks = zip(*iter_score_chunks(q, g, "euclidean", chunk_size=5), strict=False)
     assert starts == (0, 5, 10, 15, 20)
     assert [b.shape for b in blocks] == [(5, 11)] * 4 + [(3, 11)]
     np.testing.assert_array_equal(np.concatenate(blocks), full)
@@ -142,9 +138,7 @@ def test_ties_count_against_the_query():
     # row 2: true 0.1 is the worst -> rank 5
     # row 3: everything ties -> rank = gallery size 5 (a constant model never gets rank 1)
     np.testing.assert_array_equal(true_match_ranks(scores, true_index), [3, 4, 5, 5])
-    np.testing.assert_array_equal(
-        true_match_ranks(torch.tensor(scores), torch.tensor(true_index)), [3, 4, 5, 5]
-    )
+    np.testing.assert_array_equal(true_match_ranks(torch.tensor(scores), torch.tensor(true_index)), [3, 4, 5, 5])
 
 
 def test_acc_at_k_percent_hand_computed():
@@ -187,8 +181,7 @@ def test_finegrained_report_default_keys_and_random_consistency():
     ph = rng.normal(size=(30, 16)).astype(np.float32)
     t = rng.integers(0, 30, size=40)
     rep = finegrained_report(sk, ph, t, distance="euclidean", chunk_size=40)
-    assert set(rep) == {"acc@1", "acc@5", "acc@10", "n_queries", "n_gallery", "ranks",
-                        "mean_rank", "median_rank"}
+    assert set(rep) == {"acc@1", "acc@5", "acc@10", "n_queries", "n_gallery", "ranks", "mean_rank", "median_rank"}
     ranks = true_match_ranks(similarity_matrix(sk, ph, "euclidean"), t)
     assert rep["ranks"] == ranks.tolist()
     assert rep["acc@5"] == pytest.approx(100 * np.mean(ranks <= 5))
@@ -199,11 +192,8 @@ def test_finegrained_flip_tta_equals_explicit_max_of_four():
     sk, skf = rng.integers(-4, 5, size=(2, 25, 5)).astype(np.float32)
     ph, phf = rng.integers(-4, 5, size=(2, 20, 5)).astype(np.float32)
     t = rng.integers(0, 20, size=25)
-    s = np.maximum.reduce(
-        [similarity_matrix(a, b, "euclidean") for a in (sk, skf) for b in (ph, phf)]
-    )
-    rep = finegrained_report(sk, ph, t, distance="euclidean", sketch_flip=skf, photo_flip=phf,
-                             chunk_size=7)
+    s = np.maximum.reduce([similarity_matrix(a, b, "euclidean") for a in (sk, skf) for b in (ph, phf)])
+    rep = finegrained_report(sk, ph, t, distance="euclidean", sketch_flip=skf, photo_flip=phf, chunk_size=7)
     assert rep["ranks"] == true_match_ranks(s, t).tolist()
     no_flip = finegrained_report(sk, ph, t, distance="euclidean")
     assert no_flip["ranks"] != rep["ranks"]  # the option actually changes something here

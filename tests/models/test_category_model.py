@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import pytest
-
-from sbir.errors import ConfigError
 import torch
 
 from sbir.config import ModelConfig
+from sbir.errors import ConfigError
 from sbir.losses.mems import MEMSLoss
 from sbir.models.category import CategorySBIRModel, build_category_model
 from sbir.models.dase import dase_modules

@@ -21,7 +21,7 @@ from sbir.models.hashing import (
 def mean_average_precision(scores: np.ndarray, query_labels: np.ndarray, gallery_labels: np.ndarray) -> float:
     """mAP over queries; ``scores`` higher = more similar. Ties are broken pessimistically (relevant items last)."""
     aps = []
-    for s, yq in zip(scores, query_labels):
+    for s, yq in zip(scores, query_labels, strict=False):
         rel = gallery_labels == yq
         order = np.lexsort((rel, -s))  # by score descending, and within ties irrelevant first
         hits = rel[order]

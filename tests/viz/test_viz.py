@@ -35,15 +35,16 @@ def _match_pixels(img: Image.Image, box=None) -> int:
     a = np.asarray(img.convert("RGB"))
     if box is not None:
         x0, y0, x1, y1 = box
-        a = a[max(0, y0):y1, max(0, x0):x1]
+        a = a[max(0, y0) : y1, max(0, x0) : x1]
     return int(np.all(a == np.array(MATCH_COLOUR, np.uint8), axis=-1).sum())
 
 
 def _grid(tmp_path, n=3, k=4, positions=(1, None, 0), name="g.png", **kw):
     qs = [_sketch(i) for i in range(n)]
     res = [[_photo(10 * i + j) for j in range(k)] for i in range(n)]
-    out = retrieval_grid(qs, res, None if positions is None else list(positions[:n]), tmp_path / name,
-                         thumb=THUMB, **kw)
+    out = retrieval_grid(
+        qs, res, None if positions is None else list(positions[:n]), tmp_path / name, thumb=THUMB, **kw
+    )
     return out, load_image(out)
 
 
@@ -58,7 +59,7 @@ def test_grid_png_has_the_layout_size_and_is_not_blank(tmp_path):
     q = np.asarray(img)[slice(*lay.cell_box(0, 0)[1::2]), slice(*lay.cell_box(0, 0)[0::2])]
     assert q.shape == (THUMB, THUMB, 3) and q.min() < 60 and (q > 240).mean() > 0.5  # a sketch
     r = np.asarray(img)[slice(*lay.cell_box(2, 3)[1::2]), slice(*lay.cell_box(2, 3)[0::2])]
-    mid = r[THUMB // 2 - 6:THUMB // 2 + 6]
+    mid = r[THUMB // 2 - 6 : THUMB // 2 + 6]
     assert mid[..., 1].mean() < 5 and mid[..., 0].std() > 20  # the (green-free, noisy) photo
     assert (r[:4] == 255).all() and (r[-4:] == 255).all()  # 60x40 photo letterboxed, aspect kept
 
@@ -102,9 +103,16 @@ def test_grid_accepts_paths_ragged_rows_numpy_ints_and_jpeg(tmp_path):
     p = tmp_path / "photo.png"
     _photo(1).save(p)
     positions = [np.int64(0), None]  # e.g. straight from argsort
-    out = retrieval_grid([_sketch(0), _sketch(1)], [[p, _photo(2)], [_photo(3)]], positions, tmp_path / "sub" / "g.jpg",
-                         thumb=np.int64(32), query_labels=["chair 1", "chair 2"], true_ranks=[np.int64(1), 40],
-                         scores=np.array([[0.5, 0.25], [0.1]], dtype=object))
+    out = retrieval_grid(
+        [_sketch(0), _sketch(1)],
+        [[p, _photo(2)], [_photo(3)]],
+        positions,
+        tmp_path / "sub" / "g.jpg",
+        thumb=np.int64(32),
+        query_labels=["chair 1", "chair 2"],
+        true_ranks=[np.int64(1), 40],
+        scores=np.array([[0.5, 0.25], [0.1]], dtype=object),
+    )
     img = load_image(out)
     assert img.size == (grid_layout(2, 2, 32, labels=["chair 1", "chair 2", "rank 1", "rank 40"]).width, img.height)
 
@@ -128,8 +136,13 @@ def test_grid_accepts_paths_ragged_rows_numpy_ints_and_jpeg(tmp_path):
     ],
 )
 def test_grid_bad_parameters(tmp_path, kw, match):
-    args = dict(queries=[_sketch(0), _sketch(1)], results=[[_photo(0), _photo(1)], [_photo(2), _photo(3)]],
-                true_positions=[0, None], out_path=tmp_path / "g.png", thumb=32)
+    args = dict(
+        queries=[_sketch(0), _sketch(1)],
+        results=[[_photo(0), _photo(1)], [_photo(2), _photo(3)]],
+        true_positions=[0, None],
+        out_path=tmp_path / "g.png",
+        thumb=32,
+    )
     args.update(kw)
     if not str(args["out_path"]).startswith(str(tmp_path)):
         args["out_path"] = tmp_path / args["out_path"]
@@ -152,8 +165,10 @@ def _full_csv(tmp_path, epochs=12):
     rows = [FULL]
     for e in range(1, epochs + 1):
         acc1 = 0.5 * (1 - math.exp(-e / 3)) - 0.01 * max(0, e - 8)
-        rows.append(f"{e},{2.5 * math.exp(-e / 4) + 0.3:.4f},{acc1:.4f},{acc1 + 0.15:.4f},{acc1 + 0.25:.4f},"
-                    f"{1e-3 * (0.5 + 0.5 * math.cos(math.pi * e / epochs)):.6f},10.5\n")
+        rows.append(
+            f"{e},{2.5 * math.exp(-e / 4) + 0.3:.4f},{acc1:.4f},{acc1 + 0.15:.4f},{acc1 + 0.25:.4f},"
+            f"{1e-3 * (0.5 + 0.5 * math.cos(math.pi * e / epochs)):.6f},10.5\n"
+        )
     return _csv(tmp_path, "".join(rows))
 
 

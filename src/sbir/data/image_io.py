@@ -13,7 +13,6 @@ import io
 import os
 import warnings
 from pathlib import Path
-from typing import Union
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -25,7 +24,7 @@ IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".
 # Pillow's own bomb limit warns at ~89 Mpx and errors at 2x; we make both an error.
 MAX_IMAGE_PIXELS = 64_000_000
 
-PathLike = Union[str, os.PathLike]
+PathLike = str | os.PathLike
 
 
 def is_image_file(path: PathLike) -> bool:
@@ -80,13 +79,15 @@ def _decode(fp, name: str, max_pixels: int) -> Image.Image:
             img = Image.open(fp)
             w, h = img.size
             if w * h > max_pixels:
-                raise ImageLoadError(name, f"{w}x{h} pixels exceeds the limit of {max_pixels} (possible decompression bomb)")
+                raise ImageLoadError(
+                    name, f"{w}x{h} pixels exceeds the limit of {max_pixels} (possible decompression bomb)"
+                )
             img.load()
             img = _apply_exif_orientation(img)
             img = to_rgb(img)
     except ImageLoadError:
         raise
-    except (UnidentifiedImageError,) as exc:
+    except UnidentifiedImageError as exc:
         raise ImageLoadError(name, "not an image file Pillow can identify") from exc
     except Image.DecompressionBombError as exc:
         raise ImageLoadError(name, f"image is too large (possible decompression bomb): {exc}") from exc

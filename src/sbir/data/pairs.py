@@ -28,7 +28,8 @@ the DataLoader (forked workers then share the decoded images), or use
 from __future__ import annotations
 
 from collections import Counter
-from typing import Any, Callable, Optional
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -57,8 +58,8 @@ class FineGrainedPairs(Dataset):
         photo_transform: Transform,
         two_views: bool = True,
         cache_decoded: bool = False,
-        sketch_aug_transform: Optional[Transform] = None,
-        photo_aug_transform: Optional[Transform] = None,
+        sketch_aug_transform: Transform | None = None,
+        photo_aug_transform: Transform | None = None,
     ):
         if not split.sketches:
             raise DataError(f"split '{split.name}' has no sketches; fine-grained training needs sketch/photo pairs")

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional, Union
 
 import numpy as np
 from PIL import Image
@@ -47,7 +46,7 @@ class ArrayRef:
         return f"{self.origin}[{self.index}]"
 
 
-ImageRef = Union[FileRef, ArrayRef]
+ImageRef = FileRef | ArrayRef
 
 
 @dataclass(frozen=True)
@@ -56,7 +55,7 @@ class PhotoRecord:
 
     id: str
     image: ImageRef
-    label: Optional[str] = None
+    label: str | None = None
 
 
 @dataclass(frozen=True)
@@ -65,8 +64,8 @@ class SketchRecord:
 
     id: str
     image: ImageRef
-    photo_id: Optional[str] = None
-    label: Optional[str] = None
+    photo_id: str | None = None
+    label: str | None = None
 
 
 @dataclass
@@ -79,7 +78,7 @@ class Split:
     # Optional human relative-similarity triplets (QMUL): rows of
     # (sketch_index, more_similar_photo_index, less_similar_photo_index)
     # indexing into ``sketches`` / ``photos``.
-    triplets: Optional[np.ndarray] = None
+    triplets: np.ndarray | None = None
 
     def photo_index(self) -> dict[str, int]:
         return {p.id: i for i, p in enumerate(self.photos)}

@@ -25,7 +25,7 @@ import io
 import os
 import pickle
 from pathlib import Path
-from typing import Any, BinaryIO, Union
+from typing import Any, BinaryIO
 
 from sbir.errors import DataError
 
@@ -69,8 +69,8 @@ def _allowed() -> dict[tuple[str, str], Any]:
         ("slice", slice),
         ("range", range),
     ):
-        out[("builtins", name)] = (lambda o=obj: o)
-        out[("__builtin__", name)] = (lambda o=obj: o)  # protocol-2 pickles written by Python 2
+        out[("builtins", name)] = lambda o=obj: o
+        out[("__builtin__", name)] = lambda o=obj: o  # protocol-2 pickles written by Python 2
     return out
 
 
@@ -100,7 +100,7 @@ class RestrictedUnpickler(pickle.Unpickler):
         raise DataError(f"{self.source}: refused a persistent id in the pickle ({pid!r}); only plain data is accepted.")
 
 
-def restricted_load(path_or_file: Union[str, os.PathLike, BinaryIO]) -> Any:
+def restricted_load(path_or_file: str | os.PathLike | BinaryIO) -> Any:
     """Unpickle a file of numpy arrays and plain containers; DataError for anything else or a broken file."""
     if isinstance(path_or_file, (str, os.PathLike)):
         p = Path(path_or_file)
@@ -119,8 +119,21 @@ def restricted_load(path_or_file: Union[str, os.PathLike, BinaryIO]) -> Any:
         return RestrictedUnpickler(fh, source=source).load()
     except DataError:
         raise
-    except (pickle.UnpicklingError, EOFError, AttributeError, ImportError, IndexError, TypeError, ValueError, KeyError, MemoryError) as exc:
-        raise DataError(f"{source} is not a readable pickle of numpy arrays ({type(exc).__name__}: {exc}). Re-download or re-export the file.") from exc
+    except (
+        pickle.UnpicklingError,
+        EOFError,
+        AttributeError,
+        ImportError,
+        IndexError,
+        TypeError,
+        ValueError,
+        KeyError,
+        MemoryError,
+    ) as exc:
+        raise DataError(
+            f"{source} is not a readable pickle of numpy arrays ({type(exc).__name__}: {exc}). Re-download or "
+            "re-export the file."
+        ) from exc
 
 
 __all__ = ["ALLOWED_GLOBALS", "RestrictedUnpickler", "restricted_load"]

@@ -42,13 +42,12 @@ import math
 import os
 from numbers import Real
 from pathlib import Path
-from typing import Optional, Union
 
 import numpy as np
 
 from sbir.data.records import Split
-from sbir.fileio import atomic_write_text
 from sbir.errors import ConfigError, DataError
+from sbir.fileio import atomic_write_text
 
 RECORD_VERSION = 1
 BY_PHOTO = "photo"
@@ -146,9 +145,7 @@ def _select_by_class(split: Split, fraction: float, rng: np.random.Generator) ->
     return val_photos, val_sketches
 
 
-def _subset_triplets(
-    triplets: np.ndarray, sketch_map: np.ndarray, photo_map: np.ndarray
-) -> np.ndarray:
+def _subset_triplets(triplets: np.ndarray, sketch_map: np.ndarray, photo_map: np.ndarray) -> np.ndarray:
     """Keep rows whose three members map to >= 0 and re-index them."""
     t = np.asarray(triplets, dtype=np.int64).reshape(-1, 3)
     s, p, n = sketch_map[t[:, 0]], photo_map[t[:, 1]], photo_map[t[:, 2]]
@@ -156,18 +153,20 @@ def _subset_triplets(
     return np.stack([s[keep], p[keep], n[keep]], axis=1).astype(np.int64).reshape(-1, 3)
 
 
-def _partition(split: Split, val_photos: set[str], val_sketches: set[str], val_name: str = "val") -> tuple[Split, Split]:
+def _partition(
+    split: Split, val_photos: set[str], val_sketches: set[str], val_name: str = "val"
+) -> tuple[Split, Split]:
     in_val_p = np.array([p.id in val_photos for p in split.photos], dtype=bool)
     in_val_s = np.array([s.id in val_sketches for s in split.sketches], dtype=bool)
     train = Split(
         name=split.name,
-        photos=[p for p, v in zip(split.photos, in_val_p) if not v],
-        sketches=[s for s, v in zip(split.sketches, in_val_s) if not v],
+        photos=[p for p, v in zip(split.photos, in_val_p, strict=False) if not v],
+        sketches=[s for s, v in zip(split.sketches, in_val_s, strict=False) if not v],
     )
     val = Split(
         name=val_name,
-        photos=[p for p, v in zip(split.photos, in_val_p) if v],
-        sketches=[s for s, v in zip(split.sketches, in_val_s) if v],
+        photos=[p for p, v in zip(split.photos, in_val_p, strict=False) if v],
+        sketches=[s for s, v in zip(split.sketches, in_val_s, strict=False) if v],
     )
     if split.triplets is not None:
         tri = np.asarray(split.triplets)
@@ -200,7 +199,7 @@ def make_split_record(split: Split, train: Split, val: Split, fraction: float, s
 
 
 def carve_validation(
-    split: Split, fraction: float = 0.15, seed: int = 0, by: Optional[str] = None
+    split: Split, fraction: float = 0.15, seed: int = 0, by: str | None = None
 ) -> tuple[Split, Split, dict]:
     """Split ``split`` into (train, val, record); see the module docstring for the rules.
 
@@ -217,8 +216,7 @@ def carve_validation(
         raise ConfigError(f"validation split 'by' must be one of {', '.join(_BY_CHOICES)}, got {by!r}")
     elif by == BY_PHOTO and any(s.photo_id is None for s in split.sketches):
         raise DataError(
-            f"split '{split.name}' has sketches without photo_id, so it cannot be split by photo; "
-            f"use by='{BY_CLASS}'."
+            f"split '{split.name}' has sketches without photo_id, so it cannot be split by photo; use by='{BY_CLASS}'."
         )
     elif by == BY_CLASS and any(s.label is None for s in split.sketches):
         raise DataError(
@@ -285,10 +283,15 @@ def apply_split_record(split: Split, record: dict) -> tuple[Split, Split]:
         raise DataError(f"{where} must be a JSON object, got {type(record).__name__}. Delete it to carve a new split.")
     for key in ("by", "val_photo_ids", "val_sketch_ids"):
         if key not in record:
-            raise DataError(f"{where} has no '{key}' entry; it was not written by sbir. Delete it to carve a new split.")
+            raise DataError(
+                f"{where} has no '{key}' entry; it was not written by sbir. Delete it to carve a new split."
+            )
     by = record["by"]
     if by not in _BY_CHOICES:
-        raise DataError(f"{where} has unknown 'by' value {by!r} (expected {' or '.join(_BY_CHOICES)}). Delete it to carve a new split.")
+        raise DataError(
+            f"{where} has unknown 'by' value {by!r} (expected {' or '.join(_BY_CHOICES)}). Delete it to carve a new "
+            "split."
+        )
     ids = {}
     for key in ("val_photo_ids", "val_sketch_ids"):
         v = record[key]
@@ -318,25 +321,29 @@ def apply_split_record(split: Split, record: dict) -> tuple[Split, Split]:
     return _partition(split, val_p, val_s)
 
 
-def save_split_record(path: Union[str, os.PathLike], record: dict) -> Path:
+def save_split_record(path: str | os.PathLike, record: dict) -> Path:
     """Write ``record`` as JSON at ``path`` (atomically: a reader never sees half a file)."""
     p = Path(path)
     atomic_write_text(p, json.dumps(record, indent=2, sort_keys=True) + "\n")
     return p
 
 
-def load_split_record(path: Union[str, os.PathLike]) -> dict:
+def load_split_record(path: str | os.PathLike) -> dict:
     """Read a record written by :func:`save_split_record`; DataError naming the file if unusable."""
     p = Path(path)
     if not p.is_file():
-        raise DataError(f"split record {p} does not exist. Carve a new validation split (or pass the right run folder).")
+        raise DataError(
+            f"split record {p} does not exist. Carve a new validation split (or pass the right run folder)."
+        )
     try:
         with open(p, encoding="utf-8") as fh:
             record = json.load(fh)
     except (OSError, ValueError) as exc:
         raise DataError(f"cannot read split record {p}: {exc}. Delete it to carve a new validation split.") from exc
     if not isinstance(record, dict) or "by" not in record:
-        raise DataError(f"split record {p} is not a validation split record made by sbir. Delete it to carve a new one.")
+        raise DataError(
+            f"split record {p} is not a validation split record made by sbir. Delete it to carve a new one."
+        )
     return record
 
 

@@ -9,7 +9,7 @@ photos, and random erasing (a partial sketch / occluded photo).
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from PIL import Image, ImageOps
@@ -58,6 +58,6 @@ def train_transform(
     ops.extend(_to_tensor(mean, std))
     if aug.erase_prob > 0:
         # Erased patches are white in pixel space, i.e. (1 - mean) / std after normalisation.
-        white = [(1.0 - m) / s for m, s in zip(mean, std)]
+        white = [(1.0 - m) / s for m, s in zip(mean, std, strict=False)]
         ops.append(T.RandomErasing(p=aug.erase_prob, scale=(0.02, 0.15), value=white))
     return T.Compose(ops)

@@ -23,8 +23,8 @@ are the same class. Parentheses and other characters are kept
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable, Optional, Union
 
 from sbir.data.records import Split
 from sbir.errors import ConfigError, DataError
@@ -80,7 +80,7 @@ def _read_file(path: Path) -> ClassList:
     return _parse_lines(text.splitlines(), str(path))
 
 
-def load_class_list(name_or_path: Union[str, Path, Iterable[str]]) -> ClassList:
+def load_class_list(name_or_path: str | Path | Iterable[str]) -> ClassList:
     """Unseen classes from a built-in split name, a file path, a comma-separated string or a list.
 
     ConfigError when the argument is none of these, or the list is empty or
@@ -109,12 +109,13 @@ def load_class_list(name_or_path: Union[str, Path, Iterable[str]]) -> ClassList:
         raise ConfigError(f"class list file {p} does not exist. Check the path.")
     raise ConfigError(
         f"unseen classes {text!r} is not a built-in split ({', '.join(list_builtin_splits())}), "
-        "not an existing file, and not a comma-separated list (for one class write it with a trailing comma, e.g. 'bat,')"
+        "not an existing file, and not a comma-separated list (for one class write it with a trailing comma, e.g. "
+        "'bat,')"
     )
 
 
 def split_seen_unseen(
-    split: Split, unseen: Union[str, Path, Iterable[str]], source: Optional[str] = None
+    split: Split, unseen: str | Path | Iterable[str], source: str | None = None
 ) -> tuple[Split, Split]:
     """Split ``split`` by class into ``(<name>_seen, <name>_unseen)``.
 
@@ -144,7 +145,7 @@ def split_seen_unseen(
             f"the split has: {', '.join(have[:20])}{more}. Fix the list or use the matching dataset."
         )
 
-    def is_unseen(label: Optional[str]) -> bool:
+    def is_unseen(label: str | None) -> bool:
         return normalize_class_name(label or "") in wanted
 
     seen = Split(

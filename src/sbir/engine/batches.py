@@ -1,8 +1,12 @@
-"""Training batches for tasks that draw them with a batch sampler over a map-style dataset."""
+"""Training batches drawn with a batch sampler over a map-style dataset, and the tasks' shared set-up."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from torch.utils.data import DataLoader
+
+from sbir.data.policies import prepare_splits
 
 
 class SampledBatchesMixin:
@@ -33,3 +37,28 @@ class SampledBatchesMixin:
             if step >= steps:
                 break
             yield batch
+
+
+class SplitTask(SampledBatchesMixin):
+    """Shared set-up of the registered tasks: the spec, the config, the splits of the task's split policy,
+    and validation through the spec's evaluation. Subclasses add the model, pairs, sampler and loss."""
+
+    def __init__(self, spec, cfg, run_dir: Path, progress: bool = True, split_record: dict | None = None):
+        self.spec = spec
+        self.cfg = cfg
+        self.run_dir = Path(run_dir)
+        self.progress = progress
+        self.dataset, self.train_split, self.val_split = prepare_splits(
+            cfg, self.run_dir, split_record, progress, spec.split_policy
+        )
+        self.last_evaluation = None
+
+    def evaluate(self):
+        """The validation split's :class:`~sbir.engine.evaluate.Evaluation` (metrics beside the embeddings)."""
+        self.last_evaluation = self.spec.evaluate(
+            self.model, self.cfg, self.val_split, flip_tta=self.cfg.eval.flip_tta, progress=self.progress
+        )
+        return self.last_evaluation
+
+    def on_best(self, run_dir: Path) -> None:
+        """Called after a new best.safetensors is written (the trainer draws the validation grid)."""

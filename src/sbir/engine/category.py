@@ -31,10 +31,9 @@ from typing import Any
 import torch
 
 from sbir.config import TrainConfig
-from sbir.data.policies import prepare_splits
 from sbir.data.transforms import train_transform
-from sbir.engine.batches import SampledBatchesMixin
-from sbir.engine.evaluate import Evaluation, evaluate_category
+from sbir.engine.batches import SplitTask
+from sbir.engine.evaluate import evaluate_category
 from sbir.engine.tasks import TaskSpec, build_criterion, build_model, register_task
 from sbir.errors import ConfigError, DataError
 
@@ -68,7 +67,7 @@ def category_model_kwargs(cfg: TrainConfig, loss) -> dict:
     return {"num_classes": cfg.model.num_classes, "normalize": loss.normalized}
 
 
-class CategoryTask(SampledBatchesMixin):
+class CategoryTask(SplitTask):
     """The :class:`sbir.engine.trainer.Task` of ``task=category`` and ``task=zeroshot``."""
 
     def __init__(
@@ -76,13 +75,7 @@ class CategoryTask(SampledBatchesMixin):
     ):
         from sbir.data.pairs import CategoryPairs
 
-        self.spec = spec
-        self.cfg = cfg
-        self.run_dir = Path(run_dir)
-        self.progress = progress
-        self.dataset, self.train_split, self.val_split = prepare_splits(
-            cfg, self.run_dir, split_record, progress, spec.split_policy
-        )
+        super().__init__(spec, cfg, run_dir, progress, split_record)
         self.classes = sorted({s.label for s in self.train_split.sketches})
         if len(self.classes) < 2:
             raise DataError(
@@ -107,7 +100,6 @@ class CategoryTask(SampledBatchesMixin):
         )
         self.sampler = spec.make_sampler(self)
         self.criterion = build_criterion(cfg, len(self.classes), self.model.embed_dim)
-        self.last_evaluation: Evaluation | None = None
 
     def compute_loss(self, batch: dict, device: torch.device):
         s = batch["sketch"].to(device, non_blocking=True)
@@ -128,13 +120,6 @@ class CategoryTask(SampledBatchesMixin):
         }
         return loss, parts
 
-    def evaluate(self) -> Evaluation:
-        """The validation split's evaluation (metrics beside the embeddings)."""
-        self.last_evaluation = self.spec.evaluate(
-            self.model, self.cfg, self.val_split, flip_tta=self.cfg.eval.flip_tta, progress=self.progress
-        )
-        return self.last_evaluation
-
     def on_best(self, run_dir: Path) -> None:
         if self.cfg.eval.hash_bits:
             self._train_hash_codes(Path(run_dir))
@@ -146,8 +131,13 @@ class CategoryTask(SampledBatchesMixin):
 
         digest = file_digest(run_dir / "best.safetensors")
         heads = train_hash_heads(
-            self.model, self.train_split, self.cfg.eval.hash_bits, self.cfg.data.image_size,
-            batch_size=self.cfg.eval.batch_size, num_workers=self.cfg.data.num_workers, seed=self.cfg.seed,
+            self.model,
+            self.train_split,
+            self.cfg.eval.hash_bits,
+            self.cfg.data.image_size,
+            batch_size=self.cfg.eval.batch_size,
+            num_workers=self.cfg.data.num_workers,
+            seed=self.cfg.seed,
             progress=self.progress,
         )
         for bits, head in heads.items():

@@ -25,7 +25,7 @@ import random
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import numpy as np
 import torch
@@ -37,7 +37,7 @@ except ImportError:  # older safetensors
 from safetensors.torch import load_file, safe_open, save_file
 
 from sbir.config import TrainConfig, config_from_dict, to_dict
-from sbir.errors import CheckpointError, SbirError
+from sbir.errors import CheckpointError
 from sbir.fileio import atomic_write_text, atomic_write_with, fsync_dir
 
 FORMAT_TAG = "sbir-checkpoint-v1"
@@ -48,7 +48,7 @@ def state_dict_for_save(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}
 
 
-def save_weights(model: torch.nn.Module, path: Path, cfg: TrainConfig, extra: Optional[dict] = None) -> None:
+def save_weights(model: torch.nn.Module, path: Path, cfg: TrainConfig, extra: dict | None = None) -> None:
     """Write weights with the config in the safetensors metadata, atomically."""
     path = Path(path)
     meta = {"format": FORMAT_TAG, "config": json.dumps(to_dict(cfg))}
@@ -69,12 +69,14 @@ def read_weights(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
         tensors = load_file(str(path))
     except (SafetensorsError, OSError, ValueError, RuntimeError) as exc:
         raise CheckpointError(
-            f"{path} is not a readable safetensors file ({exc}). Pass a run folder or a .safetensors written by 'sbir train'."
+            f"{path} is not a readable safetensors file ({exc}). Pass a run folder or a .safetensors written by "
+            "'sbir train'."
         ) from exc
     if meta.get("format") != FORMAT_TAG or "config" not in meta:
         raise CheckpointError(
             f"{path} is a safetensors file but not an sbir checkpoint (no sbir config in its metadata). "
-            "Pass a run folder or a checkpoint written by 'sbir train'; for plain backbone weights use model.weights_path."
+            "Pass a run folder or a checkpoint written by 'sbir train'; for plain backbone weights use "
+            "model.weights_path."
         )
     return tensors, meta
 
@@ -111,7 +113,13 @@ def restore_rng_state(state: dict[str, Any]) -> None:
     gauss = py[-1]
     random.setstate((state["python_version"], tuple(py[:-1]), None if gauss == -1 else gauss))
     np.random.set_state(
-        ("MT19937", state["numpy_keys"].numpy().astype(np.uint32), state["numpy_pos"], state["numpy_has_gauss"], state["numpy_gauss"])
+        (
+            "MT19937",
+            state["numpy_keys"].numpy().astype(np.uint32),
+            state["numpy_pos"],
+            state["numpy_has_gauss"],
+            state["numpy_gauss"],
+        )
     )
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():

@@ -11,7 +11,6 @@ from __future__ import annotations
 import sys
 import time
 from pathlib import Path
-from typing import Optional
 
 from sbir.config import TrainConfig, save_config
 from sbir.errors import SbirError
@@ -23,10 +22,10 @@ def _fmt(m: dict) -> str:
 
 def run_demo(
     out_dir: Path,
-    data: Optional[str] = None,
-    fmt: Optional[str] = None,
-    epochs: Optional[int] = None,
-    image_size: Optional[int] = None,
+    data: str | None = None,
+    fmt: str | None = None,
+    epochs: int | None = None,
+    image_size: int | None = None,
     skip_orphans: bool = False,
     progress: bool = True,
     seed: int = 0,
@@ -84,8 +83,10 @@ def run_demo(
     model, run_cfg, _ = load_model(run_dir)
     evaluation = evaluate_finegrained(model, run_cfg, target, progress=progress)
     after = evaluation.metrics
-    print(f"after training ({summary['epochs_run']} epochs, best on validation: epoch {summary['best_epoch']}), "
-          f"{held_out} split: {_fmt(after)}")
+    print(
+        f"after training ({summary['epochs_run']} epochs, best on validation: epoch {summary['best_epoch']}), "
+        f"{held_out} split: {_fmt(after)}"
+    )
     grid = write_retrieval_grid(evaluation, out_dir / "retrieval.png", title=f"sbir demo: {held_out} queries")
     save_config(trainer.cfg, out_dir / "config.yaml")
     print(f"retrieval grid: {grid}")

@@ -20,8 +20,8 @@ Flip test-time augmentation comes in two forms:
 from __future__ import annotations
 
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Optional, Sequence
 
 import numpy as np
 import torch
@@ -72,7 +72,7 @@ class EmbedResult:
     indices: list[int]  # positions in the input that were embedded
     errors: list[tuple[int, str]] = field(default_factory=list)  # (position, message) of skipped inputs
     # With ``return_flipped``: (n_ok, D) embeddings of the horizontally mirrored images, same rows.
-    flipped: Optional[np.ndarray] = None
+    flipped: np.ndarray | None = None
 
 
 def outputs_normalized(model) -> bool:
@@ -107,10 +107,10 @@ def embed_images(
     batch_size: int = 64,
     flip_tta: bool = False,
     num_workers: int = 0,
-    device: Optional[torch.device] = None,
+    device: torch.device | None = None,
     progress: bool = True,
     skip_errors: bool = False,
-    desc: Optional[str] = None,
+    desc: str | None = None,
     return_flipped: bool = False,
 ) -> EmbedResult:
     """Embed ``refs`` as ``domain`` images. With ``skip_errors`` unreadable files are reported, not fatal.
@@ -134,12 +134,14 @@ def embed_images(
     )
     # Rows are written into arrays allocated once (at the first batch, when the width is known),
     # so a large set never holds a list of blocks and their concatenation at the same time.
-    emb: Optional[np.ndarray] = None
-    emb_flip: Optional[np.ndarray] = None
+    emb: np.ndarray | None = None
+    emb_flip: np.ndarray | None = None
     n_ok = 0
     indices: list[int] = []
     errors: list[tuple[int, str]] = []
-    bar = tqdm(total=len(refs), desc=desc or f"embed {domain}s", unit="img", disable=not progress, file=sys.stderr, leave=False)
+    bar = tqdm(
+        total=len(refs), desc=desc or f"embed {domain}s", unit="img", disable=not progress, file=sys.stderr, leave=False
+    )
     for idx, x, errs in loader:
         errors.extend(errs)
         if x is not None:

@@ -142,15 +142,24 @@ def evaluate_category(
     p_res = embed_images(model, [p.image for p in split.photos], "photo", **flips, **kw)
     s_lab, p_lab = _labels(split.sketches), _labels(split.photos)
     report: dict[str, Any] = category_report(
-        s_res.embeddings, s_lab, p_res.embeddings, p_lab, distance=dist, ks_map=KS_MAP, ks_prec=KS_PREC,
-        sketch_flip=s_res.flipped, photo_flip=p_res.flipped,
+        s_res.embeddings,
+        s_lab,
+        p_res.embeddings,
+        p_lab,
+        distance=dist,
+        ks_map=KS_MAP,
+        ks_prec=KS_PREC,
+        sketch_flip=s_res.flipped,
+        photo_flip=p_res.flipped,
     )
     report["n_classes"] = int(len(set(s_lab.tolist())))
     report["distance"] = dist
     report["flip"] = mode or "none"
     heads = getattr(model, "hash_heads", None) or {}
     if heads:
-        report.update(hash_metrics(heads, s_res.embeddings, s_lab, p_res.embeddings, p_lab, s_res.flipped, p_res.flipped))
+        report.update(
+            hash_metrics(heads, s_res.embeddings, s_lab, p_res.embeddings, p_lab, s_res.flipped, p_res.flipped)
+        )
     return Evaluation(
         metrics=report,
         queries=list(split.sketches),

@@ -15,10 +15,9 @@ from typing import Any
 import torch
 
 from sbir.config import TrainConfig
-from sbir.data.policies import prepare_splits
 from sbir.data.transforms import train_transform
-from sbir.engine.batches import SampledBatchesMixin
-from sbir.engine.evaluate import Evaluation, evaluate_finegrained
+from sbir.engine.batches import SplitTask
+from sbir.engine.evaluate import evaluate_finegrained
 from sbir.engine.tasks import TaskSpec, build_criterion, build_model, register_task
 
 # Training sets up to this many images are decoded into memory once.
@@ -33,7 +32,7 @@ def unique_photo_sampler(task) -> Any:
     return UniquePhotoBatchSampler(groups, task.cfg.optim.batch_size, seed=task.cfg.seed, drop_last=True)
 
 
-class FineGrainedTask(SampledBatchesMixin):
+class FineGrainedTask(SplitTask):
     """The :class:`sbir.engine.trainer.Task` of ``task=finegrained``."""
 
     def __init__(
@@ -41,13 +40,7 @@ class FineGrainedTask(SampledBatchesMixin):
     ):
         from sbir.data.pairs import FineGrainedPairs
 
-        self.spec = spec
-        self.cfg = cfg
-        self.run_dir = Path(run_dir)
-        self.progress = progress
-        self.dataset, self.train_split, self.val_split = prepare_splits(
-            cfg, self.run_dir, split_record, progress, spec.split_policy
-        )
+        super().__init__(spec, cfg, run_dir, progress, split_record)
         self.model = build_model(cfg)
         size = cfg.data.image_size
         mean, std = self.model.mean, self.model.std
@@ -63,13 +56,14 @@ class FineGrainedTask(SampledBatchesMixin):
             self.pairs.preload()
         self.sampler = spec.make_sampler(self)
         self.criterion = build_criterion(cfg)
-        self.last_evaluation: Evaluation | None = None
 
     def compute_loss(self, batch: dict, device: torch.device):
         model = self.model
         b = batch["sketch"].shape[0]
         # One forward per encoder over both views keeps BatchNorm statistics per domain.
-        sketches = model.embed(torch.cat([batch["sketch"], batch["sketch_aug"]]).to(device, non_blocking=True), "sketch")
+        sketches = model.embed(
+            torch.cat([batch["sketch"], batch["sketch_aug"]]).to(device, non_blocking=True), "sketch"
+        )
         photos = model.embed(torch.cat([batch["photo"], batch["photo_aug"]]).to(device, non_blocking=True), "photo")
         embs = {
             "sketch": sketches[:b],
@@ -79,16 +73,6 @@ class FineGrainedTask(SampledBatchesMixin):
             "groups": batch["group"].to(device),
         }
         return self.criterion(embs)
-
-    def evaluate(self) -> Evaluation:
-        """The validation split's evaluation (metrics beside the embeddings)."""
-        self.last_evaluation = self.spec.evaluate(
-            self.model, self.cfg, self.val_split, flip_tta=self.cfg.eval.flip_tta, progress=self.progress
-        )
-        return self.last_evaluation
-
-    def on_best(self, run_dir: Path) -> None:
-        pass
 
 
 register_task(

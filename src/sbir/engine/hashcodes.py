@@ -23,8 +23,8 @@ from __future__ import annotations
 import json
 import re
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Optional, Sequence
 
 import numpy as np
 from safetensors.torch import load_file, safe_open, save_file
@@ -43,7 +43,7 @@ def hash_file_name(bits: int) -> str:
     return f"hash{int(bits)}.safetensors"
 
 
-def save_hash_head(head: HashHead, path: Path, weights_digest: str, extra: Optional[dict] = None) -> Path:
+def save_hash_head(head: HashHead, path: Path, weights_digest: str, extra: dict | None = None) -> Path:
     """Write ``head`` atomically as safetensors, recording the digest of the weights it belongs to."""
     path = Path(path)
     meta = {
@@ -67,7 +67,9 @@ def read_hash_head(path: Path, device: str = "cpu") -> tuple[HashHead, dict[str,
             meta = fh.metadata() or {}
         tensors = load_file(str(path))
     except Exception as exc:  # noqa: BLE001 - any unreadable file is the same user problem
-        raise CheckpointError(f"{path} is not a readable hash-head file ({exc}); delete it and retrain the hash codes") from exc
+        raise CheckpointError(
+            f"{path} is not a readable hash-head file ({exc}); delete it and retrain the hash codes"
+        ) from exc
     if meta.get("format") != HASH_FORMAT_TAG:
         raise CheckpointError(f"{path} is not an sbir hash head (no '{HASH_FORMAT_TAG}' tag); delete or rename it")
     try:
@@ -75,7 +77,9 @@ def read_hash_head(path: Path, device: str = "cpu") -> tuple[HashHead, dict[str,
         head = HashHead(dim, bits)
         head.load_state_dict(tensors)
     except Exception as exc:  # noqa: BLE001
-        raise CheckpointError(f"{path} holds a malformed hash head ({exc}); delete it and retrain the hash codes") from exc
+        raise CheckpointError(
+            f"{path} holds a malformed hash head ({exc}); delete it and retrain the hash codes"
+        ) from exc
     return head.to(device).eval(), meta
 
 
@@ -140,8 +144,8 @@ def hash_metrics(
     sketch_labels,
     photo_emb: np.ndarray,
     photo_labels,
-    sketch_flip: Optional[np.ndarray] = None,
-    photo_flip: Optional[np.ndarray] = None,
+    sketch_flip: np.ndarray | None = None,
+    photo_flip: np.ndarray | None = None,
 ) -> dict[str, float]:
     """Hamming-distance category metrics per head, keys suffixed ``_hash<bits>``.
 
@@ -154,7 +158,11 @@ def hash_metrics(
     for bits, head in sorted(heads.items()):
         enc = head.encode
         rep = category_report(
-            enc(sketch_emb), sketch_labels, enc(photo_emb), photo_labels, distance="hamming",
+            enc(sketch_emb),
+            sketch_labels,
+            enc(photo_emb),
+            photo_labels,
+            distance="hamming",
             sketch_flip=None if sketch_flip is None else enc(sketch_flip),
             photo_flip=None if photo_flip is None else enc(photo_flip),
         )
@@ -164,7 +172,9 @@ def hash_metrics(
     return out
 
 
-def search_codes(head: HashHead, query_emb: np.ndarray, gallery_emb: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+def search_codes(
+    head: HashHead, query_emb: np.ndarray, gallery_emb: np.ndarray, k: int
+) -> tuple[np.ndarray, np.ndarray]:
     """Top-``k`` gallery items per query by Hamming distance of their codes (FAISS binary index)."""
     return hamming_search(head.encode(query_emb), head.encode(gallery_emb), k)
 

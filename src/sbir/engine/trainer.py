@@ -20,7 +20,7 @@ import random
 import sys
 import time
 from pathlib import Path
-from typing import Any, Optional, Protocol
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -84,7 +84,7 @@ class Trainer:
     def __init__(self, cfg: TrainConfig, run_dir: str | Path, resume: bool = False, progress: bool = True):
         self.run_dir = Path(run_dir)
         self.progress = progress
-        self.resume_state: Optional[dict] = None
+        self.resume_state: dict | None = None
         resume_tensors = None
         if resume:
             resume_tensors, self.resume_state, cfg = load_training_checkpoint(self.run_dir)
@@ -218,8 +218,11 @@ class Trainer:
                 if t0 - fit_start + per_epoch > budget_s:
                     stopped_early = True
                     if self.progress:
-                        print(f"stopping before epoch {epoch}: optim.time_budget_minutes "
-                              f"({cfg.optim.time_budget_minutes}) reached", file=sys.stderr)
+                        print(
+                            f"stopping before epoch {epoch}: optim.time_budget_minutes "
+                            f"({cfg.optim.time_budget_minutes}) reached",
+                            file=sys.stderr,
+                        )
                     break
             losses = self.train_epoch(epoch)
             evaluation = self.task.evaluate()
@@ -237,7 +240,9 @@ class Trainer:
             if improved:
                 self.best_score = float(score)
                 self.best_epoch = epoch
-                save_weights(self.model, self.run_dir / "best.safetensors", cfg, {"epoch": epoch, "val": {select: score}})
+                save_weights(
+                    self.model, self.run_dir / "best.safetensors", cfg, {"epoch": epoch, "val": {select: score}}
+                )
             self._write_metrics()
             save_training_checkpoint(self.run_dir, self.model, cfg, self._train_state(epoch))
             msg = f"epoch {epoch}: loss {row['train_loss']:.4f}  val {select} {score:.2f}"
@@ -245,8 +250,9 @@ class Trainer:
             if self.progress:
                 print(msg, file=sys.stderr)
             if improved:
-                write_retrieval_grid(evaluation, self.run_dir / "val_retrieval.png",
-                                     title="validation retrieval (best epoch)")
+                write_retrieval_grid(
+                    evaluation, self.run_dir / "val_retrieval.png", title="validation retrieval (best epoch)"
+                )
                 self.task.on_best(self.run_dir)
         summary = {
             "best_epoch": self.best_epoch,

@@ -22,10 +22,11 @@ import hashlib
 import os
 import sys
 import time
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any
 
 import numpy as np
 from tqdm.auto import tqdm
@@ -63,7 +64,7 @@ class SyncReport:
 
     index_dir: str
     gallery: str
-    generation: Optional[str]  # None when an update found nothing to do
+    generation: str | None  # None when an update found nothing to do
     images: int
     added: int = 0
     changed: int = 0
@@ -171,7 +172,9 @@ def _hash_all(files: list[FileStat], progress: bool, workers: int = 4) -> tuple[
 
 def _leftover(p: Path) -> bool:
     """Files a killed first build may leave in an index folder (safe to reuse the folder)."""
-    return p.name in (".lock", "thumbs") or p.name.startswith((".tmp-gen-", f".{POINTER}.")) or bool(GEN_RE.match(p.name))
+    return (
+        p.name in (".lock", "thumbs") or p.name.startswith((".tmp-gen-", f".{POINTER}.")) or bool(GEN_RE.match(p.name))
+    )
 
 
 def default_workers() -> int:
@@ -183,7 +186,7 @@ def _sync(
     gallery: Path,
     model,
     info_fn,
-    old: Optional[Index],
+    old: Index | None,
     approx: str,
     approx_threshold: int,
     image_size: int,
@@ -262,7 +265,7 @@ def _sync(
         for row, pos in enumerate(res.indices):
             new_vec[reps[pos][0]] = embeddings[row]
         failed_hashes = set()
-        for pos, msg in res.errors:
+        for pos, _msg in res.errors:
             failed_hashes.add(reps[pos][0])
         # Every file with an unreadable content is skipped (not only the representative).
         for f in to_hash:
@@ -344,17 +347,17 @@ def _sync(
 
 def build_index(
     photos_dir: str | os.PathLike,
-    model_spec: Optional[str],
+    model_spec: str | None,
     out_dir: str | os.PathLike,
     approx: str = "auto",
     approx_threshold: int = AUTO_THRESHOLD,
-    image_size: Optional[int] = None,
+    image_size: int | None = None,
     batch_size: int = 32,
-    num_workers: Optional[int] = None,
+    num_workers: int | None = None,
     device: str = "cpu",
     overwrite: bool = False,
     progress: bool = True,
-    preloaded: Optional[tuple] = None,
+    preloaded: tuple | None = None,
 ) -> SyncReport:
     """Embed every image under ``photos_dir`` with ``model_spec`` into a new index at ``out_dir``.
 
@@ -364,7 +367,9 @@ def build_index(
     gallery = Path(photos_dir)
     out = Path(out_dir)
     if not gallery.is_dir():
-        raise DataError(f"photo folder {gallery} does not exist or is not a folder; pass the folder that holds your photos")
+        raise DataError(
+            f"photo folder {gallery} does not exist or is not a folder; pass the folder that holds your photos"
+        )
     resolve_approx(approx, 0, approx_threshold)  # validate the name before loading anything
     if out.exists() and not out.is_dir():
         raise IndexStoreError(f"--out {out} exists and is not a folder; choose a new folder for the index")
@@ -374,12 +379,18 @@ def build_index(
             "or pass --overwrite to rebuild it from scratch"
         )
     if out.is_dir() and not is_index_dir(out) and any(not _leftover(p) for p in out.iterdir()):
-        raise IndexStoreError(f"--out {out} is a folder that is not empty and not an sbir index; choose a new or empty folder")
+        raise IndexStoreError(
+            f"--out {out} is a folder that is not empty and not an sbir index; choose a new or empty folder"
+        )
     if image_size is not None and image_size < 32:
         raise IndexStoreError(f"--image-size must be >= 32, got {image_size}")
     if preloaded is not None:
         model, cfg, model_id = preloaded
-        path = None if is_pretrained_spec(str(model_spec or "pretrained")) else str(Path(str(model_spec)).expanduser().resolve())
+        path = (
+            None
+            if is_pretrained_spec(str(model_spec or "pretrained"))
+            else str(Path(str(model_spec)).expanduser().resolve())
+        )
     else:
         model, cfg, model_id, path = load_for_index(model_spec, device=device)
     size = int(image_size or cfg.data.image_size)
@@ -404,15 +415,15 @@ def build_index(
 
 def update_index(
     index_dir: str | os.PathLike,
-    photos_dir: Optional[str | os.PathLike] = None,
-    model_override: Optional[str] = None,
-    approx: Optional[str] = None,
-    approx_threshold: Optional[int] = None,
+    photos_dir: str | os.PathLike | None = None,
+    model_override: str | None = None,
+    approx: str | None = None,
+    approx_threshold: int | None = None,
     batch_size: int = 32,
-    num_workers: Optional[int] = None,
+    num_workers: int | None = None,
     device: str = "cpu",
     progress: bool = True,
-    preloaded: Optional[tuple] = None,
+    preloaded: tuple | None = None,
 ) -> SyncReport:
     """Bring ``index_dir`` up to date with its gallery (or ``photos_dir``, which re-roots it)."""
     index_dir = Path(index_dir)

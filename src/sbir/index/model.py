@@ -9,8 +9,9 @@ explicit ``--model`` override is accepted only when its model id is the same.
 from __future__ import annotations
 
 import threading
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -22,7 +23,7 @@ from sbir.engine.tasks import resolve_distance
 from sbir.index.store import Index, ModelInfo, ModelMismatchError
 
 
-def load_for_index(spec: Optional[str], device: str = "cpu"):
+def load_for_index(spec: str | None, device: str = "cpu"):
     """``load_model`` plus the record stored in an index: returns (model, cfg, model_id, absolute path or None)."""
     spec_s = "pretrained" if spec is None else str(spec)
     model, cfg, model_id = load_model(spec_s, device=device)
@@ -47,7 +48,7 @@ def metric_for(model, cfg: Any) -> tuple[str, bool]:
 
 
 def model_info(
-    spec: str, path: Optional[str], cfg: Any, model_id: str, dim: int, image_size: Optional[int] = None, model=None
+    spec: str, path: str | None, cfg: Any, model_id: str, dim: int, image_size: int | None = None, model=None
 ) -> ModelInfo:
     size = int(image_size or cfg.data.image_size)
     metric, normalize = metric_for(model, cfg) if model is not None else ("ip", False)
@@ -72,7 +73,7 @@ def postprocess(vectors: np.ndarray, record: ModelInfo) -> np.ndarray:
     return v
 
 
-def load_index_model(record: ModelInfo, override: Optional[str] = None, device: str = "cpu"):
+def load_index_model(record: ModelInfo, override: str | None = None, device: str = "cpu"):
     """Load the model an index was built with (or ``override``); refuse a model with another id."""
     spec = override if override is not None else record.load_spec
     model, cfg, model_id, _ = load_for_index(spec, device=device)
@@ -103,12 +104,12 @@ class QueryEncoder:
         self._lock = threading.Lock()
 
     @classmethod
-    def for_index(cls, index: Index, override: Optional[str] = None, device: str = "cpu") -> "QueryEncoder":
+    def for_index(cls, index: Index, override: str | None = None, device: str = "cpu") -> QueryEncoder:
         model, _cfg, model_id = load_index_model(index.model, override=override, device=device)
         return cls.for_record(model, model_id, index.model)
 
     @classmethod
-    def for_record(cls, model, model_id: str, record: ModelInfo) -> "QueryEncoder":
+    def for_record(cls, model, model_id: str, record: ModelInfo) -> QueryEncoder:
         """An encoder for an already loaded model, with the preprocessing an index recorded."""
         return cls(model, model_id, record.image_size, record.flip_tta, record.normalize)
 

@@ -72,7 +72,8 @@ def get_loss_spec(name: str, kind: str | None = None) -> LossSpec:
         raise ConfigError(f"loss.name must be one of {list_losses(kind)}, got {name!r}")
     if kind is not None and spec.kind != kind:
         raise ConfigError(
-            f"loss.name {name!r} trains on {spec.kind}, but this task needs a loss on {kind}: one of {list_losses(kind)}"
+            f"loss.name {name!r} trains on {spec.kind}, but this task needs a loss on {kind}: one of "
+            f"{list_losses(kind)}"
         )
     return spec
 
@@ -132,7 +133,9 @@ class FineGrainedLoss(nn.Module):
         parts: dict[str, float] = {}
         total: torch.Tensor | None = None
         if self.ntxent is not None:
-            total, parts = self.ntxent(batch["sketch"], batch.get("sketch_aug"), batch["photo"], batch.get("photo_aug"), groups)
+            total, parts = self.ntxent(
+                batch["sketch"], batch.get("sketch_aug"), batch["photo"], batch.get("photo_aug"), groups
+            )
         if self.triplet is not None:
             trip = self.triplet(batch["sketch"], batch["photo"], groups)
             parts["triplet"] = float(trip.detach())

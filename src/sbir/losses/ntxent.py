@@ -41,7 +41,6 @@ with autocast disabled, so it is safe inside a mixed-precision training step.
 from __future__ import annotations
 
 import math
-from typing import Optional
 
 import torch
 import torch.nn.functional as F
@@ -74,12 +73,14 @@ def _check_weight(name: str, value: float) -> float:
     return w
 
 
-def check_pair(a: torch.Tensor, b: torch.Tensor, groups: Optional[torch.Tensor]) -> torch.Tensor:
+def check_pair(a: torch.Tensor, b: torch.Tensor, groups: torch.Tensor | None) -> torch.Tensor:
     """Validate two aligned (B, D) batches and return (B,) long group ids (``arange(B)`` when None)."""
     if a.dim() != 2 or b.dim() != 2:
         raise ValueError(f"expected two (B, D) embedding batches, got shapes {tuple(a.shape)} and {tuple(b.shape)}")
     if a.shape != b.shape:
-        raise ValueError(f"the two embedding batches must have the same shape, got {tuple(a.shape)} and {tuple(b.shape)}")
+        raise ValueError(
+            f"the two embedding batches must have the same shape, got {tuple(a.shape)} and {tuple(b.shape)}"
+        )
     if a.shape[0] == 0:
         raise ValueError("empty embedding batch")
     n = a.shape[0]
@@ -97,7 +98,7 @@ def ntxent(
     a: torch.Tensor,
     b: torch.Tensor,
     temperature: float,
-    groups: Optional[torch.Tensor] = None,
+    groups: torch.Tensor | None = None,
     negatives: str = "all",
 ) -> torch.Tensor:
     """Functional NT-Xent; see the module docstring for both forms' formulas."""
@@ -148,7 +149,7 @@ class NTXent(nn.Module):
             raise ConfigError(f"NT-Xent negatives must be one of {NEGATIVES}, got {negatives!r}")
         self.negatives = negatives
 
-    def forward(self, a: torch.Tensor, b: torch.Tensor, groups: Optional[torch.Tensor] = None) -> torch.Tensor:
+    def forward(self, a: torch.Tensor, b: torch.Tensor, groups: torch.Tensor | None = None) -> torch.Tensor:
         return ntxent(a, b, self.temperature, groups, self.negatives)
 
     def extra_repr(self) -> str:
@@ -219,17 +220,17 @@ class DoubleSiameseNTXent(nn.Module):
     def forward(
         self,
         s1: torch.Tensor,
-        s2: Optional[torch.Tensor],
+        s2: torch.Tensor | None,
         p1: torch.Tensor,
-        p2: Optional[torch.Tensor],
-        groups: Optional[torch.Tensor] = None,
+        p2: torch.Tensor | None,
+        groups: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, dict[str, float]]:
-        terms: list[tuple[str, float, Optional[torch.Tensor], Optional[torch.Tensor]]] = [
+        terms: list[tuple[str, float, torch.Tensor | None, torch.Tensor | None]] = [
             ("ntxent_cross", self.weight_cross, s1, p1),
             ("ntxent_sketch", self.weight_sketch, s1, s2),
             ("ntxent_photo", self.weight_photo, p1, p2),
         ]
-        total: Optional[torch.Tensor] = None
+        total: torch.Tensor | None = None
         parts: dict[str, float] = {}
         for name, w, x, y in terms:
             if w == 0:

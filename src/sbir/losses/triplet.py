@@ -26,7 +26,6 @@ against an explicit implementation.
 from __future__ import annotations
 
 import math
-from typing import Optional
 
 import torch
 from pytorch_metric_learning.distances import CosineSimilarity
@@ -37,7 +36,7 @@ from torch import nn
 
 from sbir.config import LossConfig
 from sbir.errors import ConfigError
-from sbir.losses.factory import FineGrainedLoss, register_loss, set_values
+from sbir.losses.factory import FineGrainedLoss, register_loss
 from sbir.losses.ntxent import check_pair
 
 
@@ -57,12 +56,14 @@ class HardTripletLoss(nn.Module):
         except (TypeError, ValueError):
             raise ConfigError(f"loss.triplet_margin must be a number >= 0, got {margin!r}") from None
         if not math.isfinite(m) or m < 0:
-            raise ConfigError(f"loss.triplet_margin must be a finite number >= 0 (cosine-distance units, e.g. 0.2), got {margin!r}")
+            raise ConfigError(
+                f"loss.triplet_margin must be a finite number >= 0 (cosine-distance units, e.g. 0.2), got {margin!r}"
+            )
         self.margin = m
         self.miner = BatchHardMiner(distance=CosineSimilarity())
         self.loss = TripletMarginLoss(margin=m, distance=CosineSimilarity(), reducer=MeanReducer())
 
-    def forward(self, sketch: torch.Tensor, photo: torch.Tensor, groups: Optional[torch.Tensor] = None) -> torch.Tensor:
+    def forward(self, sketch: torch.Tensor, photo: torch.Tensor, groups: torch.Tensor | None = None) -> torch.Tensor:
         g = check_pair(sketch, photo, groups)
         with torch.autocast(device_type=sketch.device.type, enabled=False):
             s, p = sketch.float(), photo.float()
@@ -83,5 +84,5 @@ class HardTripletLoss(nn.Module):
 @register_loss("triplet", kind="pairs")
 def _build_triplet(cfg: LossConfig, num_classes=None, embed_dim=None) -> FineGrainedLoss:
     """Batch-hard cross-modal triplet on cosine distance (``loss.triplet_margin`` as ``margin``)."""
-    margin = set_values(cfg, "triplet_margin")
-    return FineGrainedLoss(None, HardTripletLoss(**{"margin": v for v in margin.values()}))
+    margin = {"margin": cfg.triplet_margin} if cfg.triplet_margin is not None else {}
+    return FineGrainedLoss(None, HardTripletLoss(**margin))

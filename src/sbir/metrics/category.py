@@ -99,8 +99,7 @@ def _check_k(k, name: str = "k") -> int | None:
     return None if k is None else _check_positive_int(k, name)
 
 
-def average_precision(scores_row, relevant_mask, k: int | None = None,
-                      normalize: str = "retrieved") -> float:
+def average_precision(scores_row, relevant_mask, k: int | None = None, normalize: str = "retrieved") -> float:
     """Non-interpolated average precision of one query.
 
     ``AP@all = (1/R) sum_{i=1..N} rel_i P@i`` (``k=None``; ``normalize`` is
@@ -187,9 +186,7 @@ def precision_at_k(scores_row, relevant_mask, k: int, normalize: str = "k") -> f
     """
     k = _check_positive_int(k, "k")
     if normalize not in PRECISION_NORMALIZATIONS:
-        raise ConfigError(
-            f"normalize must be one of {PRECISION_NORMALIZATIONS}, got {normalize!r}"
-        )
+        raise ConfigError(f"normalize must be one of {PRECISION_NORMALIZATIONS}, got {normalize!r}")
     rel = _ranked_relevance(scores_row, relevant_mask)
     if normalize == "k":
         kk = min(k, rel.size)
@@ -209,13 +206,9 @@ def _encode_labels(sketch_labels, photo_labels, n_sketch: int, n_photo: int):
     sl = _to_numpy(sketch_labels, "sketch_labels")
     pl = _to_numpy(photo_labels, "photo_labels")
     if sl.ndim != 1 or sl.shape[0] != n_sketch:
-        raise ConfigError(
-            f"sketch_labels must be 1-D with one label per sketch ({n_sketch}), got shape {sl.shape}"
-        )
+        raise ConfigError(f"sketch_labels must be 1-D with one label per sketch ({n_sketch}), got shape {sl.shape}")
     if pl.ndim != 1 or pl.shape[0] != n_photo:
-        raise ConfigError(
-            f"photo_labels must be 1-D with one label per photo ({n_photo}), got shape {pl.shape}"
-        )
+        raise ConfigError(f"photo_labels must be 1-D with one label per photo ({n_photo}), got shape {pl.shape}")
     try:
         _, codes = np.unique(np.concatenate([sl, pl]), return_inverse=True)
     except TypeError as exc:
@@ -249,7 +242,7 @@ def _build_sort_keys(scores: np.ndarray, keys: np.ndarray, low: np.ndarray) -> N
             r1 = min(r0 + step, n_rows)
             t = tmp[: r1 - r0]
             b = bits[r0:r1]
-            np.right_shift(b, 31, out=t)          # -1 for negative floats, 0 otherwise
+            np.right_shift(b, 31, out=t)  # -1 for negative floats, 0 otherwise
             np.invert(t, out=t)
             np.bitwise_and(t, 0x7FFFFFFF, out=t)
             np.bitwise_xor(t, b, out=t)
@@ -269,8 +262,7 @@ def _build_sort_keys(scores: np.ndarray, keys: np.ndarray, low: np.ndarray) -> N
             keys[r0:r1] |= low
 
 
-def _relevant_positions(keys: np.ndarray, q_codes: np.ndarray, class_cols: list[np.ndarray],
-                        width: int) -> np.ndarray:
+def _relevant_positions(keys: np.ndarray, q_codes: np.ndarray, class_cols: list[np.ndarray], width: int) -> np.ndarray:
     """0-based ranks of each row's relevant gallery items, ascending, in a padded
     ``(rows, width)`` int64 array (padding = ``n_gallery``, i.e. "never retrieved").
 
@@ -298,8 +290,14 @@ def _relevant_positions(keys: np.ndarray, q_codes: np.ndarray, class_cols: list[
     return pos
 
 
-def _chunk_metrics(pos: np.ndarray, n_rel: np.ndarray, n_gallery: int, ks_map: tuple[int, ...],
-                   ks_prec: tuple[int, ...], variants: tuple[str, ...]) -> dict[str, np.ndarray]:
+def _chunk_metrics(
+    pos: np.ndarray,
+    n_rel: np.ndarray,
+    n_gallery: int,
+    ks_map: tuple[int, ...],
+    ks_prec: tuple[int, ...],
+    variants: tuple[str, ...],
+) -> dict[str, np.ndarray]:
     """Per-query metrics of one chunk from the padded 0-based ranks of its relevant items.
 
     Row ``r`` holds ranks ``pos[r, :R_r]`` (ascending) then padding ``n_gallery``.
@@ -338,10 +336,20 @@ def _chunk_metrics(pos: np.ndarray, n_rel: np.ndarray, n_gallery: int, ks_map: t
     return res
 
 
-def category_report(sketch_emb, sketch_labels, photo_emb, photo_labels, distance: str = "cosine",
-                    chunk_size: int | None = None, ks_map: Sequence[int] = (200,),
-                    ks_prec: Sequence[int] = (100, 200), sketch_flip=None, photo_flip=None,
-                    variants: Sequence[str] = VARIANTS, memory_budget_mb: float = 512) -> dict:
+def category_report(
+    sketch_emb,
+    sketch_labels,
+    photo_emb,
+    photo_labels,
+    distance: str = "cosine",
+    chunk_size: int | None = None,
+    ks_map: Sequence[int] = (200,),
+    ks_prec: Sequence[int] = (100, 200),
+    sketch_flip=None,
+    photo_flip=None,
+    variants: Sequence[str] = VARIANTS,
+    memory_budget_mb: float = 512,
+) -> dict:
     """Category-level / zero-shot SBIR evaluation (any photo of the sketch's class is relevant).
 
     Keys of the returned dict (fractions in [0, 1], means over the queries

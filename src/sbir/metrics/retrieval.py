@@ -67,9 +67,7 @@ def _to_numpy(x, name: str) -> np.ndarray:
 
 def _check_distance(distance: str) -> str:
     if distance not in DISTANCES:
-        raise ConfigError(
-            f"distance must be one of {', '.join(repr(d) for d in DISTANCES)}, got {distance!r}"
-        )
+        raise ConfigError(f"distance must be one of {', '.join(repr(d) for d in DISTANCES)}, got {distance!r}")
     return distance
 
 
@@ -90,8 +88,7 @@ def _as_embeddings(x, name: str) -> np.ndarray:
         raise ConfigError(f"{name} must be 2-D (items x dim), got shape {a.shape}")
     if a.shape[0] == 0 or a.shape[1] == 0:
         raise ConfigError(f"{name} is empty (shape {a.shape})")
-    if not (np.issubdtype(a.dtype, np.floating) or np.issubdtype(a.dtype, np.integer)
-            or a.dtype == np.bool_):
+    if not (np.issubdtype(a.dtype, np.floating) or np.issubdtype(a.dtype, np.integer) or a.dtype == np.bool_):
         raise ConfigError(f"{name} must be numeric, got dtype {a.dtype}")
     a = np.ascontiguousarray(a, dtype=np.float32)
     _check_finite(a, name)
@@ -214,8 +211,15 @@ class _Scorer:
     (see :func:`min_over_flip_pairings`).
     """
 
-    def __init__(self, queries, gallery, distance: str, queries_flip=None, gallery_flip=None,
-                 names: Sequence[str] = ("queries", "gallery", "queries_flip", "gallery_flip")):
+    def __init__(
+        self,
+        queries,
+        gallery,
+        distance: str,
+        queries_flip=None,
+        gallery_flip=None,
+        names: Sequence[str] = ("queries", "gallery", "queries_flip", "gallery_flip"),
+    ):
         nq_name, ng_name, nqf_name, ngf_name = names
         self.distance = _check_distance(distance)
         self.q = [_prepare(queries, distance, nq_name, lazy=True)]
@@ -230,13 +234,9 @@ class _Scorer:
             what = "code lengths (bits)" if distance == "hamming" else "embedding sizes"
             raise ConfigError(f"{nq_name} and {ng_name} have different {what}: {dq} vs {dg}")
         if self.q[-1].mat.shape != (nq, dq):
-            raise ConfigError(
-                f"{nqf_name} must have the shape of {nq_name} {(nq, dq)}, got {self.q[-1].mat.shape}"
-            )
+            raise ConfigError(f"{nqf_name} must have the shape of {nq_name} {(nq, dq)}, got {self.q[-1].mat.shape}")
         if self.g[-1].mat.shape != (ng, dg):
-            raise ConfigError(
-                f"{ngf_name} must have the shape of {ng_name} {(ng, dg)}, got {self.g[-1].mat.shape}"
-            )
+            raise ConfigError(f"{ngf_name} must have the shape of {ng_name} {(ng, dg)}, got {self.g[-1].mat.shape}")
         self.n_queries, self.n_gallery = nq, ng
 
     @property
@@ -256,15 +256,20 @@ class _Scorer:
                     np.maximum(out, tmp, out=out)
 
 
-def rows_for_budget(n_gallery: int, memory_budget_mb: float, bytes_per_gallery_item: float,
-                    extra_bytes_per_row: float = 0.0) -> int:
+def rows_for_budget(
+    n_gallery: int, memory_budget_mb: float, bytes_per_gallery_item: float, extra_bytes_per_row: float = 0.0
+) -> int:
     """Number of query rows per chunk so a chunk's working arrays fit the budget.
 
     ``rows = floor(budget_bytes / (n_gallery * bytes_per_gallery_item + extra))``,
     at least 1 (a single row is always processed, even over budget).
     """
-    if isinstance(memory_budget_mb, bool) or not isinstance(memory_budget_mb, (int, float)) \
-            or not memory_budget_mb > 0 or not math.isfinite(memory_budget_mb):
+    if (
+        isinstance(memory_budget_mb, bool)
+        or not isinstance(memory_budget_mb, (int, float))
+        or not memory_budget_mb > 0
+        or not math.isfinite(memory_budget_mb)
+    ):
         raise ConfigError(f"memory_budget_mb must be a positive number, got {memory_budget_mb!r}")
     per_row = n_gallery * bytes_per_gallery_item + extra_bytes_per_row
     return max(1, int(memory_budget_mb * 2**20 // per_row))
@@ -300,8 +305,9 @@ def hamming_scores(query_codes, gallery_codes) -> np.ndarray:
     return similarity_matrix(query_codes, gallery_codes, distance="hamming")
 
 
-def iter_score_chunks(queries, gallery, distance: str = "cosine", chunk_size: int = 1024,
-                      queries_flip=None, gallery_flip=None) -> Iterator[tuple[int, np.ndarray]]:
+def iter_score_chunks(
+    queries, gallery, distance: str = "cosine", chunk_size: int = 1024, queries_flip=None, gallery_flip=None
+) -> Iterator[tuple[int, np.ndarray]]:
     """Yield ``(start, scores)`` for consecutive blocks of at most ``chunk_size`` query rows.
 
     ``scores`` is a new float32 array of shape ``(rows, n_gallery)`` holding
@@ -341,8 +347,7 @@ def min_over_flip_pairings(dist_fn: Callable, q, q_flip, g, g_flip):
     for m in mats[1:]:
         if tuple(m.shape) != shape:
             raise ConfigError(
-                f"dist_fn returned matrices of different shapes for the four pairings: "
-                f"{[tuple(x.shape) for x in mats]}"
+                f"dist_fn returned matrices of different shapes for the four pairings: {[tuple(x.shape) for x in mats]}"
             )
     if isinstance(mats[0], np.ndarray):
         return np.minimum(np.minimum(mats[0], mats[1]), np.minimum(mats[2], mats[3]))
@@ -411,9 +416,17 @@ def acc_at_k(ranks, ks: Sequence[int] = (1, 5, 10)) -> dict[str, float]:
     return {f"acc@{k}": float(100.0 * np.count_nonzero(r <= k) / r.size) for k in ks}
 
 
-def finegrained_report(sketch_emb, photo_emb, true_index, ks: Sequence[int] = (1, 5, 10),
-                       distance: str = "cosine", chunk_size: int = 4096, sketch_flip=None,
-                       photo_flip=None, memory_budget_mb: float = 512) -> dict:
+def finegrained_report(
+    sketch_emb,
+    photo_emb,
+    true_index,
+    ks: Sequence[int] = (1, 5, 10),
+    distance: str = "cosine",
+    chunk_size: int = 4096,
+    sketch_flip=None,
+    photo_flip=None,
+    memory_budget_mb: float = 512,
+) -> dict:
     """Fine-grained SBIR evaluation: each sketch has exactly one true photo.
 
     Scores are computed in blocks of at most ``chunk_size`` sketches, further
@@ -452,8 +465,15 @@ def finegrained_report(sketch_emb, photo_emb, true_index, ks: Sequence[int] = (1
     return report
 
 
-def percent_correct(sketch_emb, photo_emb, triplets, distance: str = "cosine",
-                    sketch_flip=None, photo_flip=None, memory_budget_mb: float = 512) -> float:
+def percent_correct(
+    sketch_emb,
+    photo_emb,
+    triplets,
+    distance: str = "cosine",
+    sketch_flip=None,
+    photo_flip=None,
+    memory_budget_mb: float = 512,
+) -> float:
     """%corr of the QMUL shoe/chair benchmarks, in PERCENT.
 
     ``triplets``: integer array ``(T, 3)`` of rows
@@ -466,8 +486,7 @@ def percent_correct(sketch_emb, photo_emb, triplets, distance: str = "cosine",
     tri = _to_numpy(triplets, "triplets")
     if tri.ndim != 2 or tri.shape[1] != 3 or tri.shape[0] == 0:
         raise ConfigError(
-            f"triplets must have shape (T, 3) with rows (sketch, more_similar, less_similar), "
-            f"got {tri.shape}"
+            f"triplets must have shape (T, 3) with rows (sketch, more_similar, less_similar), got {tri.shape}"
         )
     if not np.issubdtype(tri.dtype, np.integer):
         raise ConfigError(f"triplets must hold integer indices, got dtype {tri.dtype}")
@@ -484,10 +503,8 @@ def percent_correct(sketch_emb, photo_emb, triplets, distance: str = "cosine",
     sk_flip = None if sketch_flip is None else _to_numpy(sketch_flip, "sketch_flip")
     if sk_flip is not None and sk_flip.shape != sk.shape:
         raise ConfigError(f"sketch_flip must have shape {sk.shape}, got {sk_flip.shape}")
-    scorer = _Scorer(sk[used], ph, distance, None if sk_flip is None else sk_flip[used], photo_flip,
-                     REPORT_NAMES)
-    rows = min(scorer.n_queries,
-               rows_for_budget(scorer.n_gallery, memory_budget_mb, 8 if scorer.n_pairings > 1 else 4))
+    scorer = _Scorer(sk[used], ph, distance, None if sk_flip is None else sk_flip[used], photo_flip, REPORT_NAMES)
+    rows = min(scorer.n_queries, rows_for_budget(scorer.n_gallery, memory_budget_mb, 8 if scorer.n_pairings > 1 else 4))
     buf = np.empty((rows, scorer.n_gallery), dtype=np.float32)
     tmp = np.empty_like(buf) if scorer.n_pairings > 1 else None
     order = np.argsort(inverse, kind="stable")

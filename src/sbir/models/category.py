@@ -16,8 +16,6 @@ ids (0 = sketch, 1 = photo) for a mixed batch.
 
 from __future__ import annotations
 
-from typing import Optional
-
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -49,7 +47,7 @@ class CategorySBIRModel(nn.Module):
         cfg: ModelConfig,
         num_classes: int,
         dase: bool = True,
-        pretrained: Optional[bool] = None,
+        pretrained: bool | None = None,
         normalize: bool = False,
         dase_where: str = "auto",
     ):
@@ -137,7 +135,7 @@ class CategorySBIRModel(nn.Module):
 
 @register_model("category")
 def build_category_model(
-    cfg: ModelConfig, pretrained: Optional[bool] = None, num_classes: Optional[int] = None, normalize: bool = False
+    cfg: ModelConfig, pretrained: bool | None = None, num_classes: int | None = None, normalize: bool = False
 ) -> CategorySBIRModel:
     """The shared domain-aware model; ``normalize``: L2-normalised embeddings (CosFace) or raw ones (MEMS).
 

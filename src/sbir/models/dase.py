@@ -49,7 +49,7 @@ guessing. :func:`insert_dase` converts a backbone from
 from __future__ import annotations
 
 import contextlib
-from typing import Iterator, Optional, Sequence, Union
+from collections.abc import Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -58,10 +58,10 @@ from torch import nn
 from sbir.errors import ConfigError
 
 DOMAIN_IDS = {"sketch": 0, "photo": 1}
-DomainLike = Union[str, int, Sequence[Union[str, int]], torch.Tensor]
+DomainLike = str | int | Sequence[str | int] | torch.Tensor
 
 
-def domain_ids(domain: DomainLike, batch_size: Optional[int] = None, num_domains: int = 2) -> torch.Tensor:
+def domain_ids(domain: DomainLike, batch_size: int | None = None, num_domains: int = 2) -> torch.Tensor:
     """Domain ids as a LongTensor: 0-d for one domain for the whole batch, (B,) per sample.
 
     Accepts ``"sketch"`` / ``"photo"``, an int id, a sequence of names or ids,
@@ -108,7 +108,7 @@ class DomainAwareSE(nn.Module):
         reduction: int = 16,
         num_domains: int = 2,
         gate_mode: str = "residual",
-        rd_channels: Optional[int] = None,
+        rd_channels: int | None = None,
         act_layer: type[nn.Module] = nn.ReLU,
         min_channels: int = 8,
     ):
@@ -136,10 +136,10 @@ class DomainAwareSE(nn.Module):
             nn.init.zeros_(self.fc2.weight)
             nn.init.zeros_(self.fc2.bias)
         # Set per forward by set_domain / domain_context; not part of the state dict.
-        self.domain: Optional[torch.Tensor] = None
+        self.domain: torch.Tensor | None = None
 
     @classmethod
-    def from_se(cls, se: nn.Module, num_domains: int = 2) -> "DomainAwareSE":
+    def from_se(cls, se: nn.Module, num_domains: int = 2) -> DomainAwareSE:
         """Wrap a timm ``SEModule`` or EfficientNet ``SqueezeExcite``, reusing its layers.
 
         The result computes exactly what ``se`` computed, for every domain, until
@@ -156,9 +156,13 @@ class DomainAwareSE(nn.Module):
             act = se.act1
             add_maxpool = False
         else:
-            raise ConfigError(f"cannot convert {type(se).__name__} to a DASE block: expected fc1/fc2 or conv_reduce/conv_expand")
+            raise ConfigError(
+                f"cannot convert {type(se).__name__} to a DASE block: expected fc1/fc2 or conv_reduce/conv_expand"
+            )
         if not (isinstance(fc1, nn.Conv2d) and isinstance(fc2, nn.Conv2d)):
-            raise ConfigError(f"cannot convert {type(se).__name__} to a DASE block: its layers are not 1x1 convolutions")
+            raise ConfigError(
+                f"cannot convert {type(se).__name__} to a DASE block: its layers are not 1x1 convolutions"
+            )
         channels = fc1.in_channels
         block = cls(channels, num_domains=num_domains, gate_mode="sigmoid", rd_channels=fc1.out_channels)
         block.fc1, block.bn, block.act, block.fc2 = fc1, bn, act, fc2
@@ -213,7 +217,7 @@ def dase_modules(model: nn.Module) -> list[DomainAwareSE]:
     return [m for m in model.modules() if isinstance(m, DomainAwareSE)]
 
 
-def set_domain(model: nn.Module, domain: Optional[DomainLike], batch_size: Optional[int] = None) -> int:
+def set_domain(model: nn.Module, domain: DomainLike | None, batch_size: int | None = None) -> int:
     """Store the domain ids on every DASE block of ``model``; ``None`` clears them. Returns the block count."""
     blocks = dase_modules(model)
     ids = None
@@ -228,7 +232,7 @@ def set_domain(model: nn.Module, domain: Optional[DomainLike], batch_size: Optio
 
 
 @contextlib.contextmanager
-def domain_context(model: nn.Module, domain: DomainLike, batch_size: Optional[int] = None) -> Iterator[int]:
+def domain_context(model: nn.Module, domain: DomainLike, batch_size: int | None = None) -> Iterator[int]:
     """Set the domain on every DASE block for the ``with`` body, then restore the previous one."""
     blocks = dase_modules(model)
     previous = [m.domain for m in blocks]
@@ -236,7 +240,7 @@ def domain_context(model: nn.Module, domain: DomainLike, batch_size: Optional[in
         set_domain(model, domain, batch_size)
         yield len(blocks)
     finally:
-        for m, d in zip(blocks, previous):
+        for m, d in zip(blocks, previous, strict=False):
             m.domain = d
 
 
@@ -371,11 +375,16 @@ def insert_dase(
         )
     for sname, s in stages:
         if "dase" in s._modules:
-            raise ConfigError(f"backbone {name} already has a DASE block in stage {sname}; insert_dase was called twice")
+            raise ConfigError(
+                f"backbone {name} already has a DASE block in stage {sname}; insert_dase was called twice"
+            )
     channels = _stage_channels(model, stages, probe_size)
     p = next(model.parameters())
-    for (sname, s), c in zip(stages, channels):
-        s.add_module("dase", DomainAwareSE(c, reduction=reduction, num_domains=num_domains, gate_mode="residual").to(p.device, p.dtype))
+    for (sname, s), c in zip(stages, channels, strict=False):
+        s.add_module(
+            "dase",
+            DomainAwareSE(c, reduction=reduction, num_domains=num_domains, gate_mode="residual").to(p.device, p.dtype),
+        )
         done.append(f"{sname}.dase")
     return done
 

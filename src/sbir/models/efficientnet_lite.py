@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import importlib
 from pathlib import Path
-from typing import Optional, Union
 
 import torch
 
@@ -44,14 +43,16 @@ def convert_efficientnet_pytorch_state_dict(src: dict, target: dict) -> dict:
             f"EfficientNet-Lite weights have {len(src_items)} tensors, the timm model expects {len(tgt_keys)}"
         )
     out = {}
-    for (sk, sv), tk in zip(src_items, tgt_keys):
+    for (sk, sv), tk in zip(src_items, tgt_keys, strict=False):
         if tuple(sv.shape) != tuple(target[tk].shape):
-            raise CheckpointError(f"EfficientNet-Lite weight {sk} {tuple(sv.shape)} does not fit {tk} {tuple(target[tk].shape)}")
+            raise CheckpointError(
+                f"EfficientNet-Lite weight {sk} {tuple(sv.shape)} does not fit {tk} {tuple(target[tk].shape)}"
+            )
         out[tk] = sv
     return out
 
 
-def _build(variant: int, pretrained: bool, weights_path: Optional[Union[str, Path]], **kwargs):
+def _build(variant: int, pretrained: bool, weights_path: str | Path | None, **kwargs):
     import timm
 
     # Keep the classifier so the ImageNet mapping can be verified; TimmBackbone pools pre-logits.

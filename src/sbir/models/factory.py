@@ -8,7 +8,7 @@ that module once. Tasks name the model they train (``sbir.engine.tasks``).
 
 from __future__ import annotations
 
-from typing import Callable, Optional
+from collections.abc import Callable
 
 from torch import nn
 
@@ -35,7 +35,7 @@ def list_models() -> list[str]:
     return sorted(_MODELS)
 
 
-def create_model(name: str, cfg: ModelConfig, pretrained: Optional[bool] = None, **kwargs) -> nn.Module:
+def create_model(name: str, cfg: ModelConfig, pretrained: bool | None = None, **kwargs) -> nn.Module:
     """Build the registered model ``name`` from ``cfg`` (``pretrained`` overrides ``cfg.pretrained``)."""
     if name not in _MODELS:
         raise ConfigError(f"unknown model {name!r}; registered models: {', '.join(list_models())}")

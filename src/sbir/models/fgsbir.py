@@ -71,7 +71,12 @@ class SBIRModel(nn.Module):
         """Backbone parameters at ``lr * backbone_lr_mult``, heads at ``lr``."""
         seen: set[int] = set()
         backbone, heads = [], []
-        for module, bucket in ((self.sketch_encoder, backbone), (self.photo_encoder, backbone), (self.sketch_head, heads), (self.photo_head, heads)):
+        for module, bucket in (
+            (self.sketch_encoder, backbone),
+            (self.photo_encoder, backbone),
+            (self.sketch_head, heads),
+            (self.photo_head, heads),
+        ):
             for p in module.parameters():
                 if p.requires_grad and id(p) not in seen:
                     seen.add(id(p))

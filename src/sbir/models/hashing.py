@@ -11,8 +11,6 @@ similarity), bit decorrelation, bit balance and quantisation. Codes are packed
 
 from __future__ import annotations
 
-from typing import Optional, Union
-
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -21,7 +19,7 @@ from torch import nn
 from sbir.errors import ConfigError
 
 HASH_BITS = (32, 64, 128)
-ArrayLike = Union[np.ndarray, torch.Tensor]
+ArrayLike = np.ndarray | torch.Tensor
 
 
 class HashHead(nn.Module):
@@ -90,7 +88,7 @@ class HashLoss(nn.Module):
         self.w_q = float(w_quantization)
 
     @staticmethod
-    def target_similarity(embeddings: torch.Tensor, labels: Optional[torch.Tensor] = None) -> torch.Tensor:
+    def target_similarity(embeddings: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
         if labels is not None:
             return 2.0 * (labels[:, None] == labels[None, :]).to(embeddings.dtype) - 1.0
         e = F.normalize(embeddings, dim=1)
@@ -107,20 +105,20 @@ class HashLoss(nn.Module):
             "quantization": (h.abs() - 1).pow(2).mean(),
         }
 
-    def forward(self, h: torch.Tensor, embeddings: torch.Tensor, labels: Optional[torch.Tensor] = None) -> torch.Tensor:
+    def forward(self, h: torch.Tensor, embeddings: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
         p = self.parts(h, self.target_similarity(embeddings, labels))
         return p["sim"] + self.w_dec * p["decorrelation"] + self.w_bal * p["balance"] + self.w_q * p["quantization"]
 
 
 def train_hash_head(
     embeddings: ArrayLike,
-    labels: Optional[ArrayLike] = None,
+    labels: ArrayLike | None = None,
     bits: int = 64,
     epochs: int = 30,
     batch_size: int = 256,
     lr: float = 1e-2,
     weight_decay: float = 0.0,
-    loss: Optional[HashLoss] = None,
+    loss: HashLoss | None = None,
     seed: int = 0,
 ) -> HashHead:
     """Train a :class:`HashHead` on fixed embeddings (CPU, mini-batch Adam); returned in eval mode.
@@ -130,7 +128,9 @@ def train_hash_head(
     without, the cosine similarity of the embeddings (unsupervised, keeps the
     float ranking).
     """
-    x = torch.as_tensor(np.asarray(embeddings, dtype=np.float32) if not isinstance(embeddings, torch.Tensor) else embeddings).float()
+    x = torch.as_tensor(
+        np.asarray(embeddings, dtype=np.float32) if not isinstance(embeddings, torch.Tensor) else embeddings
+    ).float()
     if x.dim() != 2 or len(x) < 2:
         raise ConfigError(f"train_hash_head needs an (n >= 2, d) array of embeddings, got shape {tuple(x.shape)}")
     y = None
@@ -180,7 +180,7 @@ def pack_codes(codes: ArrayLike) -> np.ndarray:
     return np.ascontiguousarray(np.packbits(arr > 0, axis=1))
 
 
-def unpack_codes(packed: np.ndarray, bits: Optional[int] = None) -> np.ndarray:
+def unpack_codes(packed: np.ndarray, bits: int | None = None) -> np.ndarray:
     """Inverse of :func:`pack_codes`: int8 codes in {-1, +1}."""
     b = np.unpackbits(np.asarray(packed, dtype=np.uint8), axis=1)
     if bits is not None:

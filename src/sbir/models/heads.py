@@ -8,7 +8,10 @@ from torch import nn
 
 
 class ProjectionHead(nn.Module):
-    """``identity``: no projection; ``linear``: one Linear; ``mlp``: Linear-BN-ReLU-Linear (SimCLR style). Output is L2-normalised."""
+    """``identity``: no projection; ``linear``: one Linear; ``mlp``: Linear-BN-ReLU-Linear (SimCLR style).
+
+    The output is L2-normalised.
+    """
 
     def __init__(self, in_features: int, embed_dim: int = 512, kind: str = "linear", dropout: float = 0.0):
         super().__init__()
@@ -20,7 +23,10 @@ class ProjectionHead(nn.Module):
         elif kind == "mlp":
             hidden = max(embed_dim, in_features)
             self.proj = nn.Sequential(
-                nn.Linear(in_features, hidden), nn.BatchNorm1d(hidden), nn.ReLU(inplace=True), nn.Linear(hidden, embed_dim)
+                nn.Linear(in_features, hidden),
+                nn.BatchNorm1d(hidden),
+                nn.ReLU(inplace=True),
+                nn.Linear(hidden, embed_dim),
             )
         else:
             raise ValueError(f"unknown head kind {kind!r}")

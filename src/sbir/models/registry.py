@@ -15,8 +15,8 @@ weights when the user has network, or from ``weights_path``).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable, Optional, Union
 
 import torch
 from torch import nn
@@ -74,7 +74,7 @@ class TimmBackbone(nn.Module):
         return []
 
 
-def load_weights_file(model: nn.Module, path: Union[str, Path]) -> None:
+def load_weights_file(model: nn.Module, path: str | Path) -> None:
     """Load a local ``.safetensors`` / ``.pth`` state dict into ``model`` strictly."""
     from sbir.errors import CheckpointError
 
@@ -104,7 +104,7 @@ def load_weights_file(model: nn.Module, path: Union[str, Path]) -> None:
 def create_backbone(
     name: str,
     pretrained: bool = True,
-    weights_path: Optional[Union[str, Path]] = None,
+    weights_path: str | Path | None = None,
     **kwargs,
 ) -> nn.Module:
     """Create a backbone by name; see the module docstring for its interface."""

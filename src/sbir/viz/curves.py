@@ -16,8 +16,8 @@ from __future__ import annotations
 import csv
 import math
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Optional, Sequence, Union
 
 import numpy as np
 
@@ -25,7 +25,7 @@ from sbir.errors import ConfigError, DataError
 
 __all__ = ["read_metrics_csv", "best_epoch", "plot_training_curves", "plot_columns"]
 
-PathLike = Union[str, os.PathLike]
+PathLike = str | os.PathLike
 
 LOSS_COLUMNS = ("train_loss", "val_loss")
 ACC_COLUMNS = ("val_acc@1", "val_acc@5", "val_acc@10")
@@ -77,7 +77,7 @@ def read_metrics_csv(path: PathLike) -> dict[str, np.ndarray]:
     return table
 
 
-def best_epoch(table: dict[str, np.ndarray], column: str = "val_acc@1") -> Optional[tuple[float, float]]:
+def best_epoch(table: dict[str, np.ndarray], column: str = "val_acc@1") -> tuple[float, float] | None:
     """``(epoch, value)`` of the first row with the highest ``column``; None if it has no values."""
     if column not in table:
         return None
@@ -107,8 +107,11 @@ def _new_figure(figsize, dpi, nrows: int):
 
 
 def _check_figure(figsize, dpi, out_path) -> Path:
-    if (not isinstance(figsize, (tuple, list)) or len(figsize) != 2
-            or not all(isinstance(v, (int, float)) and 1 <= v <= 50 for v in figsize)):
+    if (
+        not isinstance(figsize, (tuple, list))
+        or len(figsize) != 2
+        or not all(isinstance(v, (int, float)) and 1 <= v <= 50 for v in figsize)
+    ):
         raise ConfigError(f"figsize must be (width, height) in inches, each 1..50, got {figsize!r}")
     if isinstance(dpi, bool) or not isinstance(dpi, int) or not 30 <= dpi <= 600:
         raise ConfigError(f"dpi must be an integer 30..600, got {dpi!r}")
@@ -136,8 +139,13 @@ def _integer_ticks(ax, x: np.ndarray):
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
 
 
-def plot_training_curves(metrics_csv: PathLike, out_path: PathLike, title: Optional[str] = None,
-                         figsize: Sequence[float] = (8, 6), dpi: int = 100) -> Path:
+def plot_training_curves(
+    metrics_csv: PathLike,
+    out_path: PathLike,
+    title: str | None = None,
+    figsize: Sequence[float] = (8, 6),
+    dpi: int = 100,
+) -> Path:
     """Plot loss and validation accuracy per epoch, marking the best epoch by ``val_acc@1``.
 
     The picture is ``figsize * dpi`` pixels (800 x 600 by default). Needs at
@@ -156,7 +164,7 @@ def plot_training_curves(metrics_csv: PathLike, out_path: PathLike, title: Optio
     panels = (["loss"] if losses else []) + (["acc"] if accs else [])
     fig, axes = _new_figure(tuple(figsize), dpi, len(panels))
     best = best_epoch(table)
-    for ax, panel in zip(axes, panels):
+    for ax, panel in zip(axes, panels, strict=False):
         cols = losses if panel == "loss" else accs
         for c in cols:
             _series(ax, x, table[c], **_STYLE[c])
@@ -186,20 +194,35 @@ def plot_training_curves(metrics_csv: PathLike, out_path: PathLike, title: Optio
     if best is not None and "acc" in panels:
         ax = axes[panels.index("acc")]
         ax.plot([best[0]], [best[1]], marker="*", ms=14, color="#d62728", zorder=5, ls="none")
-        ax.annotate(f"best epoch {best[0]:g}: Acc@1 {best[1]:.3g}", xy=(best[0], best[1]),
-                    xytext=(0.02, 0.95), textcoords="axes fraction", va="top", fontsize=10,
-                    bbox=dict(boxstyle="round", fc="white", ec="#d62728", alpha=0.9))
+        ax.annotate(
+            f"best epoch {best[0]:g}: Acc@1 {best[1]:.3g}",
+            xy=(best[0], best[1]),
+            xytext=(0.02, 0.95),
+            textcoords="axes fraction",
+            va="top",
+            fontsize=10,
+            bbox=dict(boxstyle="round", fc="white", ec="#d62728", alpha=0.9),
+        )
     axes[-1].set_xlabel(xlabel)
     _integer_ticks(axes[-1], x)
-    fig.suptitle(title if title is not None else f"training curves: {Path(metrics_csv).parent.name or Path(metrics_csv).name}")
+    fig.suptitle(
+        title if title is not None else f"training curves: {Path(metrics_csv).parent.name or Path(metrics_csv).name}"
+    )
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=dpi)
     return out
 
 
-def plot_columns(metrics_csv: PathLike, columns: Sequence[str], out_path: PathLike, x: str = "epoch",
-                 title: Optional[str] = None, ylabel: Optional[str] = None,
-                 figsize: Sequence[float] = (8, 4.5), dpi: int = 100) -> Path:
+def plot_columns(
+    metrics_csv: PathLike,
+    columns: Sequence[str],
+    out_path: PathLike,
+    x: str = "epoch",
+    title: str | None = None,
+    ylabel: str | None = None,
+    figsize: Sequence[float] = (8, 4.5),
+    dpi: int = 100,
+) -> Path:
     """Plot the given columns of a metrics CSV against ``x`` (row number if absent).
 
     With a single row (e.g. one evaluation's ``map@all, map@200, p@100, p@200``)
@@ -221,9 +244,16 @@ def plot_columns(metrics_csv: PathLike, columns: Sequence[str], out_path: PathLi
         vals = [float(table[c][0]) for c in columns]
         pos = np.arange(len(columns))
         bars = ax.bar(pos, [0 if math.isnan(v) else v for v in vals], color="#1f77b4", width=0.6)
-        for b, v in zip(bars, vals):
-            ax.annotate("n/a" if math.isnan(v) else f"{v:.3g}", (b.get_x() + b.get_width() / 2, b.get_height()),
-                        xytext=(0, 3), textcoords="offset points", ha="center", va="bottom", fontsize=10)
+        for b, v in zip(bars, vals, strict=False):
+            ax.annotate(
+                "n/a" if math.isnan(v) else f"{v:.3g}",
+                (b.get_x() + b.get_width() / 2, b.get_height()),
+                xytext=(0, 3),
+                textcoords="offset points",
+                ha="center",
+                va="bottom",
+                fontsize=10,
+            )
         ax.set_xticks(pos, list(columns))
         finite = [v for v in vals if not math.isnan(v)]
         if finite and max(finite) > 0:

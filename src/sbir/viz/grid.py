@@ -15,10 +15,10 @@ from __future__ import annotations
 
 import numbers
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Optional, Sequence, Union
 
 from PIL import Image, ImageDraw, ImageFont, ImageOps
 
@@ -35,7 +35,7 @@ _CELL_BORDER = (200, 200, 200)
 _GOOD = (0, 120, 0)
 _BAD = (190, 30, 30)
 
-ImageLike = Union[Image.Image, str, os.PathLike]
+ImageLike = Image.Image | str | os.PathLike
 
 
 @lru_cache(maxsize=16)
@@ -103,8 +103,14 @@ class GridLayout:
         return (x, y, x + self.thumb, y + self.thumb)
 
 
-def grid_layout(n_rows: int, n_results: int, thumb: int = 128, title: Optional[str] = None,
-                with_scores: bool = False, labels: Sequence[str] = ()) -> GridLayout:
+def grid_layout(
+    n_rows: int,
+    n_results: int,
+    thumb: int = 128,
+    title: str | None = None,
+    with_scores: bool = False,
+    labels: Sequence[str] = (),
+) -> GridLayout:
     """The geometry :func:`retrieval_grid` uses; ``labels`` are the row-label lines."""
     _check_int("thumb", thumb, 24, 1024)
     _check_int("number of rows", n_rows, 1, 10_000)
@@ -144,7 +150,7 @@ def _fit(img: Image.Image, thumb: int) -> Image.Image:
     return canvas
 
 
-def _rank_line(i: int, k: int, position: Optional[int], rank: Optional[int], have_truth: bool):
+def _rank_line(i: int, k: int, position: int | None, rank: int | None, have_truth: bool):
     """Second row-label line and its colour, or None."""
     if rank is not None:
         return f"rank {rank}", (_GOOD if rank <= k else _BAD)
@@ -155,11 +161,17 @@ def _rank_line(i: int, k: int, position: Optional[int], rank: Optional[int], hav
     return None
 
 
-def retrieval_grid(queries: Sequence[ImageLike], results: Sequence[Sequence[ImageLike]],
-                   true_positions: Optional[Sequence[Optional[int]]], out_path: Union[str, os.PathLike],
-                   scores: Optional[Sequence[Sequence[float]]] = None, title: Optional[str] = None,
-                   thumb: int = 128, true_ranks: Optional[Sequence[Optional[int]]] = None,
-                   query_labels: Optional[Sequence[str]] = None) -> Path:
+def retrieval_grid(
+    queries: Sequence[ImageLike],
+    results: Sequence[Sequence[ImageLike]],
+    true_positions: Sequence[int | None] | None,
+    out_path: str | os.PathLike,
+    scores: Sequence[Sequence[float]] | None = None,
+    title: str | None = None,
+    thumb: int = 128,
+    true_ranks: Sequence[int | None] | None = None,
+    query_labels: Sequence[str] | None = None,
+) -> Path:
     """Draw a retrieval grid and save it (PNG or JPEG by suffix); return the path.
 
     ``queries[i]`` is the sketch of row ``i`` and ``results[i]`` its ranked
@@ -177,15 +189,21 @@ def retrieval_grid(queries: Sequence[ImageLike], results: Sequence[Sequence[Imag
         raise ConfigError("retrieval_grid needs at least one query")
     if len(results) != n:
         raise ConfigError(f"got {n} queries but {len(results)} result lists; pass one list of results per query")
-    for name, seq in (("true_positions", true_positions), ("true_ranks", true_ranks), ("query_labels", query_labels),
-                      ("scores", scores)):
+    for name, seq in (
+        ("true_positions", true_positions),
+        ("true_ranks", true_ranks),
+        ("query_labels", query_labels),
+        ("scores", scores),
+    ):
         if seq is not None and len(seq) != n:
             raise ConfigError(f"{name} has {len(seq)} entries for {n} queries; pass one per query")
     for i, row in enumerate(results):
         if len(row) == 0:
             raise ConfigError(f"results[{i}] is empty; every query needs at least one retrieved image")
         if scores is not None and len(scores[i]) != len(row):
-            raise ConfigError(f"scores[{i}] has {len(scores[i])} values for {len(row)} results; pass one score per result")
+            raise ConfigError(
+                f"scores[{i}] has {len(scores[i])} values for {len(row)} results; pass one score per result"
+            )
         p = None if true_positions is None else true_positions[i]
         if p is not None and (isinstance(p, bool) or not isinstance(p, numbers.Integral) or not 0 <= p < len(row)):
             raise ConfigError(f"true_positions[{i}] = {p!r} is not an index into its {len(row)} results (or None)")
@@ -196,7 +214,9 @@ def retrieval_grid(queries: Sequence[ImageLike], results: Sequence[Sequence[Imag
             if true_positions is not None and (p is not None) != (r <= len(row)):
                 raise ConfigError(f"true_ranks[{i}] = {r} disagrees with true_positions[{i}] = {p}")
             if p is not None and r != p + 1:
-                raise ConfigError(f"true_ranks[{i}] = {r} disagrees with true_positions[{i}] = {p} (rank = position + 1)")
+                raise ConfigError(
+                    f"true_ranks[{i}] = {r} disagrees with true_positions[{i}] = {p} (rank = position + 1)"
+                )
     out = Path(out_path)
     if out.suffix.lower() not in (".png", ".jpg", ".jpeg"):
         raise ConfigError(f"out_path {out} must end in .png or .jpg")
@@ -206,8 +226,13 @@ def retrieval_grid(queries: Sequence[ImageLike], results: Sequence[Sequence[Imag
     labels = []
     for i in range(n):
         first = query_labels[i] if query_labels is not None else f"query {i + 1}"
-        second = _rank_line(i, len(results[i]), None if true_positions is None else true_positions[i],
-                            None if true_ranks is None else true_ranks[i], have_truth)
+        second = _rank_line(
+            i,
+            len(results[i]),
+            None if true_positions is None else true_positions[i],
+            None if true_ranks is None else true_ranks[i],
+            have_truth,
+        )
         labels.append((str(first), second))
     lines = [a for a, _ in labels] + [b[0] for _, b in labels if b is not None]
     lay = grid_layout(n, k, thumb, title, scores is not None, lines)
@@ -251,15 +276,21 @@ def retrieval_grid(queries: Sequence[ImageLike], results: Sequence[Sequence[Imag
             if scores is not None:
                 s = float(scores[i][j])
                 text = f"{s:.3f}" if abs(s) < 1000 else f"{s:.3g}"
-                draw.text(((x0 + x1) // 2, y1 + lay.frame + 1), text, fill=_GOOD if j == pos else _MUTED,
-                          font=small, anchor="mt")
+                draw.text(
+                    ((x0 + x1) // 2, y1 + lay.frame + 1),
+                    text,
+                    fill=_GOOD if j == pos else _MUTED,
+                    font=small,
+                    anchor="mt",
+                )
     out.parent.mkdir(parents=True, exist_ok=True)
     canvas.save(out)
     return out
 
 
-def write_retrieval_grid(evaluation, out_path: Union[str, os.PathLike], title: str = "",
-                         n_queries: int = 8, top_k: int = 5) -> Optional[Path]:
+def write_retrieval_grid(
+    evaluation, out_path: str | os.PathLike, title: str = "", n_queries: int = 8, top_k: int = 5
+) -> Path | None:
     """Grid of an evaluation (:class:`sbir.engine.evaluate.Evaluation`): ``n_queries`` sketches spread over
     the queries, each with its top ``top_k`` photos under the evaluation's distance (and flip pairings);
     the first relevant photo is outlined and its rank printed. None when there is nothing to show."""
@@ -272,10 +303,16 @@ def write_retrieval_grid(evaluation, out_path: Union[str, os.PathLike], title: s
     if n == 0 or len(ev.gallery) == 0:
         return None
     rows = np.linspace(0, len(ev.queries) - 1, n).round().astype(int)
-    _, scores = next(iter_score_chunks(
-        ev.query_emb[rows], ev.gallery_emb, ev.distance, chunk_size=n,
-        queries_flip=None if ev.query_flip is None else ev.query_flip[rows], gallery_flip=ev.gallery_flip,
-    ))
+    _, scores = next(
+        iter_score_chunks(
+            ev.query_emb[rows],
+            ev.gallery_emb,
+            ev.distance,
+            chunk_size=n,
+            queries_flip=None if ev.query_flip is None else ev.query_flip[rows],
+            gallery_flip=ev.gallery_flip,
+        )
+    )
     gallery_keys = np.asarray(ev.gallery_keys)
     queries, results, true_pos, ranks, top_scores, names = [], [], [], [], [], []
     for i, r in enumerate(rows):
@@ -289,6 +326,13 @@ def write_retrieval_grid(evaluation, out_path: Union[str, os.PathLike], title: s
         ranks.append(rank)
         top_scores.append([float(scores[i, j]) for j in top])
         names.append(str(ev.query_keys[r]))
-    return retrieval_grid(queries, results, true_pos, out_path, scores=top_scores, title=title, true_ranks=ranks,
-                          query_labels=names if ev.show_labels else None)
-
+    return retrieval_grid(
+        queries,
+        results,
+        true_pos,
+        out_path,
+        scores=top_scores,
+        title=title,
+        true_ranks=ranks,
+        query_labels=names if ev.show_labels else None,
+    )

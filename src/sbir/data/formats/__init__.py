@@ -25,15 +25,15 @@ from __future__ import annotations
 
 import os
 from collections import OrderedDict
+from collections.abc import Iterable
 from pathlib import Path
 from types import ModuleType
-from typing import Iterable, Optional, Union
 
 from sbir.data.image_io import is_image_file
 from sbir.data.records import Dataset, Split
 from sbir.errors import ConfigError, DataError
 
-PathLike = Union[str, Path]
+PathLike = str | Path
 
 # ---------------------------------------------------------------------------
 # Helpers shared by the format modules. They are defined before the format
@@ -95,7 +95,7 @@ def check_root(root: PathLike) -> Path:
     return p
 
 
-def require_nonempty(split: Split, photo_where: Path, sketch_where: Optional[Path] = None) -> None:
+def require_nonempty(split: Split, photo_where: Path, sketch_where: Path | None = None) -> None:
     """Every split must have at least one photo and one sketch; the error names the folder."""
     sketch_where = photo_where if sketch_where is None else sketch_where
     if not split.photos:
@@ -110,7 +110,7 @@ def require_nonempty(split: Split, photo_where: Path, sketch_where: Optional[Pat
         )
 
 
-def match_stem(stem: str, candidates, sep: str = "_") -> Optional[str]:
+def match_stem(stem: str, candidates, sep: str = "_") -> str | None:
     """The candidate a sketch stem belongs to: the stem itself if it is a candidate, else the
     longest prefix ending before a ``sep`` (tried from the right), else None."""
     if stem in candidates:
@@ -152,7 +152,7 @@ def split_roots(root: Path, photo_dir: str, sketch_dir: str) -> dict[str, Path]:
     def has_pair(d: Path) -> bool:
         return (d / photo_dir).is_dir() and (d / sketch_dir).is_dir()
 
-    def half(d: Path) -> Optional[str]:
+    def half(d: Path) -> str | None:
         for name in (photo_dir, sketch_dir):
             if (d / name).is_dir():
                 return name
@@ -186,6 +186,36 @@ def split_roots(root: Path, photo_dir: str, sketch_dir: str) -> dict[str, Path]:
     return subs
 
 
+def has_split_dirs(root: Path, photo_dir: str, sketch_dir: str) -> bool:
+    """``detect`` of class-folder layouts: ``photo_dir/`` + ``sketch_dir/`` at the root or under train/ or test/."""
+    root = Path(root)
+    return any((d / photo_dir).is_dir() and (d / sketch_dir).is_dir() for d in (root, root / "train", root / "test"))
+
+
+def sorted_split(name: str, photos: list, sketches: list, photo_root: Path, sketch_root: Path) -> Split:
+    """A split of ``photos`` and ``sketches`` sorted by id; DataError naming the folders when a side is empty."""
+    photos.sort(key=lambda r: r.id)
+    sketches.sort(key=lambda r: r.id)
+    split = Split(name=name, photos=photos, sketches=sketches)
+    require_nonempty(split, photo_root, sketch_root)
+    return split
+
+
+def load_split_folders(
+    root: Path, fmt: str, layout: str, photo_dir: str, sketch_dir: str, load_split, skip_orphans: bool
+) -> Dataset:
+    """``load`` of class-folder layouts: ``load_split(name, base, skip_orphans, skipped)`` for each split root."""
+    root = Path(root)
+    bases = split_roots(root, photo_dir, sketch_dir)
+    if not bases:
+        raise DataError(
+            f"{root} has no {photo_dir}/ + {sketch_dir}/ folders ({fmt} layout: {layout}). Check the path or --format."
+        )
+    skipped: list[str] = []
+    splits = {name: load_split(name, base, skip_orphans, skipped) for name, base in bases.items()}
+    return Dataset(root=root, format=fmt, splits=splits, skipped=sorted(skipped))
+
+
 # ---------------------------------------------------------------------------
 # The registry.
 # ---------------------------------------------------------------------------
@@ -194,7 +224,7 @@ from sbir.data.formats import category, chairv2, paired, qmul_v1, quickdraw, ske
 
 # Detection order: the older image-folder formats first, so a folder that matches one of them keeps
 # its format; then the vector-sketch formats (``.ndjson`` files, a ``ChairV2_Coordinate`` pickle).
-FORMATS: "OrderedDict[str, ModuleType]" = OrderedDict(
+FORMATS: OrderedDict[str, ModuleType] = OrderedDict(
     (m.NAME, m) for m in (paired, qmul_v1, sketchy, category, quickdraw, chairv2)
 )
 
@@ -205,7 +235,7 @@ def _describe_contents(root: Path, limit: int = 8) -> str:
     return ", ".join(names[:limit]) + more
 
 
-def _detect_one(root: Path) -> Optional[str]:
+def _detect_one(root: Path) -> str | None:
     for name, module in FORMATS.items():
         try:
             if module.detect(root):
@@ -243,11 +273,13 @@ def detect_format(root: PathLike) -> str:
 def get_format(name: str) -> ModuleType:
     """The format module called ``name``; ConfigError listing valid names otherwise."""
     if name not in FORMATS:
-        raise ConfigError(f"unknown dataset format {name!r}; valid formats: {', '.join(FORMATS)} (or 'auto' / unset to auto-detect).")
+        raise ConfigError(
+            f"unknown dataset format {name!r}; valid formats: {', '.join(FORMATS)} (or 'auto' / unset to auto-detect)."
+        )
     return FORMATS[name]
 
 
-def load_dataset(root: PathLike, format: Optional[str] = None, skip_orphans: bool = False) -> Dataset:
+def load_dataset(root: PathLike, format: str | None = None, skip_orphans: bool = False) -> Dataset:
     """Load the dataset in ``root``; ``format`` forces a format module, else (None, "" or "auto") it is detected."""
     if format not in (None, "", "auto"):
         module = get_format(format)  # a bad name is a config problem, report it before touching the disk

@@ -26,7 +26,6 @@ the pickle; without them :func:`load` raises a DataError saying so.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional, Union
 
 import numpy as np
 
@@ -41,7 +40,7 @@ LAYOUT = f"{PICKLE_NAME} (stroke pickle) + photo/<photo>.png"
 PHOTO_DIRS = ("photo", "photos")
 CANVAS = (256.0, 256.0)
 
-PathLike = Union[str, Path]
+PathLike = str | Path
 
 
 def _parse_key(key: object, source: str) -> tuple[str, str, str]:
@@ -73,7 +72,7 @@ def _check_array(arr: object, key: str, source: str) -> np.ndarray:
 
 def load_chairv2(
     pickle_path: PathLike,
-    photo_dir: Optional[PathLike] = None,
+    photo_dir: PathLike | None = None,
     size: int = 256,
     stroke_width: float = 3.0,
     skip_orphans: bool = False,
@@ -90,8 +89,10 @@ def load_chairv2(
     data = restricted_load(path)
     source = str(path)
     if not isinstance(data, dict) or not data:
-        raise DataError(f"{source}: expected a non-empty dict of '/train/<photo>_<n>' -> (N, 3) arrays, got {type(data).__name__}")
-    photo_files: Optional[dict[str, Path]] = None
+        raise DataError(
+            f"{source}: expected a non-empty dict of '/train/<photo>_<n>' -> (N, 3) arrays, got {type(data).__name__}"
+        )
+    photo_files: dict[str, Path] | None = None
     if photo_dir is not None:
         pdir = Path(photo_dir)
         if not pdir.is_dir():
@@ -141,7 +142,9 @@ def load(root: Path, skip_orphans: bool = False, size: int = 256, stroke_width: 
             f"photos in {root / 'photo'}/<photo>.png (names as in the pickle keys, e.g. '2kb-34.png'), or use "
             "sbir.data.formats.chairv2.load_chairv2() for sketch-only use."
         )
-    ds = load_chairv2(root / PICKLE_NAME, photo_dir=photo_dir, size=size, stroke_width=stroke_width, skip_orphans=skip_orphans)
+    ds = load_chairv2(
+        root / PICKLE_NAME, photo_dir=photo_dir, size=size, stroke_width=stroke_width, skip_orphans=skip_orphans
+    )
     ds.root = root
     return ds
 

@@ -25,7 +25,6 @@ Files without an image extension and hidden files are ignored.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
 
 from sbir.data.formats import index_by_stem, list_images, match_stem, orphan, require_nonempty
 from sbir.data.records import Dataset, FileRef, PhotoRecord, SketchRecord, Split
@@ -42,7 +41,7 @@ def detect(root: Path) -> bool:
     return any((root / f"{s}{side}").is_dir() for s in SPLITS for side in ("A", "B"))
 
 
-def match_photo_stem(sketch_stem: str, photo_stems) -> Optional[str]:
+def match_photo_stem(sketch_stem: str, photo_stems) -> str | None:
     """The photo stem a sketch stem belongs to, or None (see the module docstring)."""
     return match_stem(sketch_stem, photo_stems, "_")
 

@@ -49,7 +49,6 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
-from typing import Optional
 
 import numpy as np
 
@@ -107,7 +106,9 @@ def read_mat_array(path: Path) -> np.ndarray:
         ) from exc
     if m.get("data") is None:
         have = ", ".join(k for k in m if not k.startswith("__")) or "nothing"
-        raise DataError(f"{path} has no variable 'data' (it has: {have}). Expected uint8 (N, H, W) images under 'data'.")
+        raise DataError(
+            f"{path} has no variable 'data' (it has: {have}). Expected uint8 (N, H, W) images under 'data'."
+        )
     arr = m["data"]
     if not isinstance(arr, np.ndarray) or arr.dtype != np.uint8 or arr.ndim != 3 or min(arr.shape) < 1:
         desc = f"{arr.dtype} {arr.shape}" if isinstance(arr, np.ndarray) else type(arr).__name__
@@ -120,7 +121,7 @@ def read_mat_array(path: Path) -> np.ndarray:
     return arr
 
 
-def _read_triplets(path: Path, split: str, n_sketches: int, n_photos: int) -> Optional[np.ndarray]:
+def _read_triplets(path: Path, split: str, n_sketches: int, n_photos: int) -> np.ndarray | None:
     try:
         with open(path, encoding="utf-8") as fh:
             ann = json.load(fh)
@@ -174,15 +175,21 @@ def load(root: Path, skip_orphans: bool = False) -> Dataset:
             f"{root} holds .mat files of several categories ({', '.join(sorted(files))}). "
             "Put each category in its own folder and pass that folder (e.g. qmul_v1/shoes)."
         )
-    (cat, by_key), = files.items()
+    ((cat, by_key),) = files.items()
     splits: dict[str, Split] = {}
     for split in SPLITS:
         sk_path, ed_path = by_key.get(("sketch", split)), by_key.get(("edge", split))
         if sk_path is None and ed_path is None:
             continue
         if sk_path is None or ed_path is None:
-            have, missing = (sk_path, f"{cat}_edge_db_{split}.mat") if ed_path is None else (ed_path, f"{cat}_sketch_db_{split}.mat")
-            raise DataError(f"{have} has no partner file {root / missing}. Add it (sketches and edge maps come in pairs).")
+            have, missing = (
+                (sk_path, f"{cat}_edge_db_{split}.mat")
+                if ed_path is None
+                else (ed_path, f"{cat}_sketch_db_{split}.mat")
+            )
+            raise DataError(
+                f"{have} has no partner file {root / missing}. Add it (sketches and edge maps come in pairs)."
+            )
         sk, ed = read_mat_array(sk_path), read_mat_array(ed_path)
         if sk.shape[0] != ed.shape[0]:
             raise DataError(

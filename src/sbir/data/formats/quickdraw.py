@@ -35,9 +35,9 @@ drawn by :func:`sbir.data.strokes.rasterize_strokes` when the image is loaded
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Optional, Union
 
 import numpy as np
 from PIL import Image
@@ -50,7 +50,7 @@ NAME = "quickdraw"
 LAYOUT = "<class>.ndjson Quick, Draw! files + photos/<class>/ (photos are required for retrieval)"
 
 PHOTO_DIR = "photos"
-PathLike = Union[str, Path]
+PathLike = str | Path
 
 
 @dataclass(frozen=True, eq=False)
@@ -66,7 +66,7 @@ class StrokeRef:
     origin: str  # file and line / key, for error messages
     size: int = 256
     stroke_width: float = 3.0
-    canvas: Optional[tuple[float, float]] = None
+    canvas: tuple[float, float] | None = None
 
     def load(self) -> Image.Image:
         return rasterize_strokes(
@@ -102,14 +102,14 @@ def read_ndjson(
     label: str,
     size: int = 256,
     stroke_width: float = 3.0,
-    max_items: Optional[int] = None,
+    max_items: int | None = None,
     recognized_only: bool = False,
 ) -> list[SketchRecord]:
     """Sketches of one ``.ndjson`` file, validated line by line (DataError names the file and line)."""
     out: list[SketchRecord] = []
     seen_ids: set[str] = set()
     try:
-        fh = open(path, "r", encoding="utf-8")
+        fh = open(path, encoding="utf-8")
     except OSError as exc:
         raise DataError(f"cannot open {path}: {exc}") from exc
     with fh:
@@ -123,16 +123,27 @@ def read_ndjson(
                 try:
                     obj = json.loads(line)
                 except json.JSONDecodeError as exc:
-                    raise DataError(f"{where}: not valid JSON ({exc.msg} at column {exc.colno}). Fix or delete this line.") from None
+                    raise DataError(
+                        f"{where}: not valid JSON ({exc.msg} at column {exc.colno}). Fix or delete this line."
+                    ) from None
                 if not isinstance(obj, dict):
-                    raise DataError(f"{where}: expected a JSON object with a 'drawing' field, got {type(obj).__name__}. Fix or delete this line.")
+                    raise DataError(
+                        f"{where}: expected a JSON object with a 'drawing' field, got {type(obj).__name__}. Fix or "
+                        "delete this line."
+                    )
                 if "drawing" not in obj:
-                    raise DataError(f"{where}: the object has no 'drawing' field (keys: {', '.join(sorted(obj)) or 'none'}). Fix or delete this line.")
+                    raise DataError(
+                        f"{where}: the object has no 'drawing' field (keys: {', '.join(sorted(obj)) or 'none'}). Fix "
+                        "or delete this line."
+                    )
                 if recognized_only and obj.get("recognized") is False:
                     continue
                 drawing = obj["drawing"]
                 if not isinstance(drawing, list):
-                    raise DataError(f"{where}: 'drawing' must be a list of strokes [[x...], [y...]], got {type(drawing).__name__}. Fix or delete this line.")
+                    raise DataError(
+                        f"{where}: 'drawing' must be a list of strokes [[x...], [y...]], got "
+                        f"{type(drawing).__name__}. Fix or delete this line."
+                    )
                 try:
                     strokes = parse_strokes(drawing, source=where)
                 except StrokeError as exc:
@@ -140,7 +151,11 @@ def read_ndjson(
                 if not strokes:
                     raise DataError(f"{where}: the drawing has no strokes. Fix or delete this line.")
                 key = obj.get("key_id")
-                rid = f"{label}/{key}" if isinstance(key, (str, int)) and f"{label}/{key}" not in seen_ids else f"{label}/line{lineno}"
+                rid = (
+                    f"{label}/{key}"
+                    if isinstance(key, (str, int)) and f"{label}/{key}" not in seen_ids
+                    else f"{label}/line{lineno}"
+                )
                 seen_ids.add(rid)
                 ref = StrokeRef(strokes_to_stroke3(strokes), origin=where, size=size, stroke_width=stroke_width)
                 out.append(SketchRecord(id=rid, image=ref, label=label))
@@ -153,8 +168,8 @@ def load_quickdraw(
     root: PathLike,
     size: int = 256,
     stroke_width: float = 3.0,
-    max_per_class: Optional[int] = None,
-    classes: Optional[Iterable[str]] = None,
+    max_per_class: int | None = None,
+    classes: Iterable[str] | None = None,
     recognized_only: bool = False,
 ) -> list[SketchRecord]:
     """All sketches of the ``.ndjson`` files in ``root`` (label = file name), sorted by id.
@@ -201,7 +216,7 @@ def load(
     skip_orphans: bool = False,
     size: int = 256,
     stroke_width: float = 3.0,
-    max_per_class: Optional[int] = None,
+    max_per_class: int | None = None,
 ) -> Dataset:
     """Category-level dataset: sketches from the ``.ndjson`` files, photos from ``photos/<class>/``."""
     from sbir.data.formats import class_folders, index_by_stem, list_images
@@ -222,10 +237,14 @@ def load(
     for cdir in class_folders(photo_root):
         files = index_by_stem(list_images(cdir))
         if not files:
-            raise DataError(f"class folder {cdir} has no photos (hidden and non-image files are ignored). Add photos or remove it.")
+            raise DataError(
+                f"class folder {cdir} has no photos (hidden and non-image files are ignored). Add photos or remove it."
+            )
         key = normalize_class_name(cdir.name)
         if key in photo_class:
-            raise DataError(f"photo folders {photo_root / photo_class[key]} and {cdir} name the same class; merge them.")
+            raise DataError(
+                f"photo folders {photo_root / photo_class[key]} and {cdir} name the same class; merge them."
+            )
         photo_class[key] = cdir.name
         photos.extend(PhotoRecord(id=f"{cdir.name}/{s}", image=FileRef(p), label=cdir.name) for s, p in files.items())
     skipped: list[str] = []

@@ -27,15 +27,15 @@ from pathlib import Path
 
 from sbir.data.formats import (
     class_folders,
+    has_split_dirs,
     index_by_stem,
     list_images,
+    load_split_folders,
     match_stem,
     orphan,
-    require_nonempty,
-    split_roots,
+    sorted_split,
 )
 from sbir.data.records import Dataset, FileRef, PhotoRecord, SketchRecord, Split
-from sbir.errors import DataError
 
 NAME = "sketchy"
 LAYOUT = "photo/<class>/<id>.jpg + sketch/<class>/<id>-<n>.png (optionally under train/ and test/)"
@@ -44,10 +44,7 @@ PHOTO_DIR, SKETCH_DIR = "photo", "sketch"
 
 
 def detect(root: Path) -> bool:
-    root = Path(root)
-    return any(
-        (d / PHOTO_DIR).is_dir() and (d / SKETCH_DIR).is_dir() for d in (root, root / "train", root / "test")
-    )
+    return has_split_dirs(root, PHOTO_DIR, SKETCH_DIR)
 
 
 def _load_split(name: str, base: Path, skip_orphans: bool, skipped: list[str]) -> Split:
@@ -71,18 +68,8 @@ def _load_split(name: str, base: Path, skip_orphans: bool, skipped: list[str]) -
             sketches.append(
                 SketchRecord(id=f"{cls}/{stem}", image=FileRef(path), photo_id=f"{cls}/{photo_stem}", label=cls)
             )
-    photos.sort(key=lambda r: r.id)
-    sketches.sort(key=lambda r: r.id)
-    split = Split(name=name, photos=photos, sketches=sketches)
-    require_nonempty(split, photo_root, sketch_root)
-    return split
+    return sorted_split(name, photos, sketches, photo_root, sketch_root)
 
 
 def load(root: Path, skip_orphans: bool = False) -> Dataset:
-    root = Path(root)
-    bases = split_roots(root, PHOTO_DIR, SKETCH_DIR)
-    if not bases:
-        raise DataError(f"{root} has no photo/ + sketch/ folders (sketchy layout: {LAYOUT}). Check the path or --format.")
-    skipped: list[str] = []
-    splits = {name: _load_split(name, base, skip_orphans, skipped) for name, base in bases.items()}
-    return Dataset(root=root, format=NAME, splits=splits, skipped=sorted(skipped))
+    return load_split_folders(root, NAME, LAYOUT, PHOTO_DIR, SKETCH_DIR, _load_split, skip_orphans)
