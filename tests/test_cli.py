@@ -110,3 +110,16 @@ def test_eval_with_foreign_checkpoint_and_missing_test_split(tmp_path, capsys):
 def test_bad_config_value_is_one_line(tmp_path, capsys):
     err = _run_error(capsys, ["train", "--data", str(tmp_path), "--set", "optim.lr=-3"])
     assert "optim.lr must be > 0" in err
+
+
+def test_help_does_not_import_torch():
+    """`sbir --help` stays fast: building the parser loads no torch, FastAPI or model code."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; from sbir.cli import build_parser; build_parser(); "
+        "print(sorted({'torch', 'fastapi'} & set(sys.modules)))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
