@@ -70,6 +70,25 @@ def _add_common_data_args(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_train_args(p: argparse.ArgumentParser) -> None:
+    """The training settings shared by ``sbir train`` and ``sbir cv``."""
+    _add_common_data_args(p)
+    p.add_argument("--config", help="YAML config file (see configs/)")
+    p.add_argument("--task", help="finegrained (default), category or zeroshot (any registered task)")
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--lr", type=float)
+    p.add_argument("--image-size", type=int)
+    p.add_argument("--backbone", help="sbir or timm backbone name (default efficientnet_lite0)")
+    p.add_argument("--shared-encoder", action="store_true", help="one encoder for sketches and photos")
+    p.add_argument("--device", help="auto, cpu or cuda")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--workers", type=int, help="data-loading worker processes")
+    p.add_argument("--unseen", help="zero-shot: builtin split name, class-list file or comma-separated classes")
+    p.add_argument("--set", nargs="*", metavar="KEY=VALUE", help="config overrides, e.g. optim.lr=1e-4")
+    p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+
+
 # ---------------------------------------------------------------- train
 
 
@@ -115,6 +134,24 @@ def cmd_eval(args: argparse.Namespace) -> int:
         keys = [k for k in metrics if k not in ("ranks", "split")]
         _print_table(f"{args.split} metrics ({metrics.get('n_queries')} queries):", metrics, keys)
         print(f"wrote {out_dir / 'metrics.json'}")
+    return 0
+
+
+# ---------------------------------------------------------------- cv
+
+
+def cmd_cv(args: argparse.Namespace) -> int:
+    from sbir.config import load_config
+    from sbir.engine.cv import cross_validate
+
+    cfg = load_config(args.config, _train_overrides(args))
+    out = Path(args.out) if args.out else Path("runs") / f"{time.strftime('%Y%m%d-%H%M%S')}-cv"
+    report = cross_validate(cfg, out, folds=args.folds, progress=not args.no_progress)
+    print(f"{args.folds}-fold cross-validation (each fold tested once, never used for selection):")
+    for k in (k[: -len("_mean")] for k in report if k.endswith("_mean")):
+        folds = "  ".join(f"{r[k]:6.2f}" for r in report["per_fold"])
+        print(f"  {k:<8} {report[k + '_mean']:6.2f} +- {report[k + '_std']:5.2f}   folds: {folds}")
+    print(f"wrote {out / 'cv.json'}")
     return 0
 
 
@@ -170,24 +207,23 @@ def build_parser() -> argparse.ArgumentParser:
         "below, then --set key.sub=value overrides. The full config is saved in the run folder and in every "
         "checkpoint. The best epoch is chosen on a validation split carved from the training data.",
     )
-    _add_common_data_args(p)
-    p.add_argument("--config", help="YAML config file (see configs/)")
+    _add_train_args(p)
     p.add_argument("--out", help="run folder (default: runs/<time>-<task>)")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its last checkpoint")
-    p.add_argument("--task", help="finegrained (default), category or zeroshot (any registered task)")
-    p.add_argument("--epochs", type=int)
-    p.add_argument("--batch-size", type=int)
-    p.add_argument("--lr", type=float)
-    p.add_argument("--image-size", type=int)
-    p.add_argument("--backbone", help="sbir or timm backbone name (default efficientnet_lite0)")
-    p.add_argument("--shared-encoder", action="store_true", help="one encoder for sketches and photos")
-    p.add_argument("--device", help="auto, cpu or cuda")
-    p.add_argument("--seed", type=int)
-    p.add_argument("--workers", type=int, help="data-loading worker processes")
-    p.add_argument("--unseen", help="zero-shot: builtin split name, class-list file or comma-separated classes")
-    p.add_argument("--set", nargs="*", metavar="KEY=VALUE", help="config overrides, e.g. optim.lr=1e-4")
-    p.add_argument("--no-progress", action="store_true", help="hide progress bars")
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser(
+        "cv",
+        help="k-fold cross-validation by photo: mean and std of the test metrics over folds",
+        description="Train one run per fold into OUT/fold-<i>: the fold's photos and sketches are held out, the "
+        "best epoch is chosen on a validation split carved from the other folds, and the best checkpoint is "
+        "tested on the held-out fold. Prints and writes OUT/cv.json with each fold's metrics, their mean and "
+        "standard deviation. Rerunning the same command resumes.",
+    )
+    _add_train_args(p)
+    p.add_argument("--folds", type=int, default=5, help="number of folds (default 5)")
+    p.add_argument("--out", help="output folder (default: runs/<time>-cv)")
+    p.set_defaults(func=cmd_cv)
 
     p = sub.add_parser(
         "eval",

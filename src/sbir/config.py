@@ -33,8 +33,16 @@ class DataConfig:
     # Zero-shot: unseen classes as a built-in split name (e.g. sketchy_unseen21), a class-list file or a
     # comma list. None: sketchy_unseen21 when the data has all of its classes (Sketchy), else an error.
     unseen: str | None = None
+    # Cross-validation (sbir cv): hold out fold cv_fold of cv_folds folds of the training photos (with their
+    # sketches; seeded by split_seed) as this run's test split; the validation split is carved from the rest.
+    cv_folds: int | None = None
+    cv_fold: int = 0
 
     def validate(self) -> None:
+        if self.cv_folds is not None and self.cv_folds < 2:
+            raise ConfigError(f"data.cv_folds must be >= 2 (or unset), got {self.cv_folds}")
+        if self.cv_folds is not None and not 0 <= self.cv_fold < self.cv_folds:
+            raise ConfigError(f"data.cv_fold must be in [0, {self.cv_folds}), got {self.cv_fold}")
         if not 0.0 <= self.val_fraction < 1.0:
             raise ConfigError(f"data.val_fraction must be in [0, 1), got {self.val_fraction}")
         if self.image_size < 32:

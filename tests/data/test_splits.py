@@ -290,3 +290,31 @@ def test_real_qmul_shoes_split(tmp_path):
     assert len(train.triplets) + len(val.triplets) < len(full.triplets)
     train2, val2 = apply_split_record(full, json.loads(json.dumps(record)))
     assert [p.id for p in val2.photos] == [p.id for p in val.photos]
+
+
+def test_cross_validation_folds_are_disjoint_by_photo():
+    from sbir.data.splits import hold_out_fold
+
+    split = fg_split(n_photos=23, sketches_per_photo=(1, 2, 3), n_distractors=4)
+    held = [hold_out_fold(split, 5, f, seed=4) for f in range(5)]
+    photo_sets = [{p.id for p in h.photos} for _, h, _ in held]
+    with_sketches = {s.photo_id for s in split.sketches}
+    assert set().union(*photo_sets) == with_sketches  # every photo with sketches is tested once
+    assert sum(len(s) for s in photo_sets) == len(with_sketches)  # ... and only once
+    assert sorted(len(s) for s in photo_sets) == [4, 4, 5, 5, 5]  # near-equal folds
+    for rest, out, record in held:
+        assert {s.photo_id for s in out.sketches} == {p.id for p in out.photos}  # sketches follow their photo
+        assert not {p.id for p in rest.photos} & {p.id for p in out.photos}
+        assert not {s.photo_id for s in rest.sketches} & {p.id for p in out.photos}
+        assert {p.id for p in rest.photos} >= {f"d{j:03d}" for j in range(4)}  # distractors stay in training
+        assert len(rest.sketches) + len(out.sketches) == len(split.sketches)
+        assert record["heldout_photo_ids"] == [p.id for p in out.photos]
+        # the validation split for model selection comes from the rest: disjoint from the held-out fold
+        _, val, _ = carve_validation(rest, 0.2, seed=0)
+        assert not {p.id for p in val.photos} & {p.id for p in out.photos}
+    assert hold_out_fold(split, 5, 2, seed=4)[2] == held[2][2]  # seeded: the same folds again
+    assert hold_out_fold(split, 5, 2, seed=5)[2] != held[2][2]
+    with pytest.raises(ConfigError):
+        hold_out_fold(split, 1, 0)
+    with pytest.raises(ConfigError):
+        hold_out_fold(split, 5, 5)

@@ -4,7 +4,10 @@ A task names one policy (``sbir.engine.tasks``):
 
 * ``"photo"`` (fine-grained): the dataset's ``train`` split, a validation split
   carved from it **by photo** (:func:`sbir.data.splits.carve_validation`);
-  test = the ``test`` split.
+  test = the ``test`` split. With ``data.cv_folds`` (``sbir cv``), fold
+  ``data.cv_fold`` of the training photos is held out first
+  (:func:`sbir.data.splits.hold_out_fold`) and is the run's test split; the
+  validation split for model selection is carved from the other folds.
 * ``"class"`` (category-level): a **class-stratified** validation split (per
   class, ``data.val_fraction`` of the photos and of the sketches); validation
   classes are training classes. Test = the ``test`` split; a dataset without one
@@ -41,6 +44,7 @@ from sbir.data.splits import (
     apply_split_record,
     carve_heldout_classes,
     carve_validation,
+    hold_out_fold,
     load_split_record,
     save_split_record,
 )
@@ -110,6 +114,12 @@ def prepare_splits(cfg: TrainConfig, run_dir: Path, split_record: dict | None, p
         require_labels(full, str(dataset.root))
         extra["task"] = cfg.task
     pool = full
+    if cfg.data.cv_folds:
+        if policy != "photo":
+            raise ConfigError(
+                f"cross-validation (data.cv_folds) splits by photo; task {cfg.task!r} has the {policy!r} split policy"
+            )
+        pool, _, extra["cv"] = hold_out_fold(full, cfg.data.cv_folds, cfg.data.cv_fold, cfg.data.split_seed)
     if policy == "unseen":
         spec = resolve_unseen(cfg, full)
         classes = load_class_list(spec)
@@ -166,6 +176,10 @@ def evaluation_split(
     from sbir.data.zeroshot import load_class_list, normalize_class_name
 
     _check_policy(policy)
+    if policy == "photo" and cfg.data.cv_folds and _same_dataset(data_path, cfg, _run_record(run_dir)):
+        # A cross-validation run: its test split is its held-out fold of the training photos.
+        _, held_out, _ = hold_out_fold(dataset.split("train"), cfg.data.cv_folds, cfg.data.cv_fold, cfg.data.split_seed)
+        return held_out
     if policy == "photo":
         return dataset.split("test")
     record = _run_record(run_dir)

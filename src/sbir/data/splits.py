@@ -231,6 +231,39 @@ def carve_validation(
     return train, val, make_split_record(split, train, val, f, int(seed), by)
 
 
+def hold_out_fold(split: Split, folds: int, fold: int, seed: int = 0) -> tuple[Split, Split, dict]:
+    """Cross-validation by photo: ``(rest, held_out, record)`` for fold ``fold`` of ``folds``.
+
+    The photos that have sketches are shuffled with ``seed`` and dealt into
+    ``folds`` folds of near-equal size; fold ``fold`` and all its sketches are
+    held out. Folds are disjoint and cover every photo with sketches; photos
+    without sketches (distractors) stay in ``rest``. ``record`` names the held-out ids.
+    """
+    if isinstance(folds, bool) or not isinstance(folds, (int, np.integer)) or folds < 2:
+        raise ConfigError(f"cross-validation needs at least 2 folds, got {folds!r}")
+    if not 0 <= fold < folds:
+        raise ConfigError(f"fold must be in [0, {folds}), got {fold!r}")
+    if any(s.photo_id is None for s in split.sketches):
+        raise DataError(
+            f"split '{split.name}' has sketches without photo_id; cross-validation by photo needs paired sketches"
+        )
+    with_sketches = sorted({s.photo_id for s in split.sketches})
+    if len(with_sketches) < folds:
+        raise DataError(f"split '{split.name}' has {len(with_sketches)} photos with sketches, fewer than {folds} folds")
+    order = np.random.default_rng(int(seed)).permutation(len(with_sketches))
+    held = {with_sketches[i] for i in order[fold::folds]}
+    held_sketches = {s.id for s in split.sketches if s.photo_id in held}
+    rest, held_out = _partition(split, held, held_sketches, val_name="test")
+    record = {
+        "folds": int(folds),
+        "fold": int(fold),
+        "seed": int(seed),
+        "heldout_photo_ids": [p.id for p in held_out.photos],
+        "heldout_sketch_ids": [s.id for s in held_out.sketches],
+    }
+    return rest, held_out, record
+
+
 def carve_heldout_classes(split: Split, fraction: float, seed: int) -> tuple[Split, Split, dict]:
     """Hold out whole classes of ``split`` for validation (zero-shot model selection).
 
@@ -351,6 +384,7 @@ __all__ = [
     "apply_split_record",
     "carve_heldout_classes",
     "carve_validation",
+    "hold_out_fold",
     "load_split_record",
     "make_split_record",
     "save_split_record",
