@@ -158,3 +158,25 @@ def test_real_quickdraw_and_chairv2_drawings_rasterise():
         assert 0.01 < m.mean() < 0.5
         x0, y0, x1, y1 = bbox(m)
         assert max(x1 - x0, y1 - y0) >= 100  # fitted to the frame
+
+
+def test_point_arrays_per_stroke_widths_and_ink_for_pixel_coordinates():
+    """What the synthetic demo data draws with: (n, 2) arrays in pixel coordinates, a width per stroke, grey ink."""
+    a = np.array([[4.0, 8.0], [28.0, 8.0]])
+    b = np.array([[4.0, 24.0], [28.0, 24.0]])
+    img = rasterize_strokes([a, b], size=32, stroke_width=[1.0, 4.0], canvas=(32, 32), padding=0, ink=60)
+    g = np.asarray(img.convert("L"))
+    assert g.min() >= 60 and g[8, 16] < 200 and g[24, 16] == 60  # placed as given, grey ink
+    thin, thick = (g[:16] < 200).sum(), (g[16:] < 200).sum()
+    assert thick > 1.5 * thin and (g[16:] == 60).sum() > 3 * (g[:16] < 100).sum()
+    # pixel-area convention: a horizontal line at y = 8.0 darkens rows 7 and 8 alike
+    assert abs(int(g[7, 16]) - int(g[8, 16])) <= 2
+    with pytest.raises(StrokeError, match="2 stroke widths for 1 strokes"):
+        rasterize_strokes([a], stroke_width=[1.0, 2.0])
+    with pytest.raises(StrokeError, match="ink"):
+        rasterize_strokes([a], ink=300)
+    with pytest.raises(StrokeError, match=r"shape \(n, 2\)"):
+        rasterize_strokes([np.zeros((3, 3))])
+    # trusted input may skip the point limit
+    many = [np.stack([np.linspace(0, 10, 60_000), np.zeros(60_000)], 1)]
+    assert rasterize_strokes(many, size=16, max_points=None).size == (16, 16)

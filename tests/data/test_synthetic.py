@@ -11,6 +11,7 @@ from PIL import Image
 from scipy import ndimage
 
 from sbir.data.image_io import load_image
+from sbir.data.strokes import StrokeError, rasterize_strokes
 from sbir.data.synthetic import (
     draw_object_strokes,
     generate_paired_dataset,
@@ -19,7 +20,6 @@ from sbir.data.synthetic import (
     object_mask,
     object_spec_for,
     render_photo,
-    render_strokes,
     sketch_for_photo,
 )
 from sbir.errors import ConfigError, DataError
@@ -30,8 +30,9 @@ SEED = 3
 
 
 def _gen(out, **kw):
-    args = dict(n_train_photos=N_TRAIN, n_test_photos=N_TEST, sketches_per_photo=PER, image_size=SIZE, seed=SEED,
-                progress=False)
+    args = dict(
+        n_train_photos=N_TRAIN, n_test_photos=N_TEST, sketches_per_photo=PER, image_size=SIZE, seed=SEED, progress=False
+    )
     args.update(kw)
     return generate_paired_dataset(out, **args)
 
@@ -132,8 +133,14 @@ def test_strokes_json_matches_the_sketches(ds):
         assert wrong < own - 0.2
 
 
+def _render(strokes, width=1.5) -> np.ndarray:
+    """Strokes in pixel coordinates, drawn as the generator draws them (no fitting)."""
+    img = rasterize_strokes(strokes, size=SIZE, stroke_width=width, canvas=(SIZE, SIZE), padding=0, supersample=3)
+    return np.asarray(img.convert("L"))
+
+
 def _dark_of(strokes) -> np.ndarray:
-    return np.asarray(render_strokes(strokes, SIZE, width=1.5).convert("L")) < 160
+    return _render(strokes) < 160
 
 
 def test_sketch_for_photo_reproduces_the_files(ds):
@@ -141,7 +148,7 @@ def test_sketch_for_photo_reproduces_the_files(ds):
     again = sketch_for_photo(SEED, N_TRAIN + 1, 2, SIZE)
     stored = strokes[f"testA/{N_TRAIN + 1:05d}_02.png"]
     assert len(again) == len(stored)
-    for a, b in zip(again, stored):
+    for a, b in zip(again, stored, strict=False):
         np.testing.assert_allclose(a, b, atol=0.006)
 
 
@@ -158,7 +165,7 @@ def test_photos_differ_in_shape_and_sketches_follow_their_photo():
     dts = [ndimage.distance_transform_edt(~(m ^ ndimage.binary_erosion(m))) for m in masks]
     hits = 0
     for k in range(n):
-        dark = np.asarray(render_strokes(sketch_for_photo(7, k, 1, SIZE), SIZE, 1.5).convert("L")) < 160
+        dark = _render(sketch_for_photo(7, k, 1, SIZE)) < 160
         d = [dt[dark].mean() for dt in dts]
         hits += int(np.argmin(d) == k)
     assert hits >= n // 2, f"only {hits}/{n} sketches are nearest to their own photo's outline"
@@ -179,8 +186,8 @@ def test_strokes_stay_close_to_the_object_outline():
     a = draw_object_strokes(spec, 128, 11)
     b = draw_object_strokes(spec, 128, 11)
     c = draw_object_strokes(spec, 128, 12)
-    assert len(a) == len(b) and all(np.array_equal(x, y) for x, y in zip(a, b))
-    assert len(a) != len(c) or any(x.shape != y.shape or not np.allclose(x, y) for x, y in zip(a, c))
+    assert len(a) == len(b) and all(np.array_equal(x, y) for x, y in zip(a, b, strict=False))
+    assert len(a) != len(c) or any(x.shape != y.shape or not np.allclose(x, y) for x, y in zip(a, c, strict=False))
 
 
 def test_render_photo_is_deterministic_and_sized():
@@ -230,10 +237,10 @@ def test_helpers_validate_input(tmp_path):
     spec = object_spec_for(0, 0)
     with pytest.raises(ConfigError, match="rng"):
         draw_object_strokes(spec, 64, rng="seed")
-    with pytest.raises(ConfigError, match="widths"):
-        render_strokes([np.zeros((2, 2))], 64, width=[1.0, 2.0])
-    with pytest.raises(ConfigError, match="> 0"):
-        render_strokes([np.zeros((2, 2))], 64, width=0)
+    with pytest.raises(StrokeError, match="2 stroke widths for 1 strokes"):
+        _render([np.zeros((2, 2))], width=[1.0, 2.0])
+    with pytest.raises(StrokeError, match="stroke_width"):
+        _render([np.zeros((2, 2))], width=0)
     with pytest.raises(ConfigError, match="sketch_number"):
         sketch_for_photo(0, 0, 0)
     with pytest.raises(DataError, match="strokes.json"):

@@ -51,7 +51,9 @@ def make_client(base_service):
     made = []
 
     def make(**settings):
-        svc = SearchService(base_service.index, base_service.encoder, ServeSettings(**settings)) if settings else base_service
+        svc = base_service
+        if settings:
+            svc = SearchService(base_service.index, base_service.encoder, ServeSettings(**settings))
         client = TestClient(create_app(svc))
         made.append((client, svc))
         return client

@@ -12,7 +12,7 @@ from PIL import Image
 from sbir.data.strokes import rasterize_strokes
 from sbir.index import ModelMismatchError, QueryEncoder
 
-from .shapes import CLEAREST, SHAPES, photo, strokes
+from .shapes import CLEAREST, SHAPES, photo, strokes, write_gallery
 
 
 def png_bytes(img: Image.Image) -> bytes:
@@ -25,7 +25,7 @@ def test_shape_gallery_is_retrievable(base_service):
     """Every outline sketch finds its own shape first (what the browser test relies on)."""
     imgs = [rasterize_strokes(strokes(n), size=256, stroke_width=3) for n in SHAPES]
     futures = [base_service.submit(img, 3) for img in imgs]
-    for name, fut in zip(SHAPES, futures):
+    for name, fut in zip(SHAPES, futures, strict=False):
         assert fut.result(timeout=60).hits[0].path == f"{name}.png", name
 
 
@@ -202,7 +202,9 @@ def test_symlinks_leaving_the_gallery_are_refused(tmp_path, pretrained):
         photo(name, 64).save(gallery / f"{name}.png")
     (gallery / "sub").mkdir()
     photo("hbar", 64).save(gallery / "sub" / "hbar.png")
-    build_index(gallery, "pretrained", tmp_path / "idx", image_size=64, progress=False, num_workers=0, preloaded=pretrained)
+    build_index(
+        gallery, "pretrained", tmp_path / "idx", image_size=64, progress=False, num_workers=0, preloaded=pretrained
+    )
     index = Index.open(tmp_path / "idx")
     svc = SearchService(index, QueryEncoder(pretrained[0], pretrained[2], 64, False))
     client = TestClient(create_app(svc))
@@ -234,7 +236,8 @@ def test_page_static_docs_and_health(client):
     r = client.get("/")
     assert r.status_code == 200 and r.headers["content-type"].startswith("text/html")
     html = r.text
-    for needle in ('<canvas id="sketch"', 'id="brush"', 'id="undo"', 'id="clear"', 'id="upload"', 'id="results"', "/static/app.js"):
+    needles = ('<canvas id="sketch"', 'id="brush"', 'id="undo"', 'id="clear"', 'id="upload"', 'id="results"')
+    for needle in (*needles, "/static/app.js"):
         assert needle in html
     assert "http://" not in html and "https://" not in html  # no CDN: works offline
     assert "script-src 'self'" in r.headers["content-security-policy"]
@@ -310,4 +313,153 @@ def test_overload_gets_503_not_an_unbounded_queue(base_service):
         assert r.status_code == 503 and r.headers["retry-after"] == "1" and "retry" in r.json()["detail"]
     for f in futures:
         assert f.result(timeout=60).hits[0].path == "moon.png"
+    svc.close()
+
+
+# ---------------------------------------------------------------- settings, limits, docs, generations
+
+
+@pytest.mark.parametrize(
+    "kwargs, field",
+    [
+        ({"default_k": 0}, "default_k"),
+        ({"max_k": 0}, "max_k"),
+        ({"max_k": 5, "default_k": 10}, "default_k"),
+        ({"max_upload_bytes": -1}, "max_upload_bytes"),
+        ({"max_points": 0}, "max_points"),
+        ({"max_pixels": 0}, "max_pixels"),
+        ({"thumb_size": -256}, "thumb_size"),
+        ({"thumb_cache": -1}, "thumb_cache"),
+        ({"max_batch": 0}, "max_batch"),
+        ({"max_queue": 0}, "max_queue"),
+        ({"max_batch": 2.5}, "max_batch"),
+        ({"max_k": True}, "max_k"),
+    ],
+)
+def test_serve_settings_validate_themselves(kwargs, field):
+    from sbir.errors import ConfigError
+    from sbir.serve import ServeSettings
+
+    with pytest.raises(ConfigError, match=f"ServeSettings.{field} "):
+        ServeSettings(**kwargs)
+
+
+def test_serve_settings_defaults_share_the_query_limits():
+    from sbir.data.query import MAX_POINTS
+    from sbir.serve import ServeSettings
+
+    s = ServeSettings(max_k=50, default_k=5, thumb_cache=0)
+    assert s.max_points == MAX_POINTS and s.query_limits.max_k == 50 and s.query_limits.max_points == MAX_POINTS
+
+
+def test_deeply_nested_json_gets_400_not_500(client):
+    body = b"[" * 100_000 + b"]" * 100_000
+    r = client.post("/api/search", content=body, headers={"content-type": "application/json"})
+    assert r.status_code == 400 and "nested 100000 levels deep" in r.json()["detail"]
+    json_type = {"content-type": "application/json"}
+    r = client.post("/api/search", content=b'{"strokes": ' + b"[" * 50 + b"]" * 50 + b"}", headers=json_type)
+    assert r.status_code == 400 and "nested" in r.json()["detail"]
+    r = client.post("/api/search", content=b'{"strokes": [[[0, NaN], [0, 1]]]}', headers=json_type)
+    assert r.status_code == 400 and "non-finite" in r.json()["detail"]
+
+
+def test_openapi_documents_the_sketch_query_model(client):
+    spec = client.get("/openapi.json").json()
+    schema = spec["paths"]["/api/search"]["post"]["requestBody"]["content"]["application/json"]["schema"]
+    assert set(schema["properties"]) == {"strokes", "k", "canvas", "stroke_width"}
+    assert "$ref" not in str(schema)  # inlined: OpenAPI has no #/$defs
+    assert schema["properties"]["stroke_width"]["maximum"] == 32
+
+
+@pytest.mark.parametrize(
+    "url, asset", [("/docs", "/static/swagger-ui-bundle.js"), ("/redoc", "/static/redoc.standalone.js")]
+)
+def test_docs_load_their_assets_from_the_server_not_a_cdn(client, url, asset):
+    r = client.get(url)
+    assert r.status_code == 200 and asset in r.text
+    assert "http://" not in r.text and "https://" not in r.text, "the docs page must not need the network"
+    js = client.get(asset)
+    assert js.status_code == 200 and len(js.content) > 100_000
+    if url == "/docs":
+        assert client.get("/static/swagger-ui.css").status_code == 200
+
+
+def test_aborted_upload_is_not_logged_as_an_error(base_service, caplog):
+    """A client that disconnects mid-upload: no ERROR log, no traceback (starlette's ClientDisconnect)."""
+    import asyncio
+    import logging
+
+    from sbir.serve import create_app
+
+    app = create_app(base_service)
+    sent: list[dict] = []
+    chunks = [{"type": "http.request", "body": b"\x89PNG\r\n", "more_body": True}, {"type": "http.disconnect"}]
+
+    async def receive():
+        return chunks.pop(0) if chunks else {"type": "http.disconnect"}
+
+    async def send(message):
+        sent.append(message)
+
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": "/api/search",
+        "raw_path": b"/api/search",
+        "query_string": b"",
+        "root_path": "",
+        "headers": [(b"content-type", b"image/png"), (b"content-length", b"1000")],
+        "client": ("127.0.0.1", 5000),
+        "server": ("127.0.0.1", 8000),
+    }
+    with caplog.at_level(logging.DEBUG):
+        asyncio.run(app(scope, receive, send))
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR], [r.getMessage() for r in caplog.records]
+    assert sent and sent[0]["status"] != 500
+
+
+def test_a_running_service_picks_up_a_new_generation(tmp_path, pretrained):
+    """``sbir index update`` under a running service: the next request sees the new generation; the one
+    being served is never deleted by the update's pruning."""
+    from fastapi.testclient import TestClient
+
+    from sbir.index import Index, QueryEncoder, build_index, update_index
+    from sbir.serve import SearchService, create_app
+
+    gallery = tmp_path / "photos"
+    write_gallery(gallery)
+    idx = tmp_path / "idx"
+    build_index(gallery, "pretrained", idx, progress=False, num_workers=0, preloaded=pretrained)
+    index = Index.open(idx)
+    svc = SearchService(index, QueryEncoder.for_record(pretrained[0], pretrained[2], index.model))
+    with TestClient(create_app(svc)) as client:
+        assert client.get("/healthz").json()["generation"] == "gen-000001"
+        photo("heart").save(gallery / "heart2.png")
+        update_index(idx, progress=False, num_workers=0, preloaded=pretrained)
+        health = client.get("/healthz").json()
+        assert health["generation"] == "gen-000002" and health["images"] == 11
+        assert client.get("/api/info").json()["generation"] == "gen-000002"
+        r = client.post("/api/search", json={"strokes": strokes("heart"), "k": 11})
+        assert r.status_code == 200 and {x["path"] for x in r.json()["results"]} >= {"heart.png", "heart2.png"}
+        ids = {x["path"]: x["id"] for x in r.json()["results"]}
+        assert client.get(f"/api/thumbnails/{ids['heart2.png']}").status_code == 200
+
+        # two updates while no request comes: gen-000002 is still served, so it is kept
+        (gallery / "heart2.png").unlink()
+        update_index(idx, progress=False, num_workers=0, preloaded=pretrained)
+        photo("moon").save(gallery / "moon2.png")
+        update_index(idx, progress=False, num_workers=0, preloaded=pretrained)
+        assert (idx / "gen-000002").is_dir() and (idx / "gen-000004").is_dir()
+        assert not (idx / "gen-000001").exists()
+        assert svc._index.generation == "gen-000002"
+        health = client.get("/healthz").json()
+        assert health["generation"] == "gen-000004" and health["images"] == 11
+        # released: the next update prunes it
+        (gallery / "moon2.png").unlink()
+        update_index(idx, progress=False, num_workers=0, preloaded=pretrained)
+        assert not (idx / "gen-000002").exists()
+        assert client.get("/healthz").json()["generation"] == "gen-000005"
     svc.close()

@@ -51,7 +51,20 @@ def server(shape_index):
     _, index_dir = shape_index
     port = free_port()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "sbir.cli", "serve", str(index_dir), "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning", "--no-access-log"],
+        [
+            sys.executable,
+            "-m",
+            "sbir.cli",
+            "serve",
+            str(index_dir),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--log-level",
+            "warning",
+            "--no-access-log",
+        ],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
     )
@@ -148,7 +161,8 @@ def wait_for_results(pg, after: int = 0) -> list[dict]:
                   return imgs.length > 0 && imgs.every(i => i.complete && i.naturalWidth > 0); }"""
     )
     return pg.evaluate(
-        "() => Array.from(document.querySelectorAll('#results a.result')).map(a => ({rank: +a.dataset.rank, path: a.dataset.path, href: a.getAttribute('href')}))"
+        """() => Array.from(document.querySelectorAll('#results a.result'))
+                  .map(a => ({rank: +a.dataset.rank, path: a.dataset.path, href: a.getAttribute('href')}))"""
     )
 
 
@@ -203,7 +217,8 @@ def test_results_update_stroke_by_stroke_and_tools_work(page):
     assert page.evaluate("() => window.sbir.strokes().length") == 0
     page.wait_for_function("() => document.querySelectorAll('#results li').length === 0")
     blank = page.evaluate(
-        """() => { const c = document.getElementById('sketch'); const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+        """() => { const c = document.getElementById('sketch');
+                  const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
                   for (let i = 0; i < d.length; i += 4) if (d[i] < 250) return false; return true; }"""
     )
     assert blank
@@ -221,7 +236,9 @@ def test_touch_input_draws_and_searches(page):
     """Real touch events through the DevTools protocol become pointer events of type touch."""
     count_searches(page)
     page.evaluate(
-        "() => { window.__types = []; document.getElementById('sketch').addEventListener('pointerdown', e => window.__types.push(e.pointerType)); }"
+        """() => { window.__types = [];
+                  document.getElementById('sketch')
+                    .addEventListener('pointerdown', e => window.__types.push(e.pointerType)); }"""
     )
     box = canvas_box(page)
     cdp = page.context.new_cdp_session(page)
@@ -244,10 +261,66 @@ def test_pen_input_draws_and_searches(page):
     page.evaluate(
         """(pts) => { const c = document.getElementById('sketch');
              const ev = (type, [x, y]) => c.dispatchEvent(new PointerEvent(type, {pointerId: 7, pointerType: 'pen',
-                 isPrimary: true, clientX: x, clientY: y, button: type === 'pointermove' ? -1 : 0, buttons: 1, pressure: 0.5, bubbles: true}));
-             ev('pointerdown', pts[0]); pts.slice(1).forEach(p => ev('pointermove', p)); ev('pointerup', pts[pts.length - 1]); }""",
+                 isPrimary: true, clientX: x, clientY: y, button: type === 'pointermove' ? -1 : 0, buttons: 1,
+                 pressure: 0.5, bubbles: true}));
+             ev('pointerdown', pts[0]); pts.slice(1).forEach(p => ev('pointermove', p));
+             ev('pointerup', pts[pts.length - 1]); }""",
         [list(p) for p in pts],
     )
     results = wait_for_results(page)
     assert page.evaluate("() => window.sbir.strokes().length") == 1
     assert results[0]["path"] == "moon.png"
+
+
+def test_failed_upload_clears_the_previous_results(browser, server, tmp_path):
+    # its own page: the 400 this test provokes is logged by the browser, which the page fixture counts as an error
+    context = browser.new_context(viewport={"width": 1100, "height": 850}, bypass_csp=True)
+    pg = context.new_page()
+    pg.set_default_timeout(TIMEOUT_MS)
+    try:
+        pg.goto(server + "/")
+        pg.wait_for_function("() => document.getElementById('info').textContent.includes('10 images')")
+        count_searches(pg)
+        draw_with_mouse(pg, outline("moon"))
+        wait_for_results(pg)
+        assert pg.evaluate("() => document.querySelectorAll('#results li').length") == 10
+        bad = tmp_path / "not-an-image.png"
+        bad.write_bytes(b"this is not an image")
+        pg.set_input_files("#upload", str(bad))
+        pg.wait_for_function("() => document.getElementById('status').textContent.startsWith('Search failed')")
+        assert "not an image" in pg.text_content("#status")
+        assert pg.evaluate("() => document.querySelectorAll('#results li').length") == 0
+    finally:
+        context.close()
+
+
+@pytest.mark.parametrize(
+    "path, ready",
+    [
+        ("/docs", "() => document.querySelectorAll('.opblock-summary-path').length >= 4"),
+        ("/redoc", "() => document.body.innerText.includes('Search the index with a sketch')"),
+    ],
+)
+def test_api_docs_work_with_no_network(browser, server, path, ready):
+    """Swagger UI and ReDoc come from the server itself: with every other host unreachable the operations show."""
+    context = browser.new_context(viewport={"width": 1100, "height": 850})
+    outside: list[str] = []
+
+    def only_the_server(route):
+        if route.request.url.startswith(server):
+            return route.continue_()
+        outside.append(route.request.url)
+        return route.abort()
+
+    context.route("**/*", only_the_server)
+    pg = context.new_page()
+    pg.set_default_timeout(TIMEOUT_MS)
+    try:
+        pg.goto(server + path)
+        pg.wait_for_function(ready)
+        text = pg.evaluate("() => document.body.innerText")
+        for op in ("/api/search", "/healthz", "/api/info"):
+            assert op in text, op
+        assert not outside, outside
+    finally:
+        context.close()

@@ -39,3 +39,25 @@ def test_serve_help(capsys):
     out = capsys.readouterr().out
     for words in ("/api/search", "--max-upload-mb", "--host", "--port", "INDEX_DIR"):
         assert words in out
+
+
+def test_serve_announces_only_after_it_listens(shape_index):
+    """With the port taken, ``sbir serve`` never says "serving at" and exits 2 with one line naming the port."""
+    import socket
+    import subprocess
+    import sys
+
+    _, index_dir = shape_index
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        port = taken.getsockname()[1]
+        proc = subprocess.run(
+            [sys.executable, "-m", "sbir.cli", "serve", str(index_dir), "--port", str(port), "--log-level", "critical"],
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert "serving" not in proc.stdout
+    assert f"cannot listen on 127.0.0.1:{port}" in proc.stderr and "Traceback" not in proc.stderr

@@ -14,7 +14,15 @@ right, y downwards, as on a screen or in a Quick, Draw! 256 box):
   :func:`stroke3_to_strokes` and ``relative=True`` first, or pass
   ``relative=True`` to :func:`parse_strokes`.)
 
-:func:`rasterize_strokes` draws black strokes on white. By default the drawing
+A stroke may also be given as an ``(n, 2)`` numpy array of ``x, y`` points
+(what :func:`parse_strokes` returns, and what the synthetic demo data draws):
+a list of such arrays is taken as already split into strokes. Lists are always
+read as ``[[x...], [y...]]``.
+
+:func:`rasterize_strokes` is the one stroke rasteriser of sbir (the query
+CLI/API, the Quick, Draw! and QMUL-Chair-V2 loaders and the synthetic demo data
+use it). It draws dark, antialiased strokes (supersampled, then area-averaged)
+on white. By default the drawing
 is fitted into the output box (its bounding box scaled uniformly, aspect ratio
 kept, centred, ``padding`` pixels from the border), which is how Quick, Draw!
 simplified drawings and most sketch datasets are normalised. With ``canvas``
@@ -31,7 +39,8 @@ from __future__ import annotations
 
 import math
 import numbers
-from typing import Any, Optional, Sequence, Union
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -46,7 +55,7 @@ class StrokeError(DataError, ValueError):
     """A vector sketch is malformed; the message says which stroke/point and why."""
 
 
-StrokesLike = Union[Sequence[Any], np.ndarray]
+StrokesLike = Sequence[Any] | np.ndarray
 
 
 def _is_number(v: Any) -> bool:
@@ -60,7 +69,7 @@ def _check_finite(arr: np.ndarray, where: str) -> None:
 
 
 def stroke3_to_strokes(
-    data: StrokesLike, relative: bool = False, source: str = "strokes", max_points: int = MAX_POINTS
+    data: StrokesLike, relative: bool = False, source: str = "strokes", max_points: int | None = MAX_POINTS
 ) -> list[np.ndarray]:
     """Split a stroke-3 ``(N, 3)`` sequence ``x, y, pen`` into strokes.
 
@@ -76,7 +85,7 @@ def stroke3_to_strokes(
         raise StrokeError(f"{source}: a stroke-3 sketch must have shape (N, 3) (x, y, pen state), got {arr.shape}")
     if arr.shape[0] == 0:
         raise StrokeError(f"{source}: the stroke-3 sketch has no points")
-    if arr.shape[0] > max_points:
+    if max_points is not None and arr.shape[0] > max_points:
         raise StrokeError(f"{source}: {arr.shape[0]} points exceed the limit of {max_points}")
     _check_finite(arr, source)
     xy = arr[:, :2].copy()
@@ -103,29 +112,43 @@ def _looks_like_stroke3(data: Any) -> bool:
 
 
 def parse_strokes(
-    data: StrokesLike, source: str = "strokes", max_points: int = MAX_POINTS, relative: bool = False
+    data: StrokesLike, source: str = "strokes", max_points: int | None = MAX_POINTS, relative: bool = False
 ) -> list[np.ndarray]:
     """Validate a sketch in either supported convention; return strokes as ``(n, 2)`` float arrays.
 
-    ``source`` names the input in error messages (a file and line, or "request").
+    ``source`` names the input in error messages (a file and line, or "request");
+    ``max_points`` None means no limit (trusted input).
     """
     if isinstance(data, np.ndarray) or _looks_like_stroke3(data):
         return stroke3_to_strokes(data, relative=relative, source=source, max_points=max_points)
     if not isinstance(data, (list, tuple)):
         raise StrokeError(
-            f"{source}: expected a list of strokes [[x...], [y...]] or an (N, 3) stroke-3 array, got {type(data).__name__}"
+            f"{source}: expected a list of strokes [[x...], [y...]] or an (N, 3) stroke-3 array, "
+            f"got {type(data).__name__}"
         )
     out: list[np.ndarray] = []
     total = 0
     for i, stroke in enumerate(data):
         where = f"{source}: stroke {i}"
+        if isinstance(stroke, np.ndarray):  # already (n, 2) points
+            pts = np.asarray(stroke, dtype=np.float64)
+            if pts.ndim != 2 or pts.shape[1] != 2 or len(pts) == 0:
+                raise StrokeError(f"{where}: an array stroke must have shape (n, 2) with n >= 1, got {pts.shape}")
+            total += len(pts)
+            if max_points is not None and total > max_points:
+                raise StrokeError(f"{source}: more than {max_points} points in total; simplify the drawing")
+            _check_finite(pts, where)
+            out.append(pts)
+            continue
         if not isinstance(stroke, (list, tuple)):
             raise StrokeError(f"{where} must be a list [[x...], [y...]], got {type(stroke).__name__}")
         if len(stroke) not in (2, 3):
             raise StrokeError(f"{where} must have 2 lists (x, y) or 3 (x, y, t), got {len(stroke)} elements")
         for j, axis in enumerate(stroke):
             if not isinstance(axis, (list, tuple)):
-                raise StrokeError(f"{where}: its {'xyt'[j]} coordinates must be a list of numbers, got {type(axis).__name__}")
+                raise StrokeError(
+                    f"{where}: its {'xyt'[j]} coordinates must be a list of numbers, got {type(axis).__name__}"
+                )
         xs, ys = stroke[0], stroke[1]
         if len(xs) != len(ys):
             raise StrokeError(f"{where} has {len(xs)} x values but {len(ys)} y values; they must match")
@@ -134,7 +157,7 @@ def parse_strokes(
         if len(xs) == 0:
             raise StrokeError(f"{where} has no points")
         total += len(xs)
-        if total > max_points:
+        if max_points is not None and total > max_points:
             raise StrokeError(f"{source}: more than {max_points} points in total; simplify the drawing")
         for j, axis in enumerate(stroke[:2]):
             for n, v in enumerate(axis):
@@ -149,42 +172,62 @@ def parse_strokes(
 def rasterize_strokes(
     strokes: StrokesLike,
     size: int = 256,
-    stroke_width: float = 3.0,
-    padding: Optional[float] = None,
-    canvas: Optional[tuple[float, float]] = None,
+    stroke_width: float | Sequence[float] = 3.0,
+    padding: float | None = None,
+    canvas: tuple[float, float] | None = None,
     supersample: int = 2,
     source: str = "strokes",
-    max_points: int = MAX_POINTS,
+    max_points: int | None = MAX_POINTS,
     allow_empty: bool = False,
+    ink: int = 0,
 ) -> Image.Image:
-    """Draw a vector sketch as black strokes on a white ``size`` x ``size`` RGB image.
+    """Draw a vector sketch as dark strokes on a white ``size`` x ``size`` RGB image.
+
+    Coordinates follow the pixel-area convention: output pixel ``i`` covers
+    ``[i, i + 1)`` of the fitted coordinates, so with ``canvas=(size, size)`` and
+    ``padding=0`` a point ``(x, y)`` lands at pixel position ``(x, y)``.
 
     Args:
-        strokes: Quick, Draw! strokes ``[[[x...], [y...]], ...]`` or a stroke-3
-            ``(N, 3)`` array of absolute ``x, y, pen`` (pen 1 = lifted after the point).
+        strokes: Quick, Draw! strokes ``[[[x...], [y...]], ...]``, a list of ``(n, 2)``
+            point arrays, or a stroke-3 ``(N, 3)`` array of absolute ``x, y, pen``
+            (pen 1 = lifted after the point).
         size: output side in pixels.
-        stroke_width: line width in output pixels (round caps and joins).
+        stroke_width: line width in output pixels (round caps and joins); one
+            value, or one per stroke.
         padding: margin in output pixels between the fitted drawing and the
-            border; default ``0.05 * size + stroke_width / 2``.
+            border; default ``0.05 * size + max(stroke_width) / 2``.
         canvas: ``(width, height)`` of the surface the strokes were drawn on; if
             given, that whole surface (not the drawing's bounding box) is fitted
             into the box, keeping position and scale as drawn.
-        supersample: draw at this multiple of ``size`` and downsample (antialiasing); 1 = off.
+        supersample: draw at this multiple of ``size`` and area-average down
+            (antialiasing); 1 = off.
         source: name of the input in error messages.
-        max_points: refuse more points than this.
+        max_points: refuse more points than this (None: no limit, for trusted input).
         allow_empty: return a blank image for a drawing with no strokes instead of raising.
+        ink: grey level of the strokes, 0 (black) to 255.
     """
     if not isinstance(size, int) or size < 8:
         raise StrokeError(f"{source}: size must be an integer >= 8, got {size!r}")
-    if not _is_number(stroke_width) or not 0 < stroke_width <= size / 4:
-        raise StrokeError(f"{source}: stroke_width must be in (0, {size / 4}], got {stroke_width!r}")
+    if not _is_number(ink) or not 0 <= ink <= 255:
+        raise StrokeError(f"{source}: ink must be a grey level 0..255, got {ink!r}")
     parsed = parse_strokes(strokes, source=source, max_points=max_points)
+    if isinstance(stroke_width, (list, tuple, np.ndarray)):
+        widths = list(stroke_width)
+        if len(widths) != len(parsed):
+            raise StrokeError(
+                f"{source}: got {len(widths)} stroke widths for {len(parsed)} strokes; pass one width or one per stroke"
+            )
+    else:
+        widths = [stroke_width] * len(parsed)
+    for w in widths or [stroke_width]:
+        if not _is_number(w) or not 0 < w <= size / 4:
+            raise StrokeError(f"{source}: stroke_width must be in (0, {size / 4}], got {w!r}")
     if not parsed:
         if allow_empty:
             return Image.new("RGB", (size, size), (255, 255, 255))
         raise StrokeError(f"{source}: the drawing has no strokes; draw something first")
     if padding is None:
-        padding = 0.05 * size + stroke_width / 2
+        padding = 0.05 * size + max(widths) / 2
     if not _is_number(padding) or padding < 0 or 2 * padding >= size:
         raise StrokeError(f"{source}: padding must be in [0, {size / 2}), got {padding!r}")
 
@@ -210,20 +253,23 @@ def rasterize_strokes(
 
     ss = max(1, int(supersample))
     big = size * ss
-    img = Image.new("L", (big, big), 255)
-    draw = ImageDraw.Draw(img)
-    width_px = max(1, int(round(stroke_width * ss)))
-    r = width_px / 2.0
-    for pts in parsed:
+    cover = Image.new("L", (big, big), 0)  # ink coverage, drawn supersampled
+    draw = ImageDraw.Draw(cover)
+    for pts, sw in zip(parsed, widths, strict=True):
         xy = np.empty_like(pts)
-        xy[:, 0] = (pts[:, 0] * scale + off_x) * ss
-        xy[:, 1] = (pts[:, 1] * scale + off_y) * ss
+        # PIL's pixel j is centred on j: area coordinate u maps to u * ss - 0.5
+        xy[:, 0] = (pts[:, 0] * scale + off_x) * ss - 0.5
+        xy[:, 1] = (pts[:, 1] * scale + off_y) * ss - 0.5
         coords = [(float(a), float(b)) for a, b in xy]
+        width_px = max(1, int(round(sw * ss)))
+        r = width_px / 2.0
         if len(coords) > 1:
-            draw.line(coords, fill=0, width=width_px, joint="curve")
+            draw.line(coords, fill=255, width=width_px, joint="curve")
         # Round caps (and dots for single-point strokes).
         for cx, cy in (coords[0], coords[-1]):
-            draw.ellipse((cx - r, cy - r, cx + r, cy + r), fill=0)
+            draw.ellipse((cx - r, cy - r, cx + r, cy + r), fill=255)
     if ss > 1:
-        img = img.resize((size, size), Image.Resampling.LANCZOS if hasattr(Image, "Resampling") else Image.LANCZOS)
-    return img.convert("RGB")
+        cover = cover.resize((size, size), Image.Resampling.BOX)
+    a = np.asarray(cover, dtype=np.float32) / 255.0
+    grey = np.clip(np.round(255.0 - a * (255.0 - float(ink))), 0, 255).astype(np.uint8)
+    return Image.fromarray(grey, mode="L").convert("RGB")

@@ -38,14 +38,15 @@ import json
 import math
 import os
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional, Sequence, Union
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 from scipy import ndimage
 
+from sbir.data.strokes import rasterize_strokes
 from sbir.errors import ConfigError, DataError
 
 __all__ = [
@@ -58,7 +59,6 @@ __all__ = [
     "render_photo",
     "draw_object_strokes",
     "sketch_for_photo",
-    "render_strokes",
     "strokes_to_drawing",
     "drawing_to_strokes",
     "load_strokes",
@@ -70,7 +70,7 @@ GENERATOR_VERSION = 1
 _SS = 2  # supersampling factor for antialiased rendering
 _KINDS = ("ellipse", "polygon", "star", "rrect", "ring")
 
-PathLike = Union[str, os.PathLike]
+PathLike = str | os.PathLike
 
 
 # ---------------------------------------------------------------------------
@@ -118,7 +118,7 @@ class Primitive:
             raise ConfigError(f"unknown primitive kind {self.kind!r}; use one of {_KINDS}")
         return self._place(pts)
 
-    def inner_outline(self, n_points: int = 96) -> Optional[np.ndarray]:
+    def inner_outline(self, n_points: int = 96) -> np.ndarray | None:
         """The inner boundary of a ring (its hole), else None."""
         if self.kind != "ring":
             return None
@@ -138,8 +138,12 @@ class Primitive:
 def _rounded_rect(hx: float, hy: float, r: float, n_corner: int = 10) -> np.ndarray:
     r = max(1e-3, min(r, hx, hy))
     pts = []
-    for cx, cy, a0 in ((hx - r, hy - r, 0.0), (-hx + r, hy - r, 0.5 * math.pi),
-                       (-hx + r, -hy + r, math.pi), (hx - r, -hy + r, 1.5 * math.pi)):
+    for cx, cy, a0 in (
+        (hx - r, hy - r, 0.0),
+        (-hx + r, hy - r, 0.5 * math.pi),
+        (-hx + r, -hy + r, math.pi),
+        (hx - r, -hy + r, 1.5 * math.pi),
+    ):
         for a in np.linspace(a0, a0 + 0.5 * math.pi, n_corner):
             pts.append((cx + r * math.cos(a), cy + r * math.sin(a)))
     return np.asarray(pts)
@@ -151,7 +155,7 @@ class ObjectSpec:
 
     parts: tuple  # Primitive, union
     holes: tuple  # Primitive, punched through the union
-    decal: Optional[Primitive]  # contrasting panel on the object (outlined in sketches)
+    decal: Primitive | None  # contrasting panel on the object (outlined in sketches)
     rotation: float  # object rotation, radians
     scale: float  # image fraction per object unit
     centre: tuple  # object origin, image fractions (0..1)
@@ -208,8 +212,14 @@ def _primitive(rng: np.random.Generator, kind: str, cx: float, cy: float, size: 
 def random_object_spec(rng: np.random.Generator) -> ObjectSpec:
     """Draw one random object instance (shape, colours, textures, background)."""
     body_kind = ["ellipse", "polygon", "star", "rrect"][int(rng.choice(4, p=[0.3, 0.25, 0.15, 0.3]))]
-    body = _primitive(rng, body_kind, rng.uniform(-0.08, 0.08), rng.uniform(-0.08, 0.08),
-                      rng.uniform(0.6, 0.85), rng.uniform(0.5, 2.0))
+    body = _primitive(
+        rng,
+        body_kind,
+        rng.uniform(-0.08, 0.08),
+        rng.uniform(-0.08, 0.08),
+        rng.uniform(0.6, 0.85),
+        rng.uniform(0.5, 2.0),
+    )
     parts = [body]
     n_extra = int(rng.choice(3, p=[0.25, 0.45, 0.3]))
     for _ in range(n_extra):
@@ -231,14 +241,28 @@ def random_object_spec(rng: np.random.Generator) -> ObjectSpec:
     if rng.random() < 0.35:
         off = rng.uniform(0.0, 0.45) * inner_r
         kind = ["ellipse", "rrect", "polygon"][int(rng.integers(3))]
-        holes.append(_primitive(rng, kind, body.cx + off * math.cos(hole_dir), body.cy + off * math.sin(hole_dir),
-                                rng.uniform(0.12, 0.22), rng.uniform(0.6, 1.6)))
+        holes.append(
+            _primitive(
+                rng,
+                kind,
+                body.cx + off * math.cos(hole_dir),
+                body.cy + off * math.sin(hole_dir),
+                rng.uniform(0.12, 0.22),
+                rng.uniform(0.6, 1.6),
+            )
+        )
     if rng.random() < 0.65:
         off = rng.uniform(0.3, 0.7) * inner_r if holes else rng.uniform(0.0, 0.6) * inner_r
         d = hole_dir + math.pi + rng.uniform(-0.6, 0.6)
         kind = ["ellipse", "rrect", "star", "polygon"][int(rng.integers(4))]
-        decal = _primitive(rng, kind, body.cx + off * math.cos(d), body.cy + off * math.sin(d),
-                           rng.uniform(0.12, 0.28), rng.uniform(0.6, 1.6))
+        decal = _primitive(
+            rng,
+            kind,
+            body.cx + off * math.cos(d),
+            body.cy + off * math.sin(d),
+            rng.uniform(0.12, 0.28),
+            rng.uniform(0.6, 1.6),
+        )
 
     rotation = rng.uniform(-math.pi, math.pi)
     # fit the object into the frame: bounding box of the rotated parts
@@ -401,7 +425,7 @@ def _lerp(c1: tuple, c2: tuple, t: np.ndarray) -> np.ndarray:
     return a + (b - a) * t[..., None]
 
 
-def render_photo(spec: ObjectSpec, image_size: int = 128, noise_rng: Optional[np.random.Generator] = None) -> Image.Image:
+def render_photo(spec: ObjectSpec, image_size: int = 128, noise_rng: np.random.Generator | None = None) -> Image.Image:
     """Render the object as a "photo": shaded, filled, on a background, blurred and noisy.
 
     Deterministic given ``spec`` (textures and noise come from ``spec.texture_seed``
@@ -522,9 +546,12 @@ def _arc(loop: np.ndarray, start: float, length: float) -> np.ndarray:
     return loop[idx % n]
 
 
-def draw_object_strokes(spec: ObjectSpec, image_size: int = 128,
-                        rng: Union[np.random.Generator, int, None] = None,
-                        contours: Optional[Sequence[np.ndarray]] = None) -> list[np.ndarray]:
+def draw_object_strokes(
+    spec: ObjectSpec,
+    image_size: int = 128,
+    rng: np.random.Generator | int | None = None,
+    contours: Sequence[np.ndarray] | None = None,
+) -> list[np.ndarray]:
     """A hand-drawn-looking sketch of the object as a list of strokes.
 
     Each stroke is an (N, 2) float array of (x, y) pixel coordinates in
@@ -568,7 +595,7 @@ def draw_object_strokes(spec: ObjectSpec, image_size: int = 128,
         bounds = np.concatenate([[0.0], cuts, [float(n)]])
         budget = 0.2 * n  # at most this much of an outline goes missing
         arcs = []
-        for a, b in zip(bounds[:-1], bounds[1:]):
+        for a, b in zip(bounds[:-1], bounds[1:], strict=True):
             length = b - a
             if length < 3:
                 continue
@@ -610,46 +637,23 @@ def sketch_for_photo(seed: int, photo_index: int, sketch_number: int, image_size
     return draw_object_strokes(spec, image_size, np.random.default_rng([seed, photo_index, sketch_number]))
 
 
-def render_strokes(strokes: Sequence[np.ndarray], image_size: int = 128,
-                   width: Union[float, Sequence[float]] = 2.0, ink: int = 0) -> Image.Image:
-    """Rasterise strokes as dark antialiased lines on white; returns an RGB image.
-
-    ``width`` is in pixels of the output, one value or one per stroke.
-    """
-    _check_int("image_size", image_size, 16, 2048)
-    widths = [float(width)] * len(strokes) if np.isscalar(width) else [float(w) for w in width]
-    if len(widths) != len(strokes):
-        raise ConfigError(f"render_strokes got {len(widths)} widths for {len(strokes)} strokes; pass one or one per stroke")
-    if any(w <= 0 for w in widths):
-        raise ConfigError("stroke widths must be > 0 pixels")
-    if not 0 <= ink <= 255:
-        raise ConfigError(f"ink must be a grey level 0..255, got {ink}")
-    f = 3 if image_size <= 256 else 2
-    canvas = Image.new("L", (image_size * f, image_size * f), 0)
-    d = ImageDraw.Draw(canvas)
-    for pts, w in zip(strokes, widths):
-        pts = np.asarray(pts, dtype=np.float64).reshape(-1, 2)
-        if len(pts) == 0:
-            continue
-        xy = [tuple(p) for p in (pts * f - 0.5).tolist()]
-        lw = max(1, int(round(w * f)))
-        if len(xy) > 1:
-            d.line(xy, fill=255, width=lw, joint="curve")
-        r = lw / 2.0
-        for x, y in (xy[0], xy[-1]):  # round caps
-            d.ellipse([x - r, y - r, x + r, y + r], fill=255)
-    cov = canvas.resize((image_size, image_size), Image.BOX)
-    a = np.asarray(cov, dtype=np.float32) / 255.0
-    grey = 255.0 - a * (255.0 - ink)
-    return Image.fromarray(np.clip(np.round(grey), 0, 255).astype(np.uint8), mode="L").convert("RGB")
-
-
 def _sketch_image(strokes: list[np.ndarray], image_size: int, rng: np.random.Generator) -> Image.Image:
     unit = image_size / 128.0
     base = rng.uniform(1.0, 2.4) * unit
     widths = [max(1.2, base * rng.uniform(0.75, 1.25)) for _ in strokes]  # visible at small sizes too
     ink = int(rng.integers(0, 60))
-    return render_strokes(strokes, image_size, widths, ink)
+    return rasterize_strokes(
+        strokes,
+        size=image_size,
+        stroke_width=widths,
+        canvas=(image_size, image_size),  # pixel coordinates: no fitting
+        padding=0,
+        supersample=3 if image_size <= 256 else 2,
+        source="synthetic sketch",
+        max_points=None,
+        allow_empty=True,
+        ink=ink,
+    )
 
 
 # ---------------------------------------------------------------------------
@@ -698,7 +702,7 @@ def load_strokes(out_dir: PathLike) -> dict[str, list[np.ndarray]]:
 # ---------------------------------------------------------------------------
 
 
-def _check_int(name: str, value, lo: int, hi: Optional[int] = None) -> None:
+def _check_int(name: str, value, lo: int, hi: int | None = None) -> None:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
         raise ConfigError(f"{name} must be an integer, got {value!r}")
     if value < lo or (hi is not None and value > hi):
@@ -741,13 +745,21 @@ independently.
 strokes.json maps every sketch path (e.g. "testA/{first_test}_01.png") to its
 strokes in drawing order, Quick, Draw! style: [[[x0, x1, ...], [y0, y1, ...]],
 ...], pixel coordinates in 0..{size} (x right, y down). Rendering them with
-sbir.data.synthetic.render_strokes gives the sketch up to stroke width/ink.
+sbir.data.strokes.rasterize_strokes(strokes, size={size}, canvas=({size}, {size}),
+padding=0) gives the sketch up to stroke width/ink.
 """
 
 
-def generate_paired_dataset(out_dir: PathLike, n_train_photos: int = 120, n_test_photos: int = 40,
-                            sketches_per_photo: int = 2, image_size: int = 128, seed: int = 0,
-                            progress: bool = True, overwrite: bool = False) -> Path:
+def generate_paired_dataset(
+    out_dir: PathLike,
+    n_train_photos: int = 120,
+    n_test_photos: int = 40,
+    sketches_per_photo: int = 2,
+    image_size: int = 128,
+    seed: int = 0,
+    progress: bool = True,
+    overwrite: bool = False,
+) -> Path:
     """Write a synthetic paired fine-grained SBIR dataset into ``out_dir``; return it.
 
     Training photos are numbered ``0 .. n_train_photos - 1``, test photos follow.
@@ -776,14 +788,17 @@ def generate_paired_dataset(out_dir: PathLike, n_train_photos: int = 120, n_test
         if d.is_dir():
             others = [p for p in d.iterdir() if not (p.is_file() and p.suffix.lower() == ".png")]
             if others:
-                raise ConfigError(f"{d} holds non-PNG entries ({others[0].name}); refusing to overwrite, empty it first")
+                raise ConfigError(
+                    f"{d} holds non-PNG entries ({others[0].name}); refusing to overwrite, empty it first"
+                )
             for p in d.iterdir():
                 p.unlink()
         d.mkdir(parents=True, exist_ok=True)
 
     n_total = n_train_photos + n_test_photos
-    jobs = [("trainA", "trainB", i) for i in range(n_train_photos)] + \
-           [("testA", "testB", i) for i in range(n_train_photos, n_total)]
+    jobs = [("trainA", "trainB", i) for i in range(n_train_photos)] + [
+        ("testA", "testB", i) for i in range(n_train_photos, n_total)
+    ]
     bar = None
     if progress:
         try:
@@ -813,8 +828,15 @@ def generate_paired_dataset(out_dir: PathLike, n_train_photos: int = 120, n_test
     tmp.write_text(json.dumps(drawings, separators=(",", ":")), encoding="utf-8")
     os.replace(tmp, out / "strokes.json")
     (out / "README.txt").write_text(
-        _README.format(version=GENERATOR_VERSION, seed=seed, size=image_size, n_train=n_train_photos,
-                       n_test=n_test_photos, sketches=sketches_per_photo, first_test=photo_stem(n_train_photos, n_total)),
+        _README.format(
+            version=GENERATOR_VERSION,
+            seed=seed,
+            size=image_size,
+            n_train=n_train_photos,
+            n_test=n_test_photos,
+            sketches=sketches_per_photo,
+            first_test=photo_stem(n_train_photos, n_total),
+        ),
         encoding="utf-8",
     )
     return out

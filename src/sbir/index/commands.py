@@ -13,10 +13,19 @@ import sys
 import time
 from pathlib import Path
 
-from sbir.errors import DataError, SbirError
+from sbir.errors import SbirError
 from sbir.index.faiss_ops import APPROX_CHOICES, AUTO_THRESHOLD
 
 _FMT = argparse.RawDescriptionHelpFormatter
+DEFAULT_K = 10
+
+
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}" if n == 1 else f"{n} {word}s"
+
+
+def _kind(kind: str) -> str:
+    return "exact search" if kind == "none" else f"index {kind}"
 
 
 def _print_report(report, as_json: bool, verb: str) -> None:
@@ -26,32 +35,37 @@ def _print_report(report, as_json: bool, verb: str) -> None:
         print(json.dumps(report.to_dict(), indent=2))
         return
     if not report.written:
-        print(f"index {report.index_dir} is up to date ({report.images} images, nothing changed)")
+        print(f"index {report.index_dir} is up to date ({_plural(report.images, 'image')}, nothing changed)")
         return
     rate = f", {report.images_per_s:.1f} images/s" if report.embedded else ""
+    # files with the same content are embedded once: say so, or the counts do not add up
+    dupes = report.added + report.changed - report.embedded - report.reused - len(report.skipped)
+    dup = f", {dupes} duplicate{'s' if dupes != 1 else ''} of another file" if dupes > 0 else ""
     print(
-        f"{verb} {report.index_dir} ({report.generation}): {report.images} images "
+        f"{verb} {report.index_dir} ({report.generation}): {_plural(report.images, 'image')} "
         f"[added {report.added}, changed {report.changed}, removed {report.removed}, unchanged {report.unchanged}; "
-        f"embedded {report.embedded}, reused {report.reused}, skipped {len(report.skipped)}], "
-        f"index {report.kind}, {report.seconds:.1f} s{rate}"
+        f"embedded {report.embedded}, reused {report.reused}{dup}, skipped {len(report.skipped)}], "
+        f"{_kind(report.kind)}, {report.seconds:.1f} s{rate}"
     )
+
+
+def _embed_kwargs(args: argparse.Namespace) -> dict:
+    """Keyword arguments of build_index / update_index shared by ``index build`` and ``index update``."""
+    return {
+        "approx": args.approx,
+        "approx_threshold": args.approx_threshold,
+        "batch_size": args.batch_size,
+        "num_workers": args.workers,
+        "device": args.device,
+        "progress": not args.no_progress,
+    }
 
 
 def cmd_build(args: argparse.Namespace) -> int:
     from sbir.index.builder import build_index
 
     report = build_index(
-        args.photos,
-        args.model,
-        args.out,
-        approx=args.approx,
-        approx_threshold=args.approx_threshold,
-        image_size=args.image_size,
-        batch_size=args.batch_size,
-        num_workers=args.workers,
-        device=args.device,
-        overwrite=args.overwrite,
-        progress=not args.no_progress,
+        args.photos, args.model, args.out, image_size=args.image_size, overwrite=args.overwrite, **_embed_kwargs(args)
     )
     _print_report(report, args.json, "built")
     return 0
@@ -60,17 +74,7 @@ def cmd_build(args: argparse.Namespace) -> int:
 def cmd_update(args: argparse.Namespace) -> int:
     from sbir.index.builder import update_index
 
-    report = update_index(
-        args.index,
-        photos_dir=args.photos,
-        model_override=args.model,
-        approx=args.approx,
-        approx_threshold=args.approx_threshold,
-        batch_size=args.batch_size,
-        num_workers=args.workers,
-        device=args.device,
-        progress=not args.no_progress,
-    )
+    report = update_index(args.index, photos_dir=args.photos, model_override=args.model, **_embed_kwargs(args))
     _print_report(report, args.json, "updated")
     return 0
 
@@ -89,53 +93,57 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 
 def load_query_image(path: str | Path, size: int = 256):
-    """A sketch query from an image file, or from a ``.json`` file of strokes (``[[x...],[y...]]`` per stroke)."""
-    from sbir.data.image_io import load_image
-    from sbir.data.strokes import rasterize_strokes
+    """A sketch query from an image file or a strokes ``.json`` file (see :mod:`sbir.data.query`)."""
+    from sbir.data.query import load_query
 
-    p = Path(path)
-    if p.suffix.lower() == ".json":
-        try:
-            data = json.loads(p.read_text())
-        except FileNotFoundError:
-            raise DataError(f"sketch {p} does not exist; pass a sketch image or a strokes .json file") from None
-        except (OSError, ValueError) as exc:
-            raise DataError(f"{p} is not valid JSON ({exc}); a strokes file holds [[[x...],[y...]], ...]") from exc
-        strokes = data.get("strokes", data.get("drawing")) if isinstance(data, dict) else data
-        return rasterize_strokes(strokes, size=size, source=str(p))
-    return load_image(p)
+    return load_query(path, size=size)[0]
 
 
 def cmd_search(args: argparse.Namespace) -> int:
+    from sbir.data.query import load_query
     from sbir.index.model import QueryEncoder
     from sbir.index.store import Index
 
-    if args.k < 1:
+    if args.k is not None and args.k < 1:
         raise SbirError(f"-k must be >= 1, got {args.k}")
     t0 = time.perf_counter()
     index = Index.open(args.index, ef_search=args.ef_search, nprobe=args.nprobe)
-    img = load_query_image(args.sketch)
+    img, k_file = load_query(args.sketch)
+    k = args.k or k_file or DEFAULT_K
     encoder = QueryEncoder.for_index(index, override=args.model, device=args.device)
     t1 = time.perf_counter()
     q = encoder.encode([img])[0]
     t2 = time.perf_counter()
-    hits = index.search(q, args.k, model_id=encoder.model_id)
+    hits = index.search(q, k, model_id=encoder.model_id)
     t3 = time.perf_counter()
     if args.json:
         out = {
             "query": str(args.sketch),
             "index": str(args.index),
             "model_id": encoder.model_id,
-            "k": args.k,
+            "k": k,
             "results": [
-                {"rank": h.rank, "id": h.id, "score": round(h.score, 6), "path": h.path, "abs_path": str(index.gallery / h.path)}
+                {
+                    "rank": h.rank,
+                    "id": h.id,
+                    "score": round(h.score, 6),
+                    "path": h.path,
+                    "abs_path": str(index.gallery / h.path),
+                }
                 for h in hits
             ],
-            "timings_ms": {"load": round((t1 - t0) * 1e3, 2), "embed": round((t2 - t1) * 1e3, 2), "search": round((t3 - t2) * 1e3, 2)},
+            "timings_ms": {
+                "load": round((t1 - t0) * 1e3, 2),
+                "embed": round((t2 - t1) * 1e3, 2),
+                "search": round((t3 - t2) * 1e3, 2),
+            },
         }
         print(json.dumps(out, indent=2))
     else:
-        print(f"# {len(hits)} results for {args.sketch} in {index.gallery} ({len(index)} images, {index.kind})")
+        print(
+            f"# {_plural(len(hits), 'result')} for {args.sketch} in {index.gallery} "
+            f"({_plural(len(index), 'image')}, {_kind(index.kind)})"
+        )
         for h in hits:
             print(f"{h.rank:>3}  {h.score:.4f}  {index.gallery / h.path}")
     return 0
@@ -149,6 +157,14 @@ def _common_embed_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="cpu", help="torch device: cpu, cuda, cuda:N (default cpu)")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
+
+
+def add_query_model_args(p: argparse.ArgumentParser) -> None:
+    """``--model --device --ef-search --nprobe``: how ``sbir search`` and ``sbir serve`` load and query an index."""
+    p.add_argument("--model", default=None, help="load the index's model from here (must have the same model id)")
+    p.add_argument("--device", default="cpu", help="torch device for the query encoder: cpu, cuda, cuda:N")
+    p.add_argument("--ef-search", type=int, default=None, help="HNSW search breadth (higher = better recall, slower)")
+    p.add_argument("--nprobe", type=int, default=None, help="IVF-PQ lists to visit (higher = better recall, slower)")
 
 
 def add_index_commands(subparsers) -> None:
@@ -178,7 +194,9 @@ def add_index_commands(subparsers) -> None:
     )
     b.add_argument("photos", metavar="PHOTOS_DIR", help="folder of gallery photos (searched recursively)")
     b.add_argument(
-        "--model", required=True, help="run folder or .safetensors written by 'sbir train', or 'pretrained' (ImageNet features)"
+        "--model",
+        required=True,
+        help="run folder or .safetensors written by 'sbir train', or 'pretrained' (ImageNet features)",
     )
     b.add_argument("--out", required=True, metavar="INDEX_DIR", help="folder to write the index to (new or empty)")
     b.add_argument(
@@ -189,9 +207,12 @@ def add_index_commands(subparsers) -> None:
         "exact below (default auto)",
     )
     b.add_argument(
-        "--approx-threshold", type=int, default=AUTO_THRESHOLD, help=f"gallery size where auto switches to HNSW (default {AUTO_THRESHOLD})"
+        "--approx-threshold",
+        type=int,
+        default=AUTO_THRESHOLD,
+        help=f"gallery size where auto switches to HNSW (default {AUTO_THRESHOLD})",
     )
-    b.add_argument("--image-size", type=int, default=None, help="input size for the model (default: the model's config)")
+    b.add_argument("--image-size", type=int, default=None, help="input size for the model (default: its config)")
     b.add_argument("--overwrite", action="store_true", help="replace an existing index at --out")
     _common_embed_args(b)
     b.set_defaults(func=cmd_build)
@@ -224,16 +245,15 @@ def add_index_commands(subparsers) -> None:
         description=(
             "Embed SKETCH with the index's model and print the top-k photos with scores (cosine similarity; minus\n"
             "the euclidean distance for models tested with euclidean distance; higher is better).\n"
-            "SKETCH is an image, or a .json file of strokes ([[[x...],[y...]], ...] as Quick, Draw!'s drawing)."
+            'SKETCH is an image, or a .json file of strokes: {"strokes": [[[x...],[y...]], ...], "k": 10,\n'
+            '"canvas": {"width": W, "height": H}, "stroke_width": 3} (only strokes is required), a bare\n'
+            "list of strokes, or a Quick, Draw! record; the same format and limits as the REST API."
         ),
         epilog="example:\n  sbir search shoes.idx my_sketch.png -k 10 --json",
     )
     s.add_argument("index", metavar="INDEX_DIR", help="index folder made by 'sbir index build'")
     s.add_argument("sketch", metavar="SKETCH", help="sketch image (png, jpg, ...) or strokes .json")
-    s.add_argument("-k", type=int, default=10, help="number of results (default 10)")
+    s.add_argument("-k", type=int, default=None, help=f"number of results (default: the file's k, else {DEFAULT_K})")
     s.add_argument("--json", action="store_true", help="print results as JSON")
-    s.add_argument("--model", default=None, help="load the index's model from here (must have the same model id)")
-    s.add_argument("--device", default="cpu", help="torch device (default cpu)")
-    s.add_argument("--ef-search", type=int, default=None, help="HNSW search breadth (higher = better recall, slower)")
-    s.add_argument("--nprobe", type=int, default=None, help="IVF-PQ lists to visit (higher = better recall, slower)")
+    add_query_model_args(s)
     s.set_defaults(func=cmd_search)

@@ -28,6 +28,7 @@ gallery changes (results also carry the relative path).
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import os
 import re
@@ -35,9 +36,10 @@ import shutil
 import signal
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Iterator, Optional
+from typing import Any
 
 import faiss
 import numpy as np
@@ -91,7 +93,7 @@ class Entry:
 class ModelInfo:
     model_id: str
     spec: str  # as given by the user
-    path: Optional[str]  # absolute path of the weights' run folder / file; None for pretrained
+    path: str | None  # absolute path of the weights' run folder / file; None for pretrained
     config: dict[str, Any]
     dim: int
     image_size: int
@@ -167,7 +169,10 @@ def current_generation(index_dir: Path) -> str:
     index_dir = Path(index_dir)
     pointer = index_dir / POINTER
     if not index_dir.is_dir():
-        raise IndexStoreError(f"index {index_dir} does not exist; build it with 'sbir index build PHOTOS_DIR --model MODEL --out {index_dir}'")
+        raise IndexStoreError(
+            f"index {index_dir} does not exist; build it with "
+            f"'sbir index build PHOTOS_DIR --model MODEL --out {index_dir}'"
+        )
     if not pointer.is_file():
         raise IndexStoreError(
             f"{index_dir} is not an sbir index (no {POINTER} file); build one with "
@@ -176,9 +181,13 @@ def current_generation(index_dir: Path) -> str:
     try:
         gen = json.loads(pointer.read_text())["generation"]
     except (ValueError, KeyError, TypeError) as exc:
-        raise IndexStoreError(f"{pointer} is corrupt ({exc}); rebuild the index with 'sbir index build --overwrite'") from exc
+        raise IndexStoreError(
+            f"{pointer} is corrupt ({exc}); rebuild the index with 'sbir index build --overwrite'"
+        ) from exc
     if not isinstance(gen, str) or not GEN_RE.match(gen):
-        raise IndexStoreError(f"{pointer} names an invalid generation {gen!r}; rebuild the index with 'sbir index build --overwrite'")
+        raise IndexStoreError(
+            f"{pointer} names an invalid generation {gen!r}; rebuild the index with 'sbir index build --overwrite'"
+        )
     return gen
 
 
@@ -186,9 +195,13 @@ def _read_json(path: Path) -> Any:
     try:
         return json.loads(path.read_text())
     except FileNotFoundError:
-        raise IndexStoreError(f"{path} is missing; the index is damaged, rebuild it with 'sbir index build --overwrite'") from None
+        raise IndexStoreError(
+            f"{path} is missing; the index is damaged, rebuild it with 'sbir index build --overwrite'"
+        ) from None
     except (OSError, ValueError) as exc:
-        raise IndexStoreError(f"{path} is unreadable ({exc}); rebuild the index with 'sbir index build --overwrite'") from exc
+        raise IndexStoreError(
+            f"{path} is unreadable ({exc}); rebuild the index with 'sbir index build --overwrite'"
+        ) from exc
 
 
 class Index:
@@ -218,36 +231,46 @@ class Index:
 
     @classmethod
     def open(
-        cls, index_dir: str | os.PathLike, ef_search: Optional[int] = None, nprobe: Optional[int] = None, mmap: bool = True
-    ) -> "Index":
+        cls, index_dir: str | os.PathLike, ef_search: int | None = None, nprobe: int | None = None, mmap: bool = True
+    ) -> Index:
         """Load the current generation of ``index_dir``; ``ef_search``/``nprobe`` override search parameters."""
         index_dir = Path(index_dir)
         gen = current_generation(index_dir)
         gdir = index_dir / gen
         if not gdir.is_dir():
-            raise IndexStoreError(f"{index_dir}/{POINTER} points at {gen}, which is missing; rebuild with 'sbir index build --overwrite'")
+            raise IndexStoreError(
+                f"{index_dir}/{POINTER} points at {gen}, which is missing; rebuild with 'sbir index build --overwrite'"
+            )
         manifest = _read_json(gdir / "manifest.json")
         model_raw = _read_json(gdir / "model.json")
         if not isinstance(manifest, dict) or manifest.get("format") != FORMAT_TAG:
-            raise IndexStoreError(f"{gdir / 'manifest.json'} is not an {FORMAT_TAG} manifest; rebuild with 'sbir index build --overwrite'")
+            raise IndexStoreError(
+                f"{gdir / 'manifest.json'} is not an {FORMAT_TAG} manifest; rebuild with 'sbir index build --overwrite'"
+            )
         try:
             entries = [Entry(**e) for e in manifest["entries"]]
             model = ModelInfo(**model_raw)
             kind = manifest["index"]["kind"]
             params = dict(manifest["index"].get("params", {}))
         except (KeyError, TypeError) as exc:
-            raise IndexStoreError(f"{gdir} has an invalid manifest or model record ({exc}); rebuild with 'sbir index build --overwrite'") from exc
+            raise IndexStoreError(
+                f"{gdir} has an invalid manifest or model record ({exc}); rebuild with 'sbir index build --overwrite'"
+            ) from exc
         for e in entries:
             if not safe_relpath(e.path):
                 raise IndexStoreError(f"{gdir / 'manifest.json'} contains an unsafe path {e.path!r}; rebuild the index")
         try:
             vectors = np.load(gdir / "vectors.npy", mmap_mode="r" if mmap else None, allow_pickle=False)
         except (OSError, ValueError) as exc:
-            raise IndexStoreError(f"{gdir / 'vectors.npy'} is unreadable ({exc}); rebuild with 'sbir index build --overwrite'") from exc
+            raise IndexStoreError(
+                f"{gdir / 'vectors.npy'} is unreadable ({exc}); rebuild with 'sbir index build --overwrite'"
+            ) from exc
         try:
             findex = faiss.read_index(str(gdir / "index.faiss"))
         except RuntimeError as exc:
-            raise IndexStoreError(f"{gdir / 'index.faiss'} is unreadable ({exc}); rebuild with 'sbir index build --overwrite'") from exc
+            raise IndexStoreError(
+                f"{gdir / 'index.faiss'} is unreadable ({exc}); rebuild with 'sbir index build --overwrite'"
+            ) from exc
         if ef_search is not None:
             params["ef_search"] = int(ef_search)
         if nprobe is not None:
@@ -294,13 +317,19 @@ class Index:
         if q.ndim == 1:
             q = q[None]
         if q.ndim != 2 or q.shape[1] != self.dim:
-            raise ModelMismatchError(f"query vectors have shape {q.shape}, the index {self.root} holds {self.dim}-d vectors")
+            raise ModelMismatchError(
+                f"query vectors have shape {q.shape}, the index {self.root} holds {self.dim}-d vectors"
+            )
         if not isinstance(k, int) or k < 1:
             raise IndexStoreError(f"k must be a positive integer, got {k!r}")
         scores, ids = self.searcher.search(q, k)
         out = []
-        for srow, irow in zip(scores, ids):
-            hits = [Hit(int(i), self.entries[int(i)].path, float(s), r + 1) for r, (s, i) in enumerate(zip(srow, irow)) if i >= 0]
+        for srow, irow in zip(scores, ids, strict=False):
+            hits = [
+                Hit(int(i), self.entries[int(i)].path, float(s), r + 1)
+                for r, (s, i) in enumerate(zip(srow, irow, strict=False))
+                if i >= 0
+            ]
             out.append(hits)
         return out
 
@@ -326,7 +355,9 @@ class Index:
         if not inside(full, self.gallery):
             raise IndexStoreError(f"image {image_id} ({rel}) resolves outside the gallery {self.gallery}")
         if not full.is_file():
-            raise IndexStoreError(f"image {image_id} ({rel}) is no longer in the gallery {self.gallery}; run 'sbir index update'")
+            raise IndexStoreError(
+                f"image {image_id} ({rel}) is no longer in the gallery {self.gallery}; run 'sbir index update'"
+            )
         return Path(os.path.realpath(full))
 
     def info(self) -> dict[str, Any]:
@@ -374,7 +405,7 @@ def _fsync_file(path: Path) -> None:
         os.fsync(fh.fileno())
 
 
-def _gen_number(name: str) -> Optional[int]:
+def _gen_number(name: str) -> int | None:
     m = GEN_RE.match(name)
     return int(m.group(1)) if m else None
 
@@ -389,7 +420,7 @@ def write_generation(
     kind: str,
     params: dict[str, Any],
     requested: str,
-    extra: Optional[dict[str, Any]] = None,
+    extra: dict[str, Any] | None = None,
     keep_previous: bool = True,
 ) -> str:
     """Write a complete new generation and atomically make it current. Caller holds :func:`write_lock`."""
@@ -400,7 +431,7 @@ def write_generation(
         raise IndexStoreError(f"internal: {len(entries)} entries, vectors {vectors.shape}, FAISS {findex.ntotal}")
     numbers = [n for n in (_gen_number(p.name) for p in index_dir.iterdir()) if n is not None]
     try:
-        previous: Optional[str] = current_generation(index_dir)
+        previous: str | None = current_generation(index_dir)
     except IndexStoreError:
         previous = None
     gen = f"gen-{max(numbers, default=0) + 1:06d}"
@@ -445,14 +476,59 @@ def write_generation(
     return gen
 
 
-def cleanup(index_dir: Path, keep: Optional[list[str]] = None) -> None:
-    """Remove leftovers of killed writes and every generation but the current one and ``keep``."""
+LEASES = ".leases"  # <gen>.<pid>.<n> files: a running process (sbir serve) uses that generation
+
+
+_LEASE_IDS = itertools.count()
+
+
+def hold_generation(index_dir: Path, gen: str) -> Path | None:
+    """Mark ``gen`` as in use by this process, so :func:`cleanup` keeps it; None if the index is read-only."""
+    try:
+        d = Path(index_dir) / LEASES
+        d.mkdir(exist_ok=True)
+        lease = d / f"{gen}.{os.getpid()}.{next(_LEASE_IDS)}"
+        lease.touch()
+        return lease
+    except OSError:
+        return None
+
+
+def release_generation(lease: Path | None) -> None:
+    if lease is not None:
+        with contextlib.suppress(OSError):
+            lease.unlink()
+
+
+def _held_generations(index_dir: Path) -> set[str]:
+    """Generations with a lease of a live process (stale leases of dead processes are removed)."""
+    held: set[str] = set()
+    d = Path(index_dir) / LEASES
+    if not d.is_dir():
+        return held
+    for lease in d.iterdir():
+        gen, _, rest = lease.name.partition(".")
+        pid = rest.split(".")[0]
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            with contextlib.suppress(OSError):
+                lease.unlink()
+            continue
+        except (ValueError, PermissionError, OSError):
+            pass  # not ours to judge (another user's process, odd name): keep the generation
+        held.add(gen)
+    return held
+
+
+def cleanup(index_dir: Path, keep: list[str] | None = None) -> None:
+    """Remove leftovers of killed writes and every generation but the current one, ``keep`` and those in use."""
     index_dir = Path(index_dir)
     try:
         cur = current_generation(index_dir)
     except IndexStoreError:
         return
-    keep_names = {cur, *(keep or [])}
+    keep_names = {cur, *(keep or []), *_held_generations(index_dir)}
     for p in index_dir.iterdir():
         if _gen_number(p.name) is not None and p.name not in keep_names and p.is_dir():
             shutil.rmtree(p, ignore_errors=True)

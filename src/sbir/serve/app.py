@@ -6,9 +6,14 @@ Endpoints
                                    "canvas": {"width": W, "height": H}?, "stroke_width": 3?}``
     ``GET /api/images/{id}``       the gallery image with that id (only files inside the gallery)
     ``GET /api/thumbnails/{id}``   a JPEG thumbnail of it
-    ``GET /api/info``, ``/healthz`` index and service facts
+    ``GET /api/info``, ``/healthz`` index and service facts (including the generation served)
     ``GET /``                      the drawing page (``/static/*``: its script and style)
-    ``/docs``, ``/openapi.json``   OpenAPI documentation
+    ``/docs``, ``/redoc``          OpenAPI documentation (Swagger UI, ReDoc), assets served from
+                                   ``/static`` so they work offline; ``/openapi.json``
+
+The strokes JSON is :class:`sbir.data.query.SketchQuery` (one model and one set of
+limits shared with ``sbir search``). A new index generation written by ``sbir
+index update`` is picked up by the next request (see :meth:`SearchService.refresh`).
 
 Limits: a request body above ``max_upload_bytes`` gets 413; a body that is not
 an image, a decompression bomb, malformed strokes JSON or a bad ``k`` gets 400
@@ -22,15 +27,17 @@ import asyncio
 import time
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Optional
 
 from fastapi import FastAPI, Request
+from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
 from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
+from starlette.requests import ClientDisconnect
 
 from sbir import __version__
+from sbir.data.query import SketchQuery
 from sbir.serve.service import (
     BadRequest,
     Busy,
@@ -74,6 +81,7 @@ class SearchResponse(BaseModel):
     timings_ms: Timings
     model_id: str
     batch_size: int = Field(description="queries embedded together with this one (micro-batching)")
+    generation: str = Field(description="index generation the result ids refer to")
 
 
 class ErrorResponse(BaseModel):
@@ -87,6 +95,23 @@ class Health(BaseModel):
     generation: str
 
 
+def _inline_schema(schema: dict) -> dict:
+    """A pydantic JSON schema with its ``$defs`` inlined (OpenAPI has no ``#/$defs``)."""
+    defs = schema.pop("$defs", {})
+
+    def walk(node):
+        if isinstance(node, dict):
+            ref = node.get("$ref", "")
+            if ref.startswith("#/$defs/"):
+                return walk(dict(defs[ref.rsplit("/", 1)[1]]))
+            return {key: walk(v) for key, v in node.items()}
+        if isinstance(node, list):
+            return [walk(v) for v in node]
+        return node
+
+    return walk(schema)
+
+
 SEARCH_BODY_DOC = {
     "requestBody": {
         "required": True,
@@ -96,31 +121,17 @@ SEARCH_BODY_DOC = {
                     "type": "object",
                     "required": ["file"],
                     "properties": {
-                        "file": {"type": "string", "format": "binary", "description": "sketch image (png, jpg, webp, ...)"},
+                        "file": {
+                            "type": "string",
+                            "format": "binary",
+                            "description": "sketch image (png, jpg, webp, ...)",
+                        },
                         "k": {"type": "integer", "minimum": 1, "description": "number of results"},
                     },
                 }
             },
             "application/json": {
-                "schema": {
-                    "type": "object",
-                    "required": ["strokes"],
-                    "properties": {
-                        "strokes": {
-                            "type": "array",
-                            "description": "strokes as Quick, Draw!'s drawing: each [[x0, x1, ...], [y0, y1, ...]]",
-                            "items": {"type": "array", "items": {"type": "array", "items": {"type": "number"}}},
-                        },
-                        "k": {"type": "integer", "minimum": 1},
-                        "canvas": {
-                            "type": "object",
-                            "description": "size of the drawing surface; if given, the drawing keeps its position and "
-                            "scale on it, otherwise it is fitted to the frame",
-                            "properties": {"width": {"type": "number"}, "height": {"type": "number"}},
-                        },
-                        "stroke_width": {"type": "number", "description": "line width in pixels of the 256 px raster (default 3)"},
-                    },
-                },
+                "schema": _inline_schema(SketchQuery.model_json_schema()),
                 "example": {"strokes": [[[10, 120, 230], [40, 200, 40]]], "k": 5},
             },
             "image/*": {"schema": {"type": "string", "format": "binary"}},
@@ -142,7 +153,9 @@ async def read_body_limited(request: Request, limit: int) -> bytes:
     if declared is not None:
         try:
             if int(declared) > limit:
-                raise PayloadTooLarge(f"the request body is {int(declared)} bytes; the limit is {limit} bytes ({limit / 1048576:.1f} MB)")
+                raise PayloadTooLarge(
+                    f"the request body is {int(declared)} bytes; the limit is {limit} bytes ({limit / 1048576:.1f} MB)"
+                )
         except ValueError:
             raise BadRequest("invalid Content-Length header") from None
     chunks = []
@@ -182,6 +195,8 @@ def create_app(service: SearchService, title: str = "sbir") -> FastAPI:
         version=__version__,
         description="Draw or upload a sketch, get the matching photos of the index. See `POST /api/search`.",
         lifespan=lifespan,
+        docs_url=None,  # served below from /static: no CDN, so the docs work offline
+        redoc_url=None,
     )
     app.state.service = service
 
@@ -196,6 +211,11 @@ def create_app(service: SearchService, title: str = "sbir") -> FastAPI:
     @app.exception_handler(Busy)
     async def _busy(request: Request, exc: Busy):
         return JSONResponse({"detail": str(exc)}, status_code=503, headers={"Retry-After": "1"})
+
+    @app.exception_handler(ClientDisconnect)
+    async def _gone(request: Request, exc: ClientDisconnect):
+        # the client went away mid-upload: nobody reads the answer, and it is not a server error
+        return Response(status_code=499)
 
     @app.exception_handler(NotFound)
     async def _nf(request: Request, exc: NotFound):
@@ -225,7 +245,9 @@ def create_app(service: SearchService, title: str = "sbir") -> FastAPI:
             try:
                 form = await sub.form(max_files=1, max_fields=8)
             except Exception as exc:  # noqa: BLE001 - python-multipart / starlette parse errors
-                raise BadRequest(f"malformed multipart body ({exc}); send the sketch as a file field named 'file'") from None
+                raise BadRequest(
+                    f"malformed multipart body ({exc}); send the sketch as a file field named 'file'"
+                ) from None
             upload = form.get("file")
             if upload is None or isinstance(upload, str):
                 raise BadRequest("multipart body has no file field named 'file'; send the sketch image as 'file'")
@@ -269,6 +291,7 @@ def create_app(service: SearchService, title: str = "sbir") -> FastAPI:
             k=k,
             model_id=service.encoder.model_id,
             batch_size=int(tm["batch"]),
+            generation=outcome.generation,
             timings_ms=Timings(
                 decode=round((t1 - t0) * 1e3, 3),
                 queue=round(tm["queue"], 3),
@@ -308,22 +331,40 @@ def create_app(service: SearchService, title: str = "sbir") -> FastAPI:
         idx = service.index
         return Health(status="ok", images=len(idx), model_id=idx.model_id, generation=idx.generation)
 
+    @app.get("/docs", include_in_schema=False)
+    def docs():
+        return get_swagger_ui_html(
+            openapi_url=app.openapi_url,
+            title=f"{app.title} - API docs",
+            swagger_js_url="/static/swagger-ui-bundle.js",
+            swagger_css_url="/static/swagger-ui.css",
+            swagger_favicon_url="/static/favicon.svg",
+        )
+
+    @app.get("/redoc", include_in_schema=False)
+    def redoc():
+        return get_redoc_html(
+            openapi_url=app.openapi_url,
+            title=f"{app.title} - ReDoc",
+            redoc_js_url="/static/redoc.standalone.js",
+            redoc_favicon_url="/static/favicon.svg",
+            with_google_fonts=False,
+        )
+
     @app.get("/", include_in_schema=False)
     def page():
-        return FileResponse(STATIC_DIR / "index.html", media_type="text/html", headers={"Content-Security-Policy": PAGE_CSP})
+        return FileResponse(
+            STATIC_DIR / "index.html", media_type="text/html", headers={"Content-Security-Policy": PAGE_CSP}
+        )
 
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     return app
 
 
-def app_from_index_dir(
-    index_dir: str | Path,
-    model: Optional[str] = None,
-    device: str = "cpu",
-    settings: Optional[ServeSettings] = None,
-    ef_search: Optional[int] = None,
-    nprobe: Optional[int] = None,
-) -> FastAPI:
-    """Load the index and its model and build the app (what ``sbir serve`` runs)."""
-    service = SearchService.from_index_dir(index_dir, model=model, device=device, settings=settings, ef_search=ef_search, nprobe=nprobe)
-    return create_app(service)
+def app_from_index_dir(index_dir: str | Path, **service_options) -> FastAPI:
+    """Load the index and its model and build the app (what ``sbir serve`` runs).
+
+    ``service_options``: ``model``, ``device``, ``settings``, ``ef_search``, ``nprobe`` as for
+    :meth:`SearchService.from_index_dir`.
+    """
+    return create_app(SearchService.from_index_dir(index_dir, **service_options))

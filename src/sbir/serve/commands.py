@@ -5,6 +5,20 @@ from __future__ import annotations
 import argparse
 
 from sbir.errors import SbirError
+from sbir.index.commands import add_query_model_args
+
+
+def _make_server(config, on_started):
+    """A uvicorn server that calls ``on_started()`` once its sockets listen (not before)."""
+    import uvicorn
+
+    class _Server(uvicorn.Server):
+        async def startup(self, sockets=None) -> None:
+            await super().startup(sockets=sockets)
+            if self.started and not self.should_exit:
+                on_started()
+
+    return _Server(config)
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -28,16 +42,34 @@ def cmd_serve(args: argparse.Namespace) -> int:
         max_batch=args.max_batch,
     )
     app = app_from_index_dir(
-        args.index, model=args.model, device=args.device, settings=settings, ef_search=args.ef_search, nprobe=args.nprobe
+        args.index,
+        model=args.model,
+        device=args.device,
+        settings=settings,
+        ef_search=args.ef_search,
+        nprobe=args.nprobe,
     )
     svc = app.state.service
     shown = "127.0.0.1" if args.host in ("0.0.0.0", "::") else args.host
-    print(
-        f"serving {len(svc.index)} images of {args.index} (model {svc.index.model_id}) at http://{shown}:{args.port}/ "
-        f"(API docs: /docs)",
-        flush=True,
-    )
-    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, access_log=args.access_log)
+    n = len(svc.index)
+
+    def announce() -> None:
+        print(
+            f"serving {n} image{'' if n == 1 else 's'} of {args.index} (model {svc.index.model_id}) "
+            f"at http://{shown}:{args.port}/ (API docs: /docs)",
+            flush=True,
+        )
+
+    config = uvicorn.Config(app, host=args.host, port=args.port, log_level=args.log_level, access_log=args.access_log)
+    server = _make_server(config, announce)
+    try:
+        server.run()
+    except SystemExit:  # uvicorn exits when it cannot bind
+        if not server.started:
+            raise SbirError(
+                f"cannot listen on {args.host}:{args.port} (the port is in use or not allowed); choose another --port"
+            ) from None
+        raise
     return 0
 
 
@@ -60,13 +92,20 @@ def add_serve_command(subparsers) -> None:
     p.add_argument("index", metavar="INDEX_DIR", help="index folder made by 'sbir index build'")
     p.add_argument("--host", default="127.0.0.1", help="interface to listen on (default 127.0.0.1; 0.0.0.0 for all)")
     p.add_argument("--port", type=int, default=8000, help="TCP port (default 8000)")
-    p.add_argument("--model", default=None, help="load the index's model from here (must have the same model id)")
-    p.add_argument("--device", default="cpu", help="torch device for the query encoder (default cpu)")
-    p.add_argument("--max-upload-mb", type=float, default=10.0, help="largest accepted request body in MB (default 10); larger gets 413")
+    add_query_model_args(p)
+    p.add_argument(
+        "--max-upload-mb",
+        type=float,
+        default=10.0,
+        help="largest accepted request body in MB (default 10); larger gets 413",
+    )
     p.add_argument("--max-k", type=int, default=100, help="largest k a client may ask for (default 100)")
     p.add_argument("--max-batch", type=int, default=16, help="most concurrent queries embedded together (default 16)")
-    p.add_argument("--ef-search", type=int, default=None, help="HNSW search breadth (approximate indexes)")
-    p.add_argument("--nprobe", type=int, default=None, help="IVF-PQ lists to visit (approximate indexes)")
-    p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"], help="uvicorn log level")
+    p.add_argument(
+        "--log-level",
+        default="info",
+        choices=["critical", "error", "warning", "info", "debug"],
+        help="uvicorn log level",
+    )
     p.add_argument("--no-access-log", dest="access_log", action="store_false", help="do not log every request")
     p.set_defaults(func=cmd_serve)

@@ -13,27 +13,28 @@ batch to fill).
 from __future__ import annotations
 
 import io
-import json
-import math
+import logging
+import os
 import queue
 import re
 import threading
 import time
 from collections import OrderedDict
 from concurrent.futures import Future
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 from PIL import Image
 
 from sbir.data.image_io import load_image, load_image_bytes
-from sbir.data.strokes import StrokeError, rasterize_strokes
-from sbir.errors import SbirError
+from sbir.data.query import MAX_K, MAX_POINTS, RASTER_SIZE, QueryError, QueryLimits, SketchQuery
+from sbir.data.query import parse_k as parse_query_k
+from sbir.errors import ConfigError, SbirError
 from sbir.index.model import QueryEncoder
-from sbir.index.store import Hit, Index
+from sbir.index.store import POINTER, Hit, Index, current_generation, hold_generation, release_generation
 
-STROKE_RASTER_SIZE = 256
+log = logging.getLogger("sbir.serve")
 
 
 class BadRequest(SbirError):
@@ -54,90 +55,63 @@ class Busy(SbirError):
 
 @dataclass
 class ServeSettings:
+    """Limits and sizes of the service; checked at construction (ConfigError naming the field)."""
+
     max_upload_bytes: int = 10 * 1024 * 1024
     max_k: int = 100
     default_k: int = 10
-    max_points: int = 20_000  # stroke points per request
+    max_points: int = MAX_POINTS  # stroke points per request (sbir.data.query's limit by default)
     max_pixels: int = 16_000_000  # decoded upload size; larger is treated as a decompression bomb
     thumb_size: int = 256
-    thumb_cache: int = 2048  # thumbnails kept in memory (LRU)
+    thumb_cache: int = 2048  # thumbnails kept in memory (LRU); 0 = no cache
     max_batch: int = 16
     max_queue: int = 1024  # queries waiting for the model; beyond this a request gets 503
+
+    def __post_init__(self) -> None:
+        minimum = {"thumb_cache": 0, "thumb_size": 16}
+        for f in fields(self):
+            v = getattr(self, f.name)
+            lo = minimum.get(f.name, 1)
+            if isinstance(v, bool) or not isinstance(v, int):
+                raise ConfigError(f"ServeSettings.{f.name} must be an integer >= {lo}, got {v!r}")
+            if v < lo:
+                raise ConfigError(f"ServeSettings.{f.name} must be >= {lo}, got {v}")
+        if self.max_k > MAX_K:
+            raise ConfigError(f"ServeSettings.max_k must be <= {MAX_K}, got {self.max_k}")
+        if self.default_k > self.max_k:
+            raise ConfigError(f"ServeSettings.default_k ({self.default_k}) must be <= max_k ({self.max_k})")
+
+    @property
+    def query_limits(self) -> QueryLimits:
+        """The sketch-query limits with this service's ``max_points`` and ``max_k``."""
+        return QueryLimits(max_points=self.max_points, max_k=self.max_k)
 
 
 @dataclass
 class SearchOutcome:
     hits: list[Hit]
     timings_ms: dict[str, float] = field(default_factory=dict)
+    generation: str = ""  # the index generation the ids refer to
 
 
 # ---------------------------------------------------------------- query parsing
 
 
 def parse_k(value: Any, settings: ServeSettings) -> int:
-    if value is None or value == "":
-        return settings.default_k
-    if isinstance(value, bool):
-        raise BadRequest(f"k must be an integer between 1 and {settings.max_k}, got {value!r}")
+    """``k`` from a query parameter or form field (``default_k`` if absent); BadRequest if not in [1, max_k]."""
     try:
-        k = int(value)
-        if isinstance(value, float) and not value.is_integer():
-            raise ValueError
-    except (TypeError, ValueError):
-        raise BadRequest(f"k must be an integer between 1 and {settings.max_k}, got {value!r}") from None
-    if not 1 <= k <= settings.max_k:
-        raise BadRequest(f"k must be between 1 and {settings.max_k}, got {k}")
-    return k
-
-
-STROKE_KEYS = {"strokes", "k", "canvas", "stroke_width"}
-
-
-def strokes_request_to_image(payload: Any, settings: ServeSettings) -> tuple[Image.Image, Optional[int]]:
-    """Validate a strokes JSON request and rasterise it; returns (image, k or None)."""
-    if not isinstance(payload, dict):
-        raise BadRequest('the JSON body must be an object like {"strokes": [[[x...], [y...]], ...], "k": 10}')
-    unknown = set(payload) - STROKE_KEYS
-    if unknown:
-        raise BadRequest(f"unknown field(s) {', '.join(sorted(unknown))}; allowed: {', '.join(sorted(STROKE_KEYS))}")
-    if "strokes" not in payload:
-        raise BadRequest('missing field "strokes": a list of strokes, each [[x0, x1, ...], [y0, y1, ...]]')
-    strokes = payload["strokes"]
-    if not isinstance(strokes, list):
-        raise BadRequest(f'"strokes" must be a list of strokes [[x...], [y...]], got {type(strokes).__name__}')
-    canvas = payload.get("canvas")
-    canvas_wh = None
-    if canvas is not None:
-        if not isinstance(canvas, dict) or set(canvas) != {"width", "height"}:
-            raise BadRequest('"canvas" must be an object {"width": W, "height": H}')
-        w, h = canvas["width"], canvas["height"]
-        for name, v in (("width", w), ("height", h)):
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or not 0 < v <= 100_000:
-                raise BadRequest(f'"canvas.{name}" must be a number in (0, 100000], got {v!r}')
-        canvas_wh = (float(w), float(h))
-    sw = payload.get("stroke_width", 3)
-    if isinstance(sw, bool) or not isinstance(sw, (int, float)) or not math.isfinite(sw) or not 0.5 <= sw <= 32:
-        raise BadRequest(f'"stroke_width" must be a number between 0.5 and 32 (pixels at {STROKE_RASTER_SIZE} px), got {sw!r}')
-    try:
-        img = rasterize_strokes(
-            strokes,
-            size=STROKE_RASTER_SIZE,
-            stroke_width=float(sw),
-            canvas=canvas_wh,
-            source="strokes",
-            max_points=settings.max_points,
-        )
-    except StrokeError as exc:
+        return parse_query_k(value, settings.max_k, settings.default_k)
+    except QueryError as exc:
         raise BadRequest(str(exc)) from None
-    return img, payload.get("k")
 
 
-def json_to_image(body: bytes, settings: ServeSettings) -> tuple[Image.Image, Optional[int]]:
+def json_to_image(body: bytes, settings: ServeSettings) -> tuple[Image.Image, int | None]:
+    """Validate and rasterise a strokes JSON body (:class:`sbir.data.query.SketchQuery`); returns (image, k or None)."""
     try:
-        payload = json.loads(body)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise BadRequest(f"the body is not valid JSON ({exc})") from None
-    return strokes_request_to_image(payload, settings)
+        query = SketchQuery.from_json(body, settings.query_limits)
+        return query.to_image(RASTER_SIZE), query.k
+    except QueryError as exc:
+        raise BadRequest(str(exc)) from None
 
 
 def upload_to_image(data: bytes, name: str, settings: ServeSettings) -> Image.Image:
@@ -161,27 +135,92 @@ class _Job:
 class SearchService:
     """Holds the index, the query encoder and the thumbnail cache; serves searches from any thread."""
 
-    def __init__(self, index: Index, encoder: QueryEncoder, settings: Optional[ServeSettings] = None):
+    def __init__(
+        self,
+        index: Index,
+        encoder: QueryEncoder,
+        settings: ServeSettings | None = None,
+        ef_search: int | None = None,
+        nprobe: int | None = None,
+    ):
         index.check_model(encoder.model_id)
-        self.index = index
+        self._index = index
         self.encoder = encoder
         self.settings = settings or ServeSettings()
-        self._queue: "queue.Queue[Optional[_Job]]" = queue.Queue()
-        self._worker: Optional[threading.Thread] = None
+        self._open_args = {"ef_search": ef_search, "nprobe": nprobe}
+        self._index_lock = threading.Lock()
+        self._pointer_stamp = self._stamp()
+        self._lease = hold_generation(index.root, index.generation)
+        self.reloads = 0
+        self._queue: queue.Queue[_Job | None] = queue.Queue()
+        self._worker: threading.Thread | None = None
         self._start_lock = threading.Lock()
-        self._thumbs: "OrderedDict[tuple, bytes]" = OrderedDict()
+        self._thumbs: OrderedDict[tuple, bytes] = OrderedDict()
         self._thumb_lock = threading.Lock()
         self.batches = 0
         self.batched_queries = 0
 
     @classmethod
     def from_index_dir(
-        cls, index_dir: str | Path, model: Optional[str] = None, device: str = "cpu", settings: Optional[ServeSettings] = None,
-        ef_search: Optional[int] = None, nprobe: Optional[int] = None,
-    ) -> "SearchService":
+        cls,
+        index_dir: str | Path,
+        model: str | None = None,
+        device: str = "cpu",
+        settings: ServeSettings | None = None,
+        ef_search: int | None = None,
+        nprobe: int | None = None,
+    ) -> SearchService:
         index = Index.open(index_dir, ef_search=ef_search, nprobe=nprobe)
         encoder = QueryEncoder.for_index(index, override=model, device=device)
-        return cls(index, encoder, settings)
+        return cls(index, encoder, settings, ef_search=ef_search, nprobe=nprobe)
+
+    # -------------------------------------------------------------- index generations
+
+    def _stamp(self) -> tuple | None:
+        try:
+            st = os.stat(self._index.root / POINTER)
+        except OSError:
+            return None
+        return (st.st_ino, st.st_mtime_ns, st.st_size)
+
+    @property
+    def index(self) -> Index:
+        """The index generation being served; a new one published by ``sbir index update`` is picked up here."""
+        self.refresh()
+        return self._index
+
+    def refresh(self) -> bool:
+        """Load the generation ``CURRENT`` names if it changed (one ``stat`` when it did not); True if swapped.
+
+        The swap is atomic: a request or batch uses one generation throughout. If
+        the new generation cannot be used (another model, damaged), the old one
+        stays served and a warning is logged.
+        """
+        stamp = self._stamp()
+        if stamp is None or stamp == self._pointer_stamp:
+            return False
+        with self._index_lock:
+            if stamp == self._pointer_stamp:
+                return False
+            old = self._index
+            try:
+                if current_generation(old.root) == old.generation:
+                    self._pointer_stamp = stamp
+                    return False
+                new = Index.open(old.root, **self._open_args)
+                new.check_model(self.encoder.model_id)
+            except SbirError as exc:
+                log.warning("keeping index generation %s: the new one cannot be served (%s)", old.generation, exc)
+                self._pointer_stamp = stamp
+                return False
+            lease = hold_generation(new.root, new.generation)
+            self._index = new
+            self._pointer_stamp = stamp
+            release_generation(self._lease)
+            self._lease = lease
+            self.reloads += 1
+            log.info("now serving index generation %s (%d images)", new.generation, len(new))
+            return True
 
     # -------------------------------------------------------------- worker
 
@@ -216,7 +255,8 @@ class SearchService:
             vecs = self.encoder.encode([j.image for j in jobs])
             t1 = time.perf_counter()
             kmax = max(j.k for j in jobs)
-            hits = self.index.search_many(vecs, kmax, model_id=self.encoder.model_id)
+            index = self.index  # one generation for the whole batch
+            hits = index.search_many(vecs, kmax, model_id=self.encoder.model_id)
             t2 = time.perf_counter()
         except BaseException as exc:  # noqa: BLE001 - hand every error to the waiting requests
             for j in jobs:
@@ -225,7 +265,7 @@ class SearchService:
             return
         self.batches += 1
         self.batched_queries += len(jobs)
-        for j, h in zip(jobs, hits):
+        for j, h in zip(jobs, hits, strict=True):
             j.future.set_result(
                 SearchOutcome(
                     h[: j.k],
@@ -235,6 +275,7 @@ class SearchService:
                         "search": (t2 - t1) * 1e3,
                         "batch": float(len(jobs)),
                     },
+                    index.generation,
                 )
             )
 
@@ -255,6 +296,8 @@ class SearchService:
         if self._worker is not None and self._worker.is_alive():
             self._queue.put(None)
             self._worker.join(timeout=5)
+        release_generation(self._lease)
+        self._lease = None
 
     # -------------------------------------------------------------- images
 
@@ -264,17 +307,19 @@ class SearchService:
         if not re.fullmatch(r"[0-9]{1,12}", text):
             raise NotFound(f"no image with id {text[:64]!r}: ids are the integers in search results")
         i = int(text)
+        index = self.index
         try:
-            return self.index.resolve(i)
+            return index.resolve(i)
         except SbirError as exc:
-            raise NotFound(str(exc).replace(str(self.index.gallery), "<gallery>")) from None
+            raise NotFound(str(exc).replace(str(index.gallery), "<gallery>")) from None
 
     def thumbnail(self, image_id: str | int) -> bytes:
         """JPEG thumbnail (longest side ``thumb_size``) of a gallery image, from an in-memory LRU cache."""
+        index = self.index
         path = self.image_path(image_id)
         i = int(image_id)
-        entry = self.index.entries[i]
-        key = (self.index.generation, i, entry.sha256, self.settings.thumb_size)
+        entry = index.entries[i] if i < len(index) else None
+        key = (index.generation, i, entry.sha256 if entry else str(path), self.settings.thumb_size)
         with self._thumb_lock:
             data = self._thumbs.get(key)
             if data is not None:
@@ -283,7 +328,9 @@ class SearchService:
         try:
             img = load_image(path)
         except SbirError as exc:
-            raise NotFound(f"image {i} cannot be read any more ({exc.__class__.__name__}); run 'sbir index update'") from None
+            raise NotFound(
+                f"image {i} cannot be read any more ({exc.__class__.__name__}); run 'sbir index update'"
+            ) from None
         img.thumbnail((self.settings.thumb_size, self.settings.thumb_size), Image.Resampling.LANCZOS)
         buf = io.BytesIO()
         img.save(buf, format="JPEG", quality=85, optimize=True)

@@ -265,6 +265,7 @@
       render(data, performance.now() - t0);
     } catch (err) {
       if (err.name === "AbortError" || my !== seq) return;
+      resultsEl.replaceChildren(); // results of an earlier sketch would read as matches of this one
       statusEl.textContent = `Search failed: ${err.message}`;
       statusEl.classList.add("error");
     } finally {
