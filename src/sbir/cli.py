@@ -127,6 +127,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         flip_tta=args.flip_tta,
         skip_orphans=args.skip_orphans,
         progress=not args.no_progress,
+        multiview=args.multiview,
     )
     if args.json:
         print(json.dumps({k: v for k, v in metrics.items() if k != "ranks"}, indent=2))
@@ -237,6 +238,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="output folder (default: RUN_DIR/eval-<split>)")
     p.add_argument(
         "--flip-tta", action=argparse.BooleanOptionalAction, default=None, help="flip test-time augmentation"
+    )
+    p.add_argument(
+        "--multiview",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="fine-grained 10-view testing: 4 corners and the centre, each also mirrored, scores averaged "
+        "(default: the run's eval.multiview)",
     )
     p.add_argument("--json", action="store_true", help="print the metrics as JSON")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")

@@ -184,6 +184,10 @@ class EvalConfig:
     # triplet, euclidean for MEMS, angular for CosFace).
     distance: str = "auto"
     batch_size: int = 64
+    # Fine-grained multi-view testing (Triplet-SN, DSSA): 4 corner crops and the centre crop of the image
+    # enlarged by multiview_scale, each also mirrored; the view scores are averaged (sbir.metrics.multiview_scores).
+    multiview: bool = False
+    multiview_scale: float = 256 / 224
     # Category / zero-shot: hash-code lengths (any of 32, 64, 128) learned on the training split's
     # embeddings after the best epoch; evaluation then also reports Hamming-distance metrics.
     hash_bits: list[int] = field(default_factory=list)
@@ -195,6 +199,8 @@ class EvalConfig:
             raise ConfigError(f"eval.flip_mode must be auto, average or pairings, got {self.flip_mode!r}")
         if self.batch_size < 1:
             raise ConfigError(f"eval.batch_size must be >= 1, got {self.batch_size}")
+        if not 1.0 <= self.multiview_scale <= 2.0:
+            raise ConfigError(f"eval.multiview_scale must be in [1, 2], got {self.multiview_scale}")
         bits = self.hash_bits
         if not isinstance(bits, list) or any(isinstance(b, bool) or b not in HASH_BITS for b in bits):
             raise ConfigError(

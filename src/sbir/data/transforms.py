@@ -42,6 +42,35 @@ def eval_transform(image_size: int, mean: Sequence[float], std: Sequence[float])
     return T.Compose([PadToSquare(), T.Resize((image_size, image_size), antialias=True), *_to_tensor(mean, std)])
 
 
+# Multi-view testing (Triplet-SN, DSSA): the 4 corner crops and the centre crop of the slightly enlarged
+# image, then the same 5 mirrored. MIRRORED_VIEWS[v] is the view of the original image that equals view v
+# of the mirrored image (mirroring swaps left and right crops).
+MULTIVIEW_NAMES = ("tl", "tr", "bl", "br", "c", "tl_flip", "tr_flip", "bl_flip", "br_flip", "c_flip")
+MIRRORED_VIEWS = (6, 5, 8, 7, 9, 1, 0, 3, 2, 4)
+
+
+class TenCrop:
+    """``(10, C, S, S)``: torchvision's FiveCrop (tl, tr, bl, br, centre) of the input, then of its mirror."""
+
+    def __init__(self, size: int):
+        self.size = size
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        crops = T.functional.five_crop(x, [self.size, self.size])
+        return torch.stack([*crops, *(torch.flip(c, dims=[-1]) for c in crops)])
+
+
+def multiview_transform(
+    image_size: int, mean: Sequence[float], std: Sequence[float], scale: float = 256 / 224
+) -> T.Compose:
+    """Pad to square, resize to about ``image_size * scale`` (an even margin), normalise, then the 10 views."""
+    if scale < 1.0:
+        raise ValueError(f"multi-view scale must be >= 1 (crops of the enlarged image), got {scale}")
+    # An even margin keeps the centre crop centred, so mirroring the image only permutes the views.
+    big = image_size + 2 * int(round(image_size * (scale - 1.0) / 2))
+    return T.Compose([PadToSquare(), T.Resize((big, big), antialias=True), *_to_tensor(mean, std), TenCrop(image_size)])
+
+
 def train_transform(
     image_size: int, mean: Sequence[float], std: Sequence[float], aug: AugmentConfig, domain: str
 ) -> T.Compose:

@@ -30,7 +30,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from sbir.data.records import ImageRef
-from sbir.data.transforms import eval_transform
+from sbir.data.transforms import eval_transform, multiview_transform
 from sbir.errors import ImageLoadError
 
 
@@ -112,18 +112,26 @@ def embed_images(
     skip_errors: bool = False,
     desc: str | None = None,
     return_flipped: bool = False,
+    multiview_scale: float | None = None,
 ) -> EmbedResult:
     """Embed ``refs`` as ``domain`` images. With ``skip_errors`` unreadable files are reported, not fatal.
 
     ``return_flipped`` also embeds every mirrored image and returns it separately
     in ``EmbedResult.flipped`` (``embeddings`` are then the plain images'); it
-    cannot be combined with ``flip_tta`` (averaging).
+    cannot be combined with ``flip_tta`` (averaging). ``multiview_scale`` embeds the
+    10 views of :func:`sbir.data.transforms.multiview_transform` instead:
+    ``embeddings`` is then ``(N, 10, D)``.
     """
     if return_flipped and flip_tta:
         raise ValueError("embed_images: choose flip_tta (average) or return_flipped (separate), not both")
+    if multiview_scale is not None and (flip_tta or return_flipped):
+        raise ValueError("embed_images: multi-view embedding already holds the mirrored views; no flip TTA with it")
     device = device or next(model.parameters()).device
     model.eval()
-    tf = eval_transform(image_size, model.mean, model.std)
+    if multiview_scale is not None:
+        tf = multiview_transform(image_size, model.mean, model.std, multiview_scale)
+    else:
+        tf = eval_transform(image_size, model.mean, model.std)
     loader = DataLoader(
         _RefDataset(refs, tf, skip_errors),
         batch_size=batch_size,
@@ -146,9 +154,13 @@ def embed_images(
         errors.extend(errs)
         if x is not None:
             x = x.to(device)
-            z = embed_tensor(model, x, domain, flip_tta).float().cpu().numpy()
+            if x.dim() == 5:  # (B, views, C, H, W)
+                b, v = x.shape[:2]
+                z = embed_tensor(model, x.flatten(0, 1), domain).float().cpu().numpy().reshape(b, v, -1)
+            else:
+                z = embed_tensor(model, x, domain, flip_tta).float().cpu().numpy()
             if emb is None:
-                emb = np.empty((len(refs), z.shape[1]), np.float32)
+                emb = np.empty((len(refs), *z.shape[1:]), np.float32)
                 if return_flipped:
                     emb_flip = np.empty_like(emb)
             emb[n_ok : n_ok + len(z)] = z

@@ -30,7 +30,7 @@ from sbir.config import TrainConfig
 from sbir.data.records import Split
 from sbir.engine.embed import embed_images, resolve_device
 from sbir.engine.tasks import get_task, resolve_distance, resolve_flip_mode
-from sbir.errors import CheckpointError, DataError
+from sbir.errors import CheckpointError, ConfigError, DataError
 from sbir.fileio import atomic_write_text
 
 KS_FINEGRAINED = (1, 5, 10)
@@ -57,6 +57,8 @@ class Evaluation:
     query_flip: np.ndarray | None = None
     gallery_flip: np.ndarray | None = None
     show_labels: bool = False  # the grid names each query's class
+    # The full score matrix when it is not a plain function of the embeddings (multi-view, ensembles).
+    scores: np.ndarray | None = None
 
 
 def _embed_kwargs(cfg: TrainConfig, progress: bool, batch_size: int | None, num_workers: int | None) -> dict:
@@ -77,9 +79,15 @@ def evaluate_finegrained(
     distance: str | None = None,
     batch_size: int | None = None,
     num_workers: int | None = 0,
+    multiview: bool | None = None,
 ) -> Evaluation:
-    """Acc@1/5/10 (and %corr when the split has triplets); the gallery is the split's unique photos."""
-    from sbir.metrics import finegrained_report, percent_correct
+    """Acc@1/5/10 (and %corr when the split has triplets); the gallery is the split's unique photos.
+
+    ``multiview`` (default ``cfg.eval.multiview``): 10-view testing, the view scores averaged
+    (:func:`sbir.metrics.multiview_scores` with the mirrored correspondence); flip TTA is then implied.
+    """
+    from sbir.data.transforms import MIRRORED_VIEWS, MULTIVIEW_NAMES
+    from sbir.metrics import finegrained_report, finegrained_report_from_scores, multiview_scores, percent_correct
 
     photo_index = split.photo_index()
     sketches = [s for s in split.sketches if s.photo_id is not None]
@@ -88,12 +96,23 @@ def evaluate_finegrained(
     true_index = np.array([photo_index[s.photo_id] for s in sketches])
     dist = distance or resolve_distance(cfg)
     kw = _embed_kwargs(cfg, progress, batch_size, num_workers)
-    s_emb = embed_images(model, [s.image for s in sketches], "sketch", flip_tta=bool(flip_tta), **kw).embeddings
-    p_emb = embed_images(model, [p.image for p in split.photos], "photo", flip_tta=bool(flip_tta), **kw).embeddings
-    report = finegrained_report(s_emb, p_emb, true_index, ks=KS_FINEGRAINED, distance=dist)
-    if split.triplets is not None and len(split.triplets):
-        report["%corr"] = percent_correct(s_emb, p_emb, split.triplets, distance=dist)
+    use_multiview = cfg.eval.multiview if multiview is None else multiview
+    scores = None
+    if use_multiview:
+        kw["multiview_scale"] = cfg.eval.multiview_scale
+        s_views = embed_images(model, [s.image for s in sketches], "sketch", **kw).embeddings
+        p_views = embed_images(model, [p.image for p in split.photos], "photo", **kw).embeddings
+        scores = multiview_scores(s_views, p_views, dist, mirror=MIRRORED_VIEWS)
+        report = finegrained_report_from_scores(scores, true_index, KS_FINEGRAINED, split.triplets)
+        s_emb, p_emb = s_views[:, MULTIVIEW_NAMES.index("c")], p_views[:, MULTIVIEW_NAMES.index("c")]
+    else:
+        s_emb = embed_images(model, [s.image for s in sketches], "sketch", flip_tta=bool(flip_tta), **kw).embeddings
+        p_emb = embed_images(model, [p.image for p in split.photos], "photo", flip_tta=bool(flip_tta), **kw).embeddings
+        report = finegrained_report(s_emb, p_emb, true_index, ks=KS_FINEGRAINED, distance=dist)
+        if split.triplets is not None and len(split.triplets):
+            report["%corr"] = percent_correct(s_emb, p_emb, split.triplets, distance=dist)
     report["distance"] = dist
+    report["views"] = len(MULTIVIEW_NAMES) if use_multiview else 1
     return Evaluation(
         metrics=report,
         queries=sketches,
@@ -103,6 +122,7 @@ def evaluate_finegrained(
         query_keys=true_index,
         gallery_keys=np.arange(len(split.photos)),
         distance=dist,
+        scores=scores,
     )
 
 
@@ -184,6 +204,7 @@ def evaluate_run(
     flip_tta: bool | None = None,
     skip_orphans: bool = False,
     progress: bool = True,
+    multiview: bool | None = None,
 ) -> tuple[dict[str, Any], Path]:
     """Evaluate the best checkpoint of ``run``; write ``metrics.json`` and ``retrieval.png``.
 
@@ -220,7 +241,12 @@ def evaluate_run(
     use_flip = cfg.eval.flip_tta if flip_tta is None else flip_tta
     out = Path(out_dir) if out_dir else (run if run.is_dir() else run.parent) / f"eval-{split}"
     out.mkdir(parents=True, exist_ok=True)
-    result = spec.evaluate(model, cfg, target, flip_tta=use_flip, progress=progress)
+    extra = {}
+    if multiview is not None:
+        if spec.name != "finegrained":
+            raise ConfigError(f"multi-view testing is a fine-grained evaluation; this run's task is {spec.name}")
+        extra["multiview"] = multiview
+    result = spec.evaluate(model, cfg, target, flip_tta=use_flip, progress=progress, **extra)
     write_retrieval_grid(result, out / "retrieval.png", title=f"{split} retrieval")
     metrics = {
         "split": split,

@@ -465,6 +465,64 @@ def finegrained_report(
     return report
 
 
+def multiview_scores(query_views, gallery_views, distance: str = "cosine", mirror=None) -> np.ndarray:
+    """Multi-view score matrix ``(n_queries, n_gallery)``, higher = better.
+
+    ``query_views`` ``(Nq, V, D)`` and ``gallery_views`` ``(Ng, V, D)`` hold V views
+    of every image (e.g. 4 corner and a centre crop, each also mirrored). The
+    score averages the V scores of corresponding views (as Triplet-SN and DSSA
+    average the 10 view distances)::
+
+        S(q, g) = 1/V  sum_v s(q_v, g_v)
+
+    With ``mirror`` (a permutation of the views: ``mirror[v]`` is the view of an
+    image that equals view ``v`` of its mirror image), the mirrored
+    correspondence is averaged in as well, which makes the score of a mirrored
+    query exactly that of the query::
+
+        S(q, g) = 1/(2V)  sum_v [ s(q_v, g_v) + s(q_v, g_mirror(v)) ]
+
+    ``s`` is :func:`similarity_matrix`'s score (cosine similarity, minus the
+    euclidean distance, ...), so averaging scores averages the distances.
+    """
+    q = _to_numpy(query_views, "query_views")
+    g = _to_numpy(gallery_views, "gallery_views")
+    if q.ndim != 3 or g.ndim != 3 or q.shape[1:] != g.shape[1:]:
+        raise ConfigError(f"multi-view embeddings must be (N, V, D) with equal V and D, got {q.shape} and {g.shape}")
+    n_views = q.shape[1]
+    pairings = [(v, v) for v in range(n_views)]
+    if mirror is not None:
+        perm = [int(m) for m in mirror]
+        if sorted(perm) != list(range(n_views)):
+            raise ConfigError(f"mirror must be a permutation of the {n_views} views, got {mirror!r}")
+        pairings += [(v, perm[v]) for v in range(n_views)]
+    out = np.zeros((q.shape[0], g.shape[0]), dtype=np.float64)
+    for qv, gv in pairings:
+        out += similarity_matrix(q[:, qv], g[:, gv], distance)
+    return (out / len(pairings)).astype(np.float32)
+
+
+def finegrained_report_from_scores(scores, true_index, ks: Sequence[int] = (1, 5, 10), triplets=None) -> dict:
+    """:func:`finegrained_report` (and ``%corr`` with ``triplets``) from a precomputed score matrix,
+    e.g. :func:`multiview_scores` or the mean scores of an ensemble. Ties count against the query."""
+    ks = _check_ks(ks)
+    s = _to_numpy(scores, "scores")
+    ranks = true_match_ranks(s, true_index)
+    report = acc_at_k(ranks, ks)
+    report.update(
+        n_queries=int(s.shape[0]),
+        n_gallery=int(s.shape[1]),
+        ranks=[int(r) for r in ranks],
+        mean_rank=float(ranks.mean()),
+        median_rank=float(np.median(ranks)),
+    )
+    if triplets is not None and len(triplets):
+        tri = _to_numpy(triplets, "triplets").astype(np.int64)
+        more, less = s[tri[:, 0], tri[:, 1]], s[tri[:, 0], tri[:, 2]]
+        report["%corr"] = float(100.0 * np.count_nonzero(more > less) / tri.shape[0])
+    return report
+
+
 def percent_correct(
     sketch_emb,
     photo_emb,

@@ -303,16 +303,19 @@ def write_retrieval_grid(
     if n == 0 or len(ev.gallery) == 0:
         return None
     rows = np.linspace(0, len(ev.queries) - 1, n).round().astype(int)
-    _, scores = next(
-        iter_score_chunks(
-            ev.query_emb[rows],
-            ev.gallery_emb,
-            ev.distance,
-            chunk_size=n,
-            queries_flip=None if ev.query_flip is None else ev.query_flip[rows],
-            gallery_flip=ev.gallery_flip,
+    if getattr(ev, "scores", None) is not None:
+        scores = np.asarray(ev.scores)[rows]
+    else:
+        _, scores = next(
+            iter_score_chunks(
+                ev.query_emb[rows],
+                ev.gallery_emb,
+                ev.distance,
+                chunk_size=n,
+                queries_flip=None if ev.query_flip is None else ev.query_flip[rows],
+                gallery_flip=ev.gallery_flip,
+            )
         )
-    )
     gallery_keys = np.asarray(ev.gallery_keys)
     queries, results, true_pos, ranks, top_scores, names = [], [], [], [], [], []
     for i, r in enumerate(rows):
