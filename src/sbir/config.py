@@ -121,6 +121,11 @@ class LossConfig:
     # Steps over which the margin ramps up (MEMS: 100000 as published; CosFace: 0, full margin at once).
     # A MEMS margin that grows within a short run collapses the embedding: keep it slow.
     anneal_steps: int | None = None
+    # Fine-grained: the neighbourhood-topology term (sbir.losses.topology), added with this weight (unset/0: off);
+    # its margin (0.01) and pairs per sketch (10) default to the loss's.
+    weight_topology: float | None = None
+    topology_margin: float | None = None
+    topology_pairs: int | None = None
 
     def validate(self) -> None:
         if self.name is not None and not self.name:
@@ -131,7 +136,17 @@ class LossConfig:
             raise ConfigError(f"loss.anneal_steps must be >= 0 (or unset), got {self.anneal_steps}")
         if self.temperature is not None and self.temperature <= 0:
             raise ConfigError(f"loss.temperature must be > 0, got {self.temperature}")
-        for k in ("weight_cross", "weight_sketch", "weight_photo", "weight_triplet", "triplet_margin"):
+        if self.topology_pairs is not None and self.topology_pairs < 1:
+            raise ConfigError(f"loss.topology_pairs must be >= 1, got {self.topology_pairs}")
+        for k in (
+            "weight_cross",
+            "weight_sketch",
+            "weight_photo",
+            "weight_triplet",
+            "triplet_margin",
+            "weight_topology",
+            "topology_margin",
+        ):
             if getattr(self, k) is not None and getattr(self, k) < 0:
                 raise ConfigError(f"loss.{k} must be >= 0, got {getattr(self, k)}")
 

@@ -13,6 +13,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.nn.functional as F
+from torch import nn
 
 from sbir.config import TrainConfig
 from sbir.data.transforms import train_transform
@@ -30,6 +32,35 @@ def unique_photo_sampler(task) -> Any:
 
     groups = task.pairs.photo_ids_for_sampler()
     return UniquePhotoBatchSampler(groups, task.cfg.optim.batch_size, seed=task.cfg.seed, drop_last=True)
+
+
+class _PooledPhotoFeatures(nn.Module):
+    """The photo encoder's pooled, L2-normalised backbone features (no projection head)."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+        self.mean, self.std = model.mean, model.std
+
+    def embed(self, x: torch.Tensor, domain: str) -> torch.Tensor:
+        return F.normalize(self.model.encoder(domain)(x), dim=-1)
+
+
+def pretrained_photo_distances(model: nn.Module, photos, cfg: TrainConfig, progress: bool = True) -> torch.Tensor:
+    """(P, P) cosine distances ``1 - cos`` between ``photos`` under ``model``'s photo backbone as it is now."""
+    from sbir.engine.embed import embed_images
+
+    emb = embed_images(
+        _PooledPhotoFeatures(model),
+        [p.image for p in photos],
+        "photo",
+        cfg.data.image_size,
+        batch_size=cfg.eval.batch_size,
+        progress=progress,
+        desc="pretrained photo distances",
+    ).embeddings
+    e = torch.from_numpy(emb)
+    return (1.0 - e @ e.t()).clamp_(min=0.0)
 
 
 class FineGrainedTask(SplitTask):
@@ -56,6 +87,13 @@ class FineGrainedTask(SplitTask):
             self.pairs.preload()
         self.sampler = spec.make_sampler(self)
         self.criterion = build_criterion(cfg)
+        # The topology term ranks photos as the frozen pretrained photo encoder does: measure that once,
+        # before training (a resumed run rebuilds the same pretrained model first, so it gets the same matrix).
+        self.ref_photo_dist = (
+            pretrained_photo_distances(self.model, self.train_split.photos, cfg, progress)
+            if getattr(self.criterion, "topology", None) is not None
+            else None
+        )
 
     def compute_loss(self, batch: dict, device: torch.device):
         model = self.model
@@ -72,6 +110,9 @@ class FineGrainedTask(SplitTask):
             "photo_aug": photos[b:],
             "groups": batch["group"].to(device),
         }
+        if self.ref_photo_dist is not None:
+            g = batch["group"]
+            embs["ref_photo_dist"] = self.ref_photo_dist[g][:, g].to(device)
         return self.criterion(embs)
 
 

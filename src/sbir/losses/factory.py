@@ -78,9 +78,12 @@ def get_loss_spec(name: str, kind: str | None = None) -> LossSpec:
     return spec
 
 
-def set_values(cfg: LossConfig, *names: str) -> dict:
-    """``{name: value}`` for the ``names`` the config sets (not None): the rest keep the signature defaults."""
-    return {n: getattr(cfg, n) for n in names if getattr(cfg, n) is not None}
+def set_values(cfg: LossConfig, *names: str, prefix: str = "") -> dict:
+    """``{name: value}`` for the ``names`` the config sets (not None): the rest keep the signature defaults.
+
+    ``prefix`` is stripped from the keyword names (``topology_margin`` -> ``margin``).
+    """
+    return {n.removeprefix(prefix): getattr(cfg, n) for n in names if getattr(cfg, n) is not None}
 
 
 def build_loss(
@@ -99,7 +102,17 @@ def build_loss(
     spec = get_loss_spec(cfg.name, kind)
     if spec.kind == "classes" and (num_classes is None or embed_dim is None):
         raise ConfigError(f"loss {cfg.name!r} needs num_classes and embed_dim (it learns class centres)")
-    return spec.build(cfg, num_classes=num_classes, embed_dim=embed_dim)
+    loss = spec.build(cfg, num_classes=num_classes, embed_dim=embed_dim)
+    if cfg.weight_topology:
+        from sbir.losses.topology import NeighbourhoodTopologyLoss
+
+        if not isinstance(loss, FineGrainedLoss):
+            raise ConfigError(f"loss.weight_topology adds a term to fine-grained losses, not to {cfg.name!r}")
+        loss.topology = NeighbourhoodTopologyLoss(
+            **set_values(cfg, "topology_margin", "topology_pairs", prefix="topology_")
+        )
+        loss.weight_topology = float(cfg.weight_topology)
+    return loss
 
 
 class FineGrainedLoss(nn.Module):
@@ -109,13 +122,23 @@ class FineGrainedLoss(nn.Module):
     ``ntxent_sketch``, ``ntxent_photo``, ``triplet`` (never the total, which is the returned tensor).
     """
 
-    def __init__(self, ntxent: nn.Module | None, triplet: nn.Module | None, weight_triplet: float = 1.0):
+    def __init__(
+        self,
+        ntxent: nn.Module | None,
+        triplet: nn.Module | None,
+        weight_triplet: float = 1.0,
+        topology: nn.Module | None = None,
+        weight_topology: float = 1.0,
+    ):
         super().__init__()
         if ntxent is None and triplet is None:
             raise ConfigError("a fine-grained loss needs an NT-Xent term, a triplet term or both")
         self.ntxent = ntxent
         self.triplet = triplet
         self.weight_triplet = float(weight_triplet)
+        # Optional neighbourhood-topology term (sbir.losses.topology); needs batch["ref_photo_dist"].
+        self.topology = topology
+        self.weight_topology = float(weight_topology)
 
     def required_keys(self) -> tuple[str, ...]:
         keys = ["sketch", "photo"]
@@ -140,6 +163,14 @@ class FineGrainedLoss(nn.Module):
             trip = self.triplet(batch["sketch"], batch["photo"], groups)
             parts["triplet"] = float(trip.detach())
             total = trip if total is None else total + self.weight_triplet * trip
+        if self.topology is not None:
+            if batch.get("ref_photo_dist") is None:
+                raise ValueError(
+                    "the topology term needs batch['ref_photo_dist'], the (B, B) pretrained photo distances"
+                )
+            topo = self.topology(batch["sketch"], batch["photo"], batch["ref_photo_dist"])
+            parts["topology"] = float(topo.detach())
+            total = total + self.weight_topology * topo
         return total, parts
 
 
