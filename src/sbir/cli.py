@@ -128,6 +128,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         skip_orphans=args.skip_orphans,
         progress=not args.no_progress,
         multiview=args.multiview,
+        ensemble=args.ensemble,
     )
     if args.json:
         print(json.dumps({k: v for k, v in metrics.items() if k != "ranks"}, indent=2))
@@ -245,6 +246,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="fine-grained 10-view testing: 4 corners and the centre, each also mirrored, scores averaged "
         "(default: the run's eval.multiview)",
+    )
+    p.add_argument(
+        "--ensemble",
+        nargs="+",
+        metavar="RUN",
+        help="fine-grained: more runs (or .safetensors) whose scores are averaged with RUN_DIR's",
     )
     p.add_argument("--json", action="store_true", help="print the metrics as JSON")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")

@@ -167,8 +167,13 @@ class OptimConfig:
     samples_per_class: int = 4
     # Stop before an epoch that would end past this many minutes of training (None: no limit).
     time_budget_minutes: float | None = None
+    # Keep the last N epochs' checkpoints and write their averaged weights as averaged.safetensors (with its
+    # validation metrics in summary.json); `sbir eval RUN/averaged.safetensors` evaluates it.
+    average_last: int | None = None
 
     def validate(self) -> None:
+        if self.average_last is not None and self.average_last < 2:
+            raise ConfigError(f"optim.average_last must be >= 2 (or unset), got {self.average_last}")
         if self.epochs < 1:
             raise ConfigError(f"optim.epochs must be >= 1, got {self.epochs}")
         if self.batch_size < 2:

@@ -182,3 +182,21 @@ def load_training_checkpoint(run_dir: Path) -> tuple[dict[str, torch.Tensor], di
         raise CheckpointError(f"cannot read training state {ckpt / 'train_state.pt'}: {exc}") from exc
     cfg = config_from_dict(json.loads(meta["config"]))
     return tensors, state, cfg
+
+
+def average_state_dicts(states: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    """Element-wise mean of floating-point tensors over ``states`` (same keys and shapes); integer tensors
+    (e.g. BatchNorm's ``num_batches_tracked``) come from the last state."""
+    if not states:
+        raise CheckpointError("nothing to average: no checkpoints")
+    keys = set(states[0])
+    for st in states[1:]:
+        if set(st) != keys:
+            raise CheckpointError("the checkpoints to average hold different tensors; they come from different models")
+    out = {}
+    for k, last in states[-1].items():
+        if last.is_floating_point():
+            out[k] = torch.stack([st[k].float() for st in states]).mean(0).to(last.dtype)
+        else:
+            out[k] = last.clone()
+    return out

@@ -195,6 +195,36 @@ def evaluate_category(
     )
 
 
+def _scores(ev: Evaluation) -> np.ndarray:
+    from sbir.metrics import similarity_matrix
+
+    return ev.scores if ev.scores is not None else similarity_matrix(ev.query_emb, ev.gallery_emb, ev.distance)
+
+
+def _ensemble(first: Evaluation, members, task: str, target: Split, flip_tta, progress: bool, extra) -> Evaluation:
+    """Average the score matrices of ``first`` and of each member model on the same queries and gallery."""
+    import dataclasses
+
+    from sbir.engine.inference import load_model
+    from sbir.metrics import finegrained_report_from_scores
+
+    if task != "finegrained":
+        raise ConfigError(f"ensembles average fine-grained scores; this run's task is {task}")
+    scores, ids = _scores(first).astype(np.float64), []
+    device = str(resolve_device("auto"))
+    for member in members:
+        model, cfg, model_id = load_model(member, device=device)
+        if cfg.task != "finegrained":
+            raise ConfigError(f"ensemble member {member} is a {cfg.task} model; an ensemble needs fine-grained runs")
+        use_flip = cfg.eval.flip_tta if flip_tta is None else flip_tta
+        scores += _scores(evaluate_finegrained(model, cfg, target, flip_tta=use_flip, progress=progress, **extra))
+        ids.append(model_id)
+    scores = (scores / (len(members) + 1)).astype(np.float32)
+    report = finegrained_report_from_scores(scores, first.query_keys, KS_FINEGRAINED, target.triplets)
+    report.update(distance=first.distance, views=first.metrics.get("views", 1), ensemble_ids=ids)
+    return dataclasses.replace(first, metrics=report, scores=scores)
+
+
 def evaluate_run(
     run: str | Path,
     data: str | None = None,
@@ -205,12 +235,15 @@ def evaluate_run(
     skip_orphans: bool = False,
     progress: bool = True,
     multiview: bool | None = None,
+    ensemble: list[str | Path] | None = None,
 ) -> tuple[dict[str, Any], Path]:
     """Evaluate the best checkpoint of ``run``; write ``metrics.json`` and ``retrieval.png``.
 
     ``split="test"`` evaluates what the task's split policy calls the test split
     (:func:`sbir.data.policies.evaluation_split`: for a zero-shot run, the unseen
     classes only); ``split="val"`` replays the run's recorded validation split.
+    ``ensemble``: more fine-grained runs or checkpoints whose scores are averaged with this one's
+    (each model with its own preprocessing).
     """
     from sbir.data.formats import load_dataset
     from sbir.data.policies import evaluation_split
@@ -229,8 +262,8 @@ def evaluate_run(
     if dataset.skipped and progress:
         print(f"skipped {len(dataset.skipped)} sketch(es) with no photo (--skip-orphans)", file=sys.stderr)
     if split == "val":
-        split_file = run / "split.json" if run.is_dir() else None
-        if split_file is None or not split_file.is_file():
+        split_file = (run if run.is_dir() else run.parent) / "split.json"
+        if not split_file.is_file():
             raise CheckpointError(
                 f"--split val needs the run folder's split.json (not found under {run}); pass the run folder"
             )
@@ -247,12 +280,15 @@ def evaluate_run(
             raise ConfigError(f"multi-view testing is a fine-grained evaluation; this run's task is {spec.name}")
         extra["multiview"] = multiview
     result = spec.evaluate(model, cfg, target, flip_tta=use_flip, progress=progress, **extra)
+    if ensemble:
+        result = _ensemble(result, ensemble, spec.name, target, use_flip, progress, extra)
     write_retrieval_grid(result, out / "retrieval.png", title=f"{split} retrieval")
     metrics = {
         "split": split,
         "dataset": str(Path(data_path).resolve()),
         "model_id": model_id,
         "flip_tta": use_flip,
+        **({"ensemble": [model_id, *result.metrics.pop("ensemble_ids")]} if ensemble else {}),
         **result.metrics,
     }
     atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=1))

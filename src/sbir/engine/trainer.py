@@ -31,8 +31,10 @@ from sbir.config import TrainConfig, save_config, to_dict
 from sbir.data.splits import load_split_record
 from sbir.engine.checkpoint import (
     atomic_write_text,
+    average_state_dicts,
     capture_rng_state,
     load_training_checkpoint,
+    read_weights,
     restore_rng_state,
     save_training_checkpoint,
     save_weights,
@@ -244,7 +246,9 @@ class Trainer:
                     self.model, self.run_dir / "best.safetensors", cfg, {"epoch": epoch, "val": {select: score}}
                 )
             self._write_metrics()
-            save_training_checkpoint(self.run_dir, self.model, cfg, self._train_state(epoch))
+            save_training_checkpoint(
+                self.run_dir, self.model, cfg, self._train_state(epoch), keep=cfg.optim.average_last or 1
+            )
             msg = f"epoch {epoch}: loss {row['train_loss']:.4f}  val {select} {score:.2f}"
             msg += "  (best)" if improved else f"  (best {self.best_score:.2f} @ {self.best_epoch})"
             if self.progress:
@@ -263,8 +267,22 @@ class Trainer:
             "history": self.history,
             "config": to_dict(cfg),
         }
+        if cfg.optim.average_last:
+            summary["averaged"] = self._write_averaged(cfg.optim.average_last, select)
         atomic_write_text(self.run_dir / "summary.json", json.dumps(summary, indent=2))
         return summary
+
+    def _write_averaged(self, n: int, select: str) -> dict[str, Any]:
+        """Average the last ``n`` epochs' weights into averaged.safetensors; validate it (the model keeps them)."""
+        dirs = sorted((self.run_dir / "checkpoints").glob("epoch-*"))[-n:]
+        epochs = [int(d.name.split("-")[1]) for d in dirs]
+        self.model.load_state_dict(average_state_dicts([read_weights(d / "model.safetensors")[0] for d in dirs]))
+        val = self.task.evaluate().metrics
+        info = {"epochs": epochs, f"val_{select}": val.get(select)}
+        save_weights(self.model, self.run_dir / "averaged.safetensors", self.cfg, info)
+        if self.progress:
+            print(f"averaged epochs {epochs}: val {select} {val.get(select):.2f}", file=sys.stderr)
+        return info
 
     def _write_metrics(self) -> None:
         fields: list[str] = list(CSV_FIELDS_FIRST)
