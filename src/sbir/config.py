@@ -170,8 +170,14 @@ class OptimConfig:
     # Keep the last N epochs' checkpoints and write their averaged weights as averaged.safetensors (with its
     # validation metrics in summary.json); `sbir eval RUN/averaged.safetensors` evaluates it.
     average_last: int | None = None
+    # With time_budget_minutes: after the first epoch, shorten the schedule (cosine horizon included) to the
+    # epochs that fit the budget, so the learning rate decays fully instead of being cut off; optim.epochs is
+    # then the most it may run.
+    epochs_from_budget: bool = False
 
     def validate(self) -> None:
+        if self.epochs_from_budget and self.time_budget_minutes is None:
+            raise ConfigError("optim.epochs_from_budget needs optim.time_budget_minutes")
         if self.average_last is not None and self.average_last < 2:
             raise ConfigError(f"optim.average_last must be >= 2 (or unset), got {self.average_last}")
         if self.epochs < 1:

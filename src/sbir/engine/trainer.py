@@ -122,10 +122,12 @@ class Trainer:
         params = [g for g in params if g["params"]]
         self.optimizer = torch.optim.AdamW(params, lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
         self.steps_per_epoch = self.task.steps_per_epoch()
-        total = self.steps_per_epoch * cfg.optim.epochs
+        # The schedule's length; optim.epochs_from_budget shortens it after the first epoch (see fit()).
+        self.planned_epochs = cfg.optim.epochs
         warmup = int(round(cfg.optim.warmup_epochs * self.steps_per_epoch))
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, lambda s: warmup_cosine(s, total, warmup, cfg.optim.scheduler)
+            self.optimizer,
+            lambda s: warmup_cosine(s, self.steps_per_epoch * self.planned_epochs, warmup, cfg.optim.scheduler),
         )
         self.use_amp = bool(cfg.amp and self.device.type == "cuda")
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp)
@@ -151,6 +153,7 @@ class Trainer:
         self.history = json.loads(st["history"])
         self.best_score = float(st["best_score"])
         self.best_epoch = int(st["best_epoch"])
+        self.planned_epochs = int(st.get("planned_epochs", self.cfg.optim.epochs))
         restore_rng_state(st["rng"])
 
     def _train_state(self, epoch: int) -> dict[str, Any]:
@@ -163,6 +166,7 @@ class Trainer:
             "history": json.dumps(self.history),
             "best_score": self.best_score,
             "best_epoch": self.best_epoch,
+            "planned_epochs": self.planned_epochs,
             "rng": capture_rng_state(),
         }
 
@@ -214,6 +218,8 @@ class Trainer:
         fit_start = time.time()
         stopped_early = False
         for epoch in range(self.start_epoch, cfg.optim.epochs + 1):
+            if epoch > self.planned_epochs:
+                break
             t0 = time.time()
             if budget_s is not None and epoch > self.start_epoch:
                 per_epoch = (t0 - fit_start) / (epoch - self.start_epoch)
@@ -234,6 +240,8 @@ class Trainer:
             row.update({f"val_{k}": v for k, v in val.items()})
             row["lr"] = self.optimizer.param_groups[-1]["lr"]
             row["seconds"] = round(time.time() - t0, 2)
+            if epoch == 1 and cfg.optim.epochs_from_budget and budget_s is not None:
+                self._plan_from_budget(time.time() - t0, budget_s)
             self.history.append(row)
             score = val.get(select)
             if score is None:
@@ -263,6 +271,7 @@ class Trainer:
             f"best_val_{select}": self.best_score,
             "epochs": cfg.optim.epochs,
             "epochs_run": len(self.history),
+            "planned_epochs": self.planned_epochs,
             "stopped_by_time_budget": stopped_early,
             "history": self.history,
             "config": to_dict(cfg),
@@ -271,6 +280,17 @@ class Trainer:
             summary["averaged"] = self._write_averaged(cfg.optim.average_last, select)
         atomic_write_text(self.run_dir / "summary.json", json.dumps(summary, indent=2))
         return summary
+
+    def _plan_from_budget(self, first_epoch_s: float, budget_s: float) -> None:
+        """Fit the LR schedule to the budget: as many epochs as the first one's time allows (at most optim.epochs)."""
+        fits = int(budget_s * 0.97 // max(first_epoch_s, 1e-6))  # 3% slack for slower epochs
+        self.planned_epochs = max(1, min(self.cfg.optim.epochs, fits))
+        if self.progress:
+            print(
+                f"epoch 1 took {first_epoch_s:.0f} s: the schedule runs {self.planned_epochs} epochs within "
+                f"optim.time_budget_minutes={self.cfg.optim.time_budget_minutes}",
+                file=sys.stderr,
+            )
 
     def _write_averaged(self, n: int, select: str) -> dict[str, Any]:
         """Average the last ``n`` epochs' weights into averaged.safetensors; validate it (the model keeps them)."""
