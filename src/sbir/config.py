@@ -61,10 +61,18 @@ class AugmentConfig:
     color_jitter: float = 0.2
     # Random stroke/edge erasing on sketches (partial sketches).
     erase_prob: float = 0.3
+    # "resized": random resized crop (scale crop_scale_min..1, aspect 0.85..1.15); "fixed": the published
+    # systems' crops (Triplet-SN, DSSA: 225 of 256 px): resize to image_size * fixed_crop_scale, random crop.
+    crop: str = "resized"
+    fixed_crop_scale: float = 256 / 224
 
     def validate(self) -> None:
         if not 0.05 <= self.crop_scale_min <= 1.0:
             raise ConfigError(f"augment.crop_scale_min must be in [0.05, 1], got {self.crop_scale_min}")
+        if self.crop not in ("resized", "fixed"):
+            raise ConfigError(f"augment.crop must be 'resized' or 'fixed', got {self.crop!r}")
+        if not 1.0 <= self.fixed_crop_scale <= 2.0:
+            raise ConfigError(f"augment.fixed_crop_scale must be in [1, 2], got {self.fixed_crop_scale}")
         if not 0.0 <= self.erase_prob <= 1.0:
             raise ConfigError(f"augment.erase_prob must be in [0, 1], got {self.erase_prob}")
 

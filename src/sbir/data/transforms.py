@@ -78,7 +78,11 @@ def train_transform(
     ops: list = [PadToSquare()]
     if aug.rotation_deg > 0:
         ops.append(T.RandomRotation(aug.rotation_deg, fill=WHITE))
-    ops.append(T.RandomResizedCrop(image_size, scale=(aug.crop_scale_min, 1.0), ratio=(0.85, 1.15), antialias=True))
+    if aug.crop == "fixed":
+        big = max(image_size, int(round(image_size * aug.fixed_crop_scale)))
+        ops.extend([T.Resize((big, big), antialias=True), T.RandomCrop(image_size)])
+    else:
+        ops.append(T.RandomResizedCrop(image_size, scale=(aug.crop_scale_min, 1.0), ratio=(0.85, 1.15), antialias=True))
     if aug.hflip:
         ops.append(T.RandomHorizontalFlip())
     if domain == "photo" and aug.color_jitter > 0:
