@@ -37,8 +37,14 @@ class DataConfig:
     # sketches; seeded by split_seed) as this run's test split; the validation split is carved from the rest.
     cv_folds: int | None = None
     cv_fold: int = 0
+    # With loss.weight_negative_triplet: the share of negatives drawn from the human triplet annotations
+    # (QMUL-V1 <cat>_annotation.json: the photos ranked for each sketch; Deep_SBIR_tf uses 0.75); the rest
+    # are random photos.
+    annotation_negatives: float = 0.75
 
     def validate(self) -> None:
+        if not 0.0 <= self.annotation_negatives <= 1.0:
+            raise ConfigError(f"data.annotation_negatives must be in [0, 1], got {self.annotation_negatives}")
         if self.cv_folds is not None and self.cv_folds < 2:
             raise ConfigError(f"data.cv_folds must be >= 2 (or unset), got {self.cv_folds}")
         if self.cv_folds is not None and not 0 <= self.cv_fold < self.cv_folds:
@@ -134,6 +140,9 @@ class LossConfig:
     weight_topology: float | None = None
     topology_margin: float | None = None
     topology_pairs: int | None = None
+    # Fine-grained: a triplet term on explicit negative photos (data.annotation_negatives decides how they are
+    # drawn), added with this weight (unset/0: off); its margin is loss.triplet_margin.
+    weight_negative_triplet: float | None = None
 
     def validate(self) -> None:
         if self.name is not None and not self.name:
@@ -154,6 +163,7 @@ class LossConfig:
             "triplet_margin",
             "weight_topology",
             "topology_margin",
+            "weight_negative_triplet",
         ):
             if getattr(self, k) is not None and getattr(self, k) < 0:
                 raise ConfigError(f"loss.{k} must be >= 0, got {getattr(self, k)}")

@@ -44,6 +44,22 @@ MAX_LISTED_ERRORS = 20
 Transform = Callable[[Image.Image], Any]
 
 
+def annotated_negatives(split: Split) -> list[list[int]]:
+    """Per sketch of ``split``, the photos its human triplet annotations rank (``Split.triplets`` rows
+    ``(sketch, more similar, less similar)``), other than its own photo: the hard negatives of QMUL-V1."""
+    if split.triplets is None or not len(split.triplets):
+        raise DataError(
+            f"split '{split.name}' has no human triplet annotations (QMUL-V1 <cat>_annotation.json); "
+            "annotated negatives need them: set data.annotation_negatives=0 to draw negatives at random"
+        )
+    photo_index = split.photo_index()
+    out: list[set[int]] = [set() for _ in split.sketches]
+    for s, more, less in np.asarray(split.triplets, dtype=np.int64):
+        own = photo_index.get(split.sketches[s].photo_id)
+        out[s].update(int(j) for j in (more, less) if j != own)
+    return [sorted(n) for n in out]
+
+
 class FineGrainedPairs(Dataset):
     """Sketch/photo pairs of ``split`` (see the module docstring for the item layout).
 
@@ -60,6 +76,9 @@ class FineGrainedPairs(Dataset):
         cache_decoded: bool = False,
         sketch_aug_transform: Transform | None = None,
         photo_aug_transform: Transform | None = None,
+        negatives: list[list[int]] | None = None,
+        hard_ratio: float = 0.75,
+        seed: int = 0,
     ):
         if not split.sketches:
             raise DataError(f"split '{split.name}' has no sketches; fine-grained training needs sketch/photo pairs")
@@ -91,9 +110,37 @@ class FineGrainedPairs(Dataset):
         self.groups = groups
         self._sketch_cache: dict[int, Image.Image] = {}
         self._photo_cache: dict[int, Image.Image] = {}
+        # Explicit negatives: with ``negatives`` (per sketch, photo indices humans ranked near it), every item
+        # also carries a negative photo: one of its listed photos with probability ``hard_ratio``, else any
+        # other photo, drawn with a generator seeded by (seed, epoch, item) as Deep_SBIR_tf draws its triplets.
+        if negatives is not None and len(negatives) != len(split.sketches):
+            raise DataError(
+                f"negatives lists {len(negatives)} sketches, split '{split.name}' has {len(split.sketches)}"
+            )
+        if not 0.0 <= hard_ratio <= 1.0:
+            raise DataError(f"the share of annotated negatives must be in [0, 1], got {hard_ratio}")
+        if negatives is not None and len(split.photos) < 2:
+            raise DataError(f"split '{split.name}' has one photo; a negative photo needs at least two")
+        self.negatives = negatives
+        self.hard_ratio = float(hard_ratio)
+        self.seed = int(seed)
+        self.epoch = 0
 
     def __len__(self) -> int:
         return len(self.split.sketches)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def negative_for(self, i: int) -> int:
+        """The negative photo index of item ``i`` this epoch (never the sketch's own photo)."""
+        rng = np.random.default_rng((self.seed, self.epoch, int(i)))
+        own = self.groups[i]
+        listed = [j for j in self.negatives[i] if j != own]
+        if listed and rng.random() < self.hard_ratio:
+            return int(listed[int(rng.integers(len(listed)))])
+        j = int(rng.integers(len(self.split.photos) - 1))
+        return j if j < own else j + 1
 
     def photo_ids_for_sampler(self) -> list[int]:
         """The photo index (group) of every item, for :class:`~sbir.data.sampler.UniquePhotoBatchSampler`."""
@@ -151,6 +198,10 @@ class FineGrainedPairs(Dataset):
         if self.two_views:
             item["sketch_aug"] = self.sketch_aug_transform(sketch)
             item["photo_aug"] = self.photo_aug_transform(photo)
+        if self.negatives is not None:
+            neg = self.negative_for(i)
+            item["negative"] = self.photo_transform(self.photo_image(neg))
+            item["negative_group"] = neg
         item["group"] = group
         item["index"] = i
         return item

@@ -69,9 +69,18 @@ class FineGrainedTask(SplitTask):
     def __init__(
         self, spec: TaskSpec, cfg: TrainConfig, run_dir: Path, progress: bool = True, split_record: dict | None = None
     ):
-        from sbir.data.pairs import FineGrainedPairs
+        from sbir.data.pairs import FineGrainedPairs, annotated_negatives
 
         super().__init__(spec, cfg, run_dir, progress, split_record)
+        self.criterion = build_criterion(cfg)
+        negatives = None
+        if getattr(self.criterion, "negative_triplet", None) is not None:
+            # Random negatives only: no annotations needed; otherwise the split's human rankings.
+            negatives = (
+                annotated_negatives(self.train_split)
+                if cfg.data.annotation_negatives > 0
+                else [[] for _ in self.train_split.sketches]
+            )
         self.model = build_model(cfg)
         size = cfg.data.image_size
         mean, std = self.model.mean, self.model.std
@@ -80,13 +89,15 @@ class FineGrainedTask(SplitTask):
             train_transform(size, mean, std, cfg.augment, "sketch"),
             train_transform(size, mean, std, cfg.augment, "photo"),
             two_views=True,
+            negatives=negatives,
+            hard_ratio=cfg.data.annotation_negatives,
+            seed=cfg.seed,
         )
         # Decode once up front for small datasets, so forked loader workers share the images
         # instead of each decoding (and caching) its own copy every epoch.
         if len(self.train_split.sketches) + len(self.train_split.photos) <= PRELOAD_MAX_IMAGES:
             self.pairs.preload()
         self.sampler = spec.make_sampler(self)
-        self.criterion = build_criterion(cfg)
         # The topology term ranks photos as the frozen pretrained photo encoder does: measure that once,
         # before training (a resumed run rebuilds the same pretrained model first, so it gets the same matrix).
         self.ref_photo_dist = (
@@ -110,6 +121,8 @@ class FineGrainedTask(SplitTask):
             "photo_aug": photos[b:],
             "groups": batch["group"].to(device),
         }
+        if "negative" in batch:
+            embs["negative"] = model.embed(batch["negative"].to(device, non_blocking=True), "photo")
         if self.ref_photo_dist is not None:
             g = batch["group"]
             embs["ref_photo_dist"] = self.ref_photo_dist[g][:, g].to(device)

@@ -112,6 +112,13 @@ def build_loss(
             **set_values(cfg, "topology_margin", "topology_pairs", prefix="topology_")
         )
         loss.weight_topology = float(cfg.weight_topology)
+    if cfg.weight_negative_triplet:
+        from sbir.losses.triplet import NegativeTripletLoss
+
+        if not isinstance(loss, FineGrainedLoss):
+            raise ConfigError(f"loss.weight_negative_triplet adds a term to fine-grained losses, not to {cfg.name!r}")
+        loss.negative_triplet = NegativeTripletLoss(**set_values(cfg, "triplet_margin", prefix="triplet_"))
+        loss.weight_negative_triplet = float(cfg.weight_negative_triplet)
     return loss
 
 
@@ -139,6 +146,9 @@ class FineGrainedLoss(nn.Module):
         # Optional neighbourhood-topology term (sbir.losses.topology); needs batch["ref_photo_dist"].
         self.topology = topology
         self.weight_topology = float(weight_topology)
+        # Optional triplet term with explicit (e.g. human-annotated) negatives; needs batch["negative"].
+        self.negative_triplet: nn.Module | None = None
+        self.weight_negative_triplet = 1.0
 
     def required_keys(self) -> tuple[str, ...]:
         keys = ["sketch", "photo"]
@@ -171,6 +181,12 @@ class FineGrainedLoss(nn.Module):
             topo = self.topology(batch["sketch"], batch["photo"], batch["ref_photo_dist"])
             parts["topology"] = float(topo.detach())
             total = total + self.weight_topology * topo
+        if self.negative_triplet is not None:
+            if batch.get("negative") is None:
+                raise ValueError("the negative triplet term needs batch['negative'], the embeddings of negative photos")
+            neg = self.negative_triplet(batch["sketch"], batch["photo"], batch["negative"])
+            parts["negative_triplet"] = float(neg.detach())
+            total = total + self.weight_negative_triplet * neg
         return total, parts
 
 

@@ -81,6 +81,33 @@ class HardTripletLoss(nn.Module):
         return f"margin={self.margin}, distance='cosine'"
 
 
+class NegativeTripletLoss(nn.Module):
+    """Triplet loss with given negatives (e.g. photos human annotators ranked near the sketch), cosine distance::
+
+        loss = mean_i max(0, d(s_i, p_i) - d(s_i, n_i) + margin),   d(x, y) = 1 - cos(x, y)
+
+    ``forward(sketch, photo, negative) -> scalar``; row ``i`` of ``negative`` is sketch ``i``'s negative photo.
+    """
+
+    def __init__(self, margin: float = 0.2):
+        super().__init__()
+        if margin < 0:
+            raise ConfigError(f"the negative triplet margin must be >= 0, got {margin}")
+        self.margin = float(margin)
+
+    def forward(self, sketch: torch.Tensor, photo: torch.Tensor, negative: torch.Tensor) -> torch.Tensor:
+        check_pair(sketch, photo, None)
+        check_pair(sketch, negative, None)
+        with torch.autocast(device_type=sketch.device.type, enabled=False):
+            s = torch.nn.functional.normalize(sketch.float(), dim=1)
+            d_pos = 1.0 - (s * torch.nn.functional.normalize(photo.float(), dim=1)).sum(1)
+            d_neg = 1.0 - (s * torch.nn.functional.normalize(negative.float(), dim=1)).sum(1)
+            return torch.relu(d_pos - d_neg + self.margin).mean()
+
+    def extra_repr(self) -> str:
+        return f"margin={self.margin}, distance='cosine'"
+
+
 @register_loss("triplet", kind="pairs")
 def _build_triplet(cfg: LossConfig, num_classes=None, embed_dim=None) -> FineGrainedLoss:
     """Batch-hard cross-modal triplet on cosine distance (``loss.triplet_margin`` as ``margin``)."""
