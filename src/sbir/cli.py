@@ -40,6 +40,7 @@ def _train_overrides(args: argparse.Namespace) -> list[str]:
         "data": "data.path",
         "format": "data.format",
         "task": "task",
+        "method": "method",
         "epochs": "optim.epochs",
         "batch_size": "optim.batch_size",
         "lr": "optim.lr",
@@ -175,6 +176,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="run folder (default: runs/<time>-<task>)")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its last checkpoint")
     p.add_argument("--task", help="finegrained (default), category or zeroshot (any registered task)")
+    p.add_argument("--method", help="the task's method when it has several, e.g. clip-prompt (zero-shot CLIP prompts)")
     p.add_argument("--epochs", type=int)
     p.add_argument("--batch-size", type=int)
     p.add_argument("--lr", type=float)

@@ -29,7 +29,7 @@ import numpy as np
 from sbir.config import TrainConfig
 from sbir.data.records import Split
 from sbir.engine.embed import embed_images, resolve_device
-from sbir.engine.tasks import get_task, resolve_distance, resolve_flip_mode
+from sbir.engine.tasks import resolve_distance, resolve_flip_mode, task_spec
 from sbir.errors import CheckpointError, DataError
 from sbir.fileio import atomic_write_text
 
@@ -200,7 +200,7 @@ def evaluate_run(
     run = Path(run)
     # Evaluate wherever is available, whatever device the run trained on.
     model, cfg, model_id = load_model(run, device=str(resolve_device("auto")))
-    spec = get_task(cfg.task)
+    spec = task_spec(cfg)
     data_path = data or cfg.data.path
     if not data_path:
         raise DataError("no dataset given: pass --data PATH")
