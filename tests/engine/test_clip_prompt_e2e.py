@@ -71,6 +71,19 @@ def test_train_writes_metrics_and_a_prompts_only_checkpoint(clip_run: Path):
     assert not {"bear", "bench"} & set(split["train_classes"] + split["val_classes"])
 
 
+def test_the_classifier_trained_against_the_training_class_names(clip_run: Path):
+    import torch
+
+    from sbir.engine.inference import load_model
+
+    state = torch.load(clip_run / "checkpoints" / "epoch-0001" / "train_state.pt", weights_only=True)
+    weights = state["criterion"]["text.class_embeddings"]
+    model, _, _ = load_model(clip_run)
+    train_classes = json.loads((clip_run / "split.json").read_text())["train_classes"]
+    assert torch.allclose(weights, model.class_embeddings(train_classes), atol=1e-6)
+    assert state["criterion"]["text.scale"].item() == pytest.approx(model.logit_scale())
+
+
 def test_eval_ranks_the_unseen_classes_with_the_prompted_encoders(clip_run: Path, sketchy_subset: Path, capsys):
     from sbir.data.formats import load_dataset
     from sbir.data.policies import evaluation_split

@@ -32,6 +32,16 @@ def test_registry_resolves_the_method():
         get_task("zeroshot", "nope")
 
 
+def test_shipped_config_names_the_method():
+    from pathlib import Path
+
+    from sbir.config import load_config
+    from sbir.engine.tasks import task_spec
+
+    cfg = load_config(Path(__file__).resolve().parents[2] / "configs" / "zeroshot_clip.yaml")
+    assert task_spec(cfg).model == "clip-prompt" and cfg.model.clip_model == "ViT-B-32" and cfg.data.image_size == 224
+
+
 def test_prompted_tokens_follow_clip(cfg):
     model = build_model(cfg).eval()
     v = model.clip.visual
