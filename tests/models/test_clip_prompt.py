@@ -30,6 +30,10 @@ def test_registry_resolves_the_method():
     assert "clip-prompt" in list_methods("zeroshot") and "clip-prompt" in list_methods("finegrained-zeroshot")
     with pytest.raises(ConfigError, match="no method 'nope'"):
         get_task("zeroshot", "nope")
+    with pytest.raises(ConfigError, match="registered for task.*zeroshot"):
+        get_task("finegrained", "clip-prompt")
+    with pytest.raises(ConfigError, match="needs a method"):
+        get_task("finegrained-zeroshot")
 
 
 def test_shipped_config_names_the_method():

@@ -98,9 +98,15 @@ def get_task(name: str, method: str | None = None) -> TaskSpec:
         if name not in list_tasks():
             raise ConfigError(f"task must be one of {list_tasks()}, got {name!r}")
         methods = list_methods(name)
+        with_it = sorted(t for t, m in _TASKS if m == method and method is not None)
+        unset_ok = (name, None) in _TASKS
+        if method is None:
+            raise ConfigError(f"task {name!r} needs a method: --method one of {methods} (cfg.method)")
         raise ConfigError(
             f"task {name!r} has no method {method!r}; "
-            + (f"its methods are {methods} (or unset for the default)" if methods else "unset method for it")
+            + (f"its methods are {methods}" if methods else "leave --method unset")
+            + (" (or leave --method unset)" if methods and unset_ok else "")
+            + (f"; method {method!r} is registered for task(s) {', '.join(with_it)}" if with_it else "")
         )
     return _TASKS[(name, method)]
 
