@@ -40,6 +40,7 @@ def _train_overrides(args: argparse.Namespace) -> list[str]:
         "data": "data.path",
         "format": "data.format",
         "task": "task",
+        "method": "method",
         "epochs": "optim.epochs",
         "batch_size": "optim.batch_size",
         "lr": "optim.lr",
@@ -75,6 +76,7 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
     _add_common_data_args(p)
     p.add_argument("--config", help="YAML config file (see configs/)")
     p.add_argument("--task", help="finegrained (default), category or zeroshot (any registered task)")
+    p.add_argument("--method", help="the task's method when it has several, e.g. clip-prompt (zero-shot CLIP prompts)")
     p.add_argument("--epochs", type=int)
     p.add_argument("--batch-size", type=int)
     p.add_argument("--lr", type=float)

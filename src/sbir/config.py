@@ -99,6 +99,15 @@ class ModelConfig:
     dase_where: str = "auto"  # auto | se | stages (sbir.models.dase.insert_dase)
     # Number of training classes; set by the category task when training starts (recorded in checkpoints).
     num_classes: int | None = None
+    # CLIP prompt learning (method clip-prompt; sbir.models.clip_prompt). clip_model: an open_clip model name
+    # or the path of an open_clip model-config JSON; weights: weights_path when set, else clip_pretrained
+    # (an open_clip tag, downloaded) when pretrained is true. The CLIP towers stay frozen.
+    clip_model: str = "ViT-B-32"
+    clip_pretrained: str = "openai"
+    prompts: int = 3  # learnable visual prompt tokens per domain (sketch, photo)
+    prompt_lr: float = 1e-4  # the prompts' learning rate (clip-prompt ignores optim.lr / backbone_lr_mult)
+    clip_lr: float = 1e-6  # learning rate of unfrozen CLIP weights (only with clip_train_norms)
+    clip_train_norms: bool = False  # also train the image tower's LayerNorms (at clip_lr)
 
     def validate(self) -> None:
         if self.embed_dim < 2:
@@ -111,6 +120,13 @@ class ModelConfig:
             raise ConfigError(f"model.dase_where must be 'auto', 'se' or 'stages', got {self.dase_where!r}")
         if self.num_classes is not None and self.num_classes < 2:
             raise ConfigError(f"model.num_classes must be >= 2 (or unset), got {self.num_classes}")
+        if not self.clip_model:
+            raise ConfigError("model.clip_model must be an open_clip model name (e.g. ViT-B-32) or a config JSON")
+        if self.prompts < 1:
+            raise ConfigError(f"model.prompts must be >= 1, got {self.prompts}")
+        for k in ("prompt_lr", "clip_lr"):
+            if getattr(self, k) <= 0:
+                raise ConfigError(f"model.{k} must be > 0, got {getattr(self, k)}")
 
 
 @dataclass
@@ -143,6 +159,12 @@ class LossConfig:
     # Fine-grained: a triplet term on explicit negative photos (data.annotation_negatives decides how they are
     # drawn), added with this weight (unset/0: off); its margin is loss.triplet_margin.
     weight_negative_triplet: float | None = None
+    # CLIP prompt learning (clip-prompt): weights of the text-classifier cross-entropy, the patch-shuffle
+    # triplet and the relative-distance regulariser (fine-grained), and the patch-shuffle grid (n x n).
+    weight_text: float | None = None
+    weight_patch_shuffle: float | None = None
+    weight_rel_distance: float | None = None
+    patch_grid: int | None = None
 
     def validate(self) -> None:
         if self.name is not None and not self.name:
@@ -155,6 +177,8 @@ class LossConfig:
             raise ConfigError(f"loss.temperature must be > 0, got {self.temperature}")
         if self.topology_pairs is not None and self.topology_pairs < 1:
             raise ConfigError(f"loss.topology_pairs must be >= 1, got {self.topology_pairs}")
+        if self.patch_grid is not None and self.patch_grid < 2:
+            raise ConfigError(f"loss.patch_grid must be >= 2 (or unset), got {self.patch_grid}")
         for k in (
             "weight_cross",
             "weight_sketch",
@@ -164,6 +188,9 @@ class LossConfig:
             "weight_topology",
             "topology_margin",
             "weight_negative_triplet",
+            "weight_text",
+            "weight_patch_shuffle",
+            "weight_rel_distance",
         ):
             if getattr(self, k) is not None and getattr(self, k) < 0:
                 raise ConfigError(f"loss.{k} must be >= 0, got {getattr(self, k)}")
@@ -259,6 +286,9 @@ class EvalConfig:
 class TrainConfig:
     # A registered task (sbir.engine.tasks): finegrained | category | zeroshot.
     task: str = "finegrained"
+    # The task's method when it has several (sbir.engine.tasks): unset = the task's default method;
+    # e.g. zeroshot + clip-prompt (CLIP prompt learning, sbir.engine.clip_prompt).
+    method: str | None = None
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda[:N]
     amp: bool = True  # mixed precision, used on GPU only
@@ -275,6 +305,8 @@ class TrainConfig:
         """Check every value; never changes one. Task-specific rules: ``sbir.engine.tasks.check_config``."""
         if not isinstance(self.task, str) or not self.task:
             raise ConfigError(f"task must be a task name such as finegrained, category or zeroshot, got {self.task!r}")
+        if self.method is not None and (not isinstance(self.method, str) or not self.method):
+            raise ConfigError(f"method must be a method name such as clip-prompt (or unset), got {self.method!r}")
         if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
             raise ConfigError(f"device must be auto, cpu or cuda[:N], got {self.device!r}")
         for sub in (self.data, self.augment, self.model, self.loss, self.optim, self.eval):

@@ -15,7 +15,7 @@ from sbir.losses.factory import _LOSSES, register_loss
 
 
 def test_registry_lists_the_tasks_and_refuses_unknown_ones():
-    assert tasks.list_tasks() == ["category", "finegrained", "zeroshot"]
+    assert {"category", "finegrained", "zeroshot"} <= set(tasks.list_tasks())
     with pytest.raises(ConfigError, match="task must be one of"):
         tasks.get_task("segmentation")
     fg, cat, zs = (tasks.get_task(n) for n in ("finegrained", "category", "zeroshot"))

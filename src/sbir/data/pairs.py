@@ -1,5 +1,6 @@
 """Torch datasets of training pairs: :class:`FineGrainedPairs` (a sketch and its photo, fine-grained
-SBIR) and :class:`CategoryPairs` (a sketch and a photo of its class, category-level SBIR).
+SBIR), :class:`CategoryPairs` (a sketch and a photo of its class, category-level SBIR) and
+:class:`TripletPairs` (a sketch, a positive and a negative photo: CLIP prompt learning).
 
 FineGrainedPairs
 ----------------
@@ -251,4 +252,90 @@ class CategoryPairs(Dataset):
             "sketch": self.sketch_transform(self.split.sketches[i].image.load()),
             "photo": self.photo_transform(self.split.photos[j].image.load()),
             "label": c,
+        }
+
+
+class TripletPairs(Dataset):
+    """Item ``i``: training sketch ``i``, a positive photo, a negative photo and the class index (CLIP prompts).
+
+    ``{"sketch": T_s(sketch), "photo": T_p(positive), "negative": T_p(negative), "label": class index}``.
+
+    * category-level (``fine_grained=False``): the positive is a random photo of the sketch's class, the
+      negative a random photo of another class.
+    * fine-grained (``fine_grained=True``): the positive is the sketch's own photo (``photo_id``), the
+      negative another photo of its class (of another class when its class has a single photo).
+
+    Random choices use a generator seeded by ``(seed, epoch, i)`` (call :meth:`set_epoch`), as in
+    :class:`CategoryPairs`.
+    """
+
+    def __init__(
+        self,
+        split: Split,
+        classes: list[str],
+        sketch_transform,
+        photo_transform,
+        seed: int = 0,
+        fine_grained: bool = False,
+    ):
+        self.split = split
+        self.classes = list(classes)
+        self.class_index = {c: i for i, c in enumerate(classes)}
+        self.sketch_transform = sketch_transform
+        self.photo_transform = photo_transform
+        self.seed = int(seed)
+        self.epoch = 0
+        self.fine_grained = bool(fine_grained)
+        self.labels = [self.class_index[s.label] for s in split.sketches]
+        by_class: dict[int, list[int]] = {}
+        for j, p in enumerate(split.photos):
+            if p.label in self.class_index:
+                by_class.setdefault(self.class_index[p.label], []).append(j)
+        missing = sorted({classes[c] for c in self.labels if c not in by_class})
+        if missing:
+            raise DataError(
+                f"training split '{split.name}' has sketches of class(es) with no training photo: "
+                f"{', '.join(missing[:10])}. Add photos of these classes (each class needs photos and sketches)."
+            )
+        if len(by_class) < 2:
+            raise DataError(f"training split '{split.name}' has photos of {len(by_class)} class(es); triplets need 2")
+        self.photos_of = by_class
+        self.own_photo: list[int] = []
+        if self.fine_grained:
+            index = split.photo_index()
+            for s in split.sketches:
+                if s.photo_id is None or s.photo_id not in index:
+                    raise DataError(
+                        f"sketch '{s.id}' ({s.image.describe()}) has no photo in split '{split.name}'; fine-grained "
+                        "training needs every sketch paired with its photo (a layout such as sketchy's "
+                        "photo/<class>/<id>.jpg + sketch/<class>/<id>-<n>.png)"
+                    )
+                self.own_photo.append(index[s.photo_id])
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        return len(self.split.sketches)
+
+    def _pick(self, i: int) -> tuple[int, int]:
+        rng = np.random.default_rng((self.seed, self.epoch, int(i)))
+        c = self.labels[i]
+        others = [k for k in self.photos_of if k != c]
+        other_class_photo = self.photos_of[others[int(rng.integers(len(others)))]]
+        if self.fine_grained:
+            pos = self.own_photo[i]
+            same = [j for j in self.photos_of[c] if j != pos]
+            pool = same or other_class_photo
+            return pos, pool[int(rng.integers(len(pool)))]
+        pool = self.photos_of[c]
+        return pool[int(rng.integers(len(pool)))], other_class_photo[int(rng.integers(len(other_class_photo)))]
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        pos, neg = self._pick(i)
+        return {
+            "sketch": self.sketch_transform(self.split.sketches[i].image.load()),
+            "photo": self.photo_transform(self.split.photos[pos].image.load()),
+            "negative": self.photo_transform(self.split.photos[neg].image.load()),
+            "label": self.labels[i],
         }

@@ -21,7 +21,7 @@ from typing import Any
 
 from sbir.config import TrainConfig
 from sbir.engine.evaluate import evaluate_run
-from sbir.engine.tasks import get_task
+from sbir.engine.tasks import task_spec
 from sbir.engine.trainer import Trainer
 from sbir.errors import ConfigError
 from sbir.fileio import atomic_write_text
@@ -39,7 +39,7 @@ def cross_validate(cfg: TrainConfig, out_dir: str | Path, folds: int = DEFAULT_F
     """Train and test ``folds`` runs of ``cfg`` into ``out_dir/fold-<i>``; write and return ``out_dir/cv.json``."""
     if cfg.data.cv_folds not in (None, folds):
         raise ConfigError(f"data.cv_folds is {cfg.data.cv_folds} but --folds is {folds}; set one of them")
-    keys = get_task(cfg.task).metric_keys
+    keys = task_spec(cfg).metric_keys
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     per_fold: list[dict[str, Any]] = []

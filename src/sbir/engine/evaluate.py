@@ -29,7 +29,7 @@ import numpy as np
 from sbir.config import TrainConfig
 from sbir.data.records import Split
 from sbir.engine.embed import embed_images, resolve_device
-from sbir.engine.tasks import get_task, resolve_distance, resolve_flip_mode
+from sbir.engine.tasks import resolve_distance, resolve_flip_mode, task_spec
 from sbir.errors import CheckpointError, ConfigError, DataError
 from sbir.fileio import atomic_write_text
 
@@ -201,20 +201,20 @@ def _scores(ev: Evaluation) -> np.ndarray:
     return ev.scores if ev.scores is not None else similarity_matrix(ev.query_emb, ev.gallery_emb, ev.distance)
 
 
-def _ensemble(first: Evaluation, members, task: str, target: Split, flip_tta, progress: bool, extra) -> Evaluation:
+def _ensemble(first: Evaluation, members, spec, target: Split, flip_tta, progress: bool, extra) -> Evaluation:
     """Average the score matrices of ``first`` and of each member model on the same queries and gallery."""
     import dataclasses
 
     from sbir.engine.inference import load_model
     from sbir.metrics import finegrained_report_from_scores
 
-    if task != "finegrained":
-        raise ConfigError(f"ensembles average fine-grained scores; this run's task is {task}")
+    if spec.evaluate is not evaluate_finegrained:
+        raise ConfigError(f"ensembles average fine-grained scores; this run's task is {spec.name}")
     scores, ids = _scores(first).astype(np.float64), []
     device = str(resolve_device("auto"))
     for member in members:
         model, cfg, model_id = load_model(member, device=device)
-        if cfg.task != "finegrained":
+        if task_spec(cfg).evaluate is not evaluate_finegrained:
             raise ConfigError(f"ensemble member {member} is a {cfg.task} model; an ensemble needs fine-grained runs")
         use_flip = cfg.eval.flip_tta if flip_tta is None else flip_tta
         scores += _scores(evaluate_finegrained(model, cfg, target, flip_tta=use_flip, progress=progress, **extra))
@@ -254,7 +254,7 @@ def evaluate_run(
     run = Path(run)
     # Evaluate wherever is available, whatever device the run trained on.
     model, cfg, model_id = load_model(run, device=str(resolve_device("auto")))
-    spec = get_task(cfg.task)
+    spec = task_spec(cfg)
     data_path = data or cfg.data.path
     if not data_path:
         raise DataError("no dataset given: pass --data PATH")
@@ -276,12 +276,12 @@ def evaluate_run(
     out.mkdir(parents=True, exist_ok=True)
     extra = {}
     if multiview is not None:
-        if spec.name != "finegrained":
+        if spec.evaluate is not evaluate_finegrained:
             raise ConfigError(f"multi-view testing is a fine-grained evaluation; this run's task is {spec.name}")
         extra["multiview"] = multiview
     result = spec.evaluate(model, cfg, target, flip_tta=use_flip, progress=progress, **extra)
     if ensemble:
-        result = _ensemble(result, ensemble, spec.name, target, use_flip, progress, extra)
+        result = _ensemble(result, ensemble, spec, target, use_flip, progress, extra)
     write_retrieval_grid(result, out / "retrieval.png", title=f"{split} retrieval")
     metrics = {
         "split": split,

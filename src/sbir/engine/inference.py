@@ -13,7 +13,7 @@ from pathlib import Path
 
 from sbir.config import ModelConfig, TrainConfig, config_from_dict
 from sbir.engine.checkpoint import file_digest, read_weights
-from sbir.engine.tasks import build_model, check_config, get_task, with_defaults
+from sbir.engine.tasks import build_model, check_config, task_spec, with_defaults
 from sbir.errors import CheckpointError, SbirError
 
 
@@ -71,11 +71,11 @@ def load_model(spec: str | Path | None = None, device: str = "cpu"):
         )
     digest = file_digest(path)
     model = model.to(device).eval()
-    if get_task(cfg.task).hash_codes:
+    if task_spec(cfg).hash_codes:
         from sbir.engine.hashcodes import load_hash_heads
 
         model.hash_heads = load_hash_heads(path.parent, digest, device=device)
-    return model, cfg, f"{cfg.model.backbone}:{digest}"
+    return model, cfg, f"{getattr(model, 'model_name', None) or cfg.model.backbone}:{digest}"
 
 
 __all__ = ["is_pretrained_spec", "load_model", "resolve_weights"]

@@ -9,6 +9,13 @@ name. Task modules register themselves (:func:`register_task`) and are
 listed once in ``TASK_MODULES``; a new task is its own file plus one line
 there.
 
+A task may have several *methods* (``cfg.method``): specs registered under the
+same task name with ``TaskSpec.method`` set (e.g. ``zeroshot`` +
+``clip-prompt``). They share the task's meaning (split policy, metrics) but
+bring their own model, loss, batches and training step. ``method`` unset is
+the spec registered without one. Code outside this module asks
+:func:`task_spec` (``cfg`` -> its spec), never ``cfg.task`` alone.
+
 Config values a task fills in (:func:`with_defaults`, when the run starts and
 is recorded in ``config.yaml``): ``loss.name`` and ``select_metric`` when
 unset. ``eval.distance: auto`` and ``eval.flip_mode: auto`` stay ``auto`` in the
@@ -30,7 +37,7 @@ from sbir.config import TrainConfig
 from sbir.errors import ConfigError
 
 # Modules that register tasks (imported on the first lookup).
-TASK_MODULES = ("sbir.engine.finegrained", "sbir.engine.category")
+TASK_MODULES = ("sbir.engine.finegrained", "sbir.engine.category", "sbir.engine.clip_prompt")
 
 
 @dataclass(frozen=True)
@@ -54,14 +61,15 @@ class TaskSpec:
     # Extra keyword arguments of the model builder, from the config and the loss spec.
     model_kwargs: Callable[[TrainConfig, Any], dict] = field(default=lambda cfg, loss: {})
     hash_codes: bool = False  # supports eval.hash_bits
+    method: str | None = None  # cfg.method this spec answers for (None: the task's default method)
 
 
-_TASKS: dict[str, TaskSpec] = {}
+_TASKS: dict[tuple[str, str | None], TaskSpec] = {}
 _loaded = False
 
 
 def register_task(spec: TaskSpec) -> TaskSpec:
-    _TASKS[spec.name] = spec
+    _TASKS[(spec.name, spec.method)] = spec
     return spec
 
 
@@ -75,39 +83,62 @@ def _load_builtin() -> None:
 
 def list_tasks() -> list[str]:
     _load_builtin()
-    return sorted(_TASKS)
+    return sorted({name for name, _ in _TASKS})
 
 
-def get_task(name: str) -> TaskSpec:
+def list_methods(task: str) -> list[str]:
+    """The named methods of ``task`` (its default method, registered without a name, is not listed)."""
     _load_builtin()
-    if name not in _TASKS:
-        raise ConfigError(f"task must be one of {list_tasks()}, got {name!r}")
-    return _TASKS[name]
+    return sorted(m for name, m in _TASKS if name == task and m is not None)
+
+
+def get_task(name: str, method: str | None = None) -> TaskSpec:
+    _load_builtin()
+    if (name, method) not in _TASKS:
+        if name not in list_tasks():
+            raise ConfigError(f"task must be one of {list_tasks()}, got {name!r}")
+        methods = list_methods(name)
+        with_it = sorted(t for t, m in _TASKS if m == method and method is not None)
+        unset_ok = (name, None) in _TASKS
+        if method is None:
+            raise ConfigError(f"task {name!r} needs a method: --method one of {methods} (cfg.method)")
+        raise ConfigError(
+            f"task {name!r} has no method {method!r}; "
+            + (f"its methods are {methods}" if methods else "leave --method unset")
+            + (" (or leave --method unset)" if methods and unset_ok else "")
+            + (f"; method {method!r} is registered for task(s) {', '.join(with_it)}" if with_it else "")
+        )
+    return _TASKS[(name, method)]
+
+
+def task_spec(cfg: TrainConfig) -> TaskSpec:
+    """The spec of ``cfg``'s task and method."""
+    return get_task(cfg.task, getattr(cfg, "method", None))
 
 
 # ---------------------------------------------------------------- config rules
 
 
 def loss_name(cfg: TrainConfig) -> str:
-    return cfg.loss.name or get_task(cfg.task).default_loss
+    return cfg.loss.name or task_spec(cfg).default_loss
 
 
 def select_metric(cfg: TrainConfig) -> str:
-    return cfg.select_metric or get_task(cfg.task).select_metric
+    return cfg.select_metric or task_spec(cfg).select_metric
 
 
 def loss_spec(cfg: TrainConfig):
     """The registered loss of ``cfg`` (its kind checked against the task)."""
     from sbir.losses import get_loss_spec
 
-    return get_loss_spec(loss_name(cfg), get_task(cfg.task).loss_kind)
+    return get_loss_spec(loss_name(cfg), task_spec(cfg).loss_kind)
 
 
 def check_config(cfg: TrainConfig) -> TrainConfig:
     """``cfg.validate()`` plus the task's rules: a loss of the task's kind, a metric it reports, hash codes
     only where supported. Changes nothing; returns ``cfg``."""
     cfg.validate()
-    spec = get_task(cfg.task)
+    spec = task_spec(cfg)
     loss_spec(cfg)
     metric = select_metric(cfg)
     if not any(metric == k or metric.startswith(k.split("@")[0] + "@") for k in spec.metric_keys):
@@ -140,7 +171,7 @@ def resolve_flip_mode(cfg: TrainConfig) -> str:
     """``eval.flip_mode`` with ``auto`` resolved by the task (average embeddings, or min over pairings)."""
     if cfg.eval.flip_mode != "auto":
         return cfg.eval.flip_mode
-    return get_task(cfg.task).flip_mode
+    return task_spec(cfg).flip_mode
 
 
 # ---------------------------------------------------------------- factories
@@ -150,7 +181,7 @@ def build_model(cfg: TrainConfig, pretrained: bool | None = None) -> nn.Module:
     """The model ``cfg``'s task trains (``pretrained`` overrides ``cfg.model.pretrained``)."""
     from sbir.models import create_model
 
-    spec = get_task(cfg.task)
+    spec = task_spec(cfg)
     return create_model(spec.model, cfg.model, pretrained=pretrained, **spec.model_kwargs(cfg, loss_spec(cfg)))
 
 
@@ -160,12 +191,12 @@ def build_criterion(cfg: TrainConfig, num_classes: int | None = None, embed_dim:
 
     loss_cfg = copy.deepcopy(cfg.loss)
     loss_cfg.name = loss_name(cfg)
-    return build_loss(loss_cfg, num_classes=num_classes, embed_dim=embed_dim, kind=get_task(cfg.task).loss_kind)
+    return build_loss(loss_cfg, num_classes=num_classes, embed_dim=embed_dim, kind=task_spec(cfg).loss_kind)
 
 
 def build_task(cfg: TrainConfig, run_dir: Path, progress: bool = True, split_record: dict | None = None):
     """The trainer's Task object for ``cfg``."""
-    spec = get_task(cfg.task)
+    spec = task_spec(cfg)
     return spec.task_class(spec, cfg, Path(run_dir), progress=progress, split_record=split_record)
 
 
@@ -177,6 +208,7 @@ __all__ = [
     "build_task",
     "check_config",
     "get_task",
+    "list_methods",
     "list_tasks",
     "loss_name",
     "loss_spec",
@@ -184,5 +216,6 @@ __all__ = [
     "resolve_distance",
     "resolve_flip_mode",
     "select_metric",
+    "task_spec",
     "with_defaults",
 ]

@@ -18,6 +18,9 @@ Kinds:
   "photo_aug", "groups"}`` (``groups``: the (B,) photo index of each row).
 * ``classes``: category-level losses with learnable class centres / weights;
   ``forward(z, labels) -> loss``, ``predict(z) -> class``, ``current_margin()``.
+* ``clip``: CLIP prompt learning (:mod:`sbir.losses.clip_prompt`); ``forward(batch) -> (loss, parts)``
+  on a dict of prompted-encoder embeddings, the class weights being frozen text embeddings
+  (``set_class_embeddings``).
 """
 
 from __future__ import annotations
@@ -31,7 +34,7 @@ from torch import nn
 from sbir.config import LossConfig
 from sbir.errors import ConfigError
 
-KINDS = ("pairs", "classes")
+KINDS = ("pairs", "classes", "clip")
 DISTANCES = ("cosine", "euclidean", "angular")
 
 
@@ -100,7 +103,7 @@ def build_loss(
     if cfg.name is None:
         raise ConfigError("loss.name is unset; the task fills in its default loss (sbir.engine.tasks.with_defaults)")
     spec = get_loss_spec(cfg.name, kind)
-    if spec.kind == "classes" and (num_classes is None or embed_dim is None):
+    if spec.kind in ("classes", "clip") and (num_classes is None or embed_dim is None):
         raise ConfigError(f"loss {cfg.name!r} needs num_classes and embed_dim (it learns class centres)")
     loss = spec.build(cfg, num_classes=num_classes, embed_dim=embed_dim)
     if cfg.weight_topology:
