@@ -110,9 +110,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
         progress=not args.no_progress,
     )
     if args.json:
-        print(json.dumps({k: v for k, v in metrics.items() if k != "ranks"}, indent=2))
+        print(json.dumps({k: v for k, v in metrics.items() if k not in ("ranks", "rerank_ranks")}, indent=2))
     else:
-        keys = [k for k in metrics if k not in ("ranks", "split")]
+        keys = [k for k in metrics if k not in ("ranks", "rerank_ranks", "split")]
         _print_table(f"{args.split} metrics ({metrics.get('n_queries')} queries):", metrics, keys)
         print(f"wrote {out_dir / 'metrics.json'}")
     return 0

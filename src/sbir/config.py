@@ -65,7 +65,9 @@ class AugmentConfig:
 class ModelConfig:
     backbone: str = "efficientnet_lite0"
     pretrained: bool = True
-    weights_path: str | None = None  # local weights file for any timm model
+    weights_path: str | None = None  # local weights file (.safetensors, .pth; ViTs also big_vision .npz)
+    # Extra keyword arguments of the timm constructor, e.g. {img_size: 64, depth: 2} for a small ViT.
+    backbone_kwargs: dict[str, Any] = field(default_factory=dict)
     shared_encoder: bool = False  # ARNet: separate sketch and photo encoders
     embed_dim: int = 512
     head: str = "linear"  # linear | mlp | identity (no projection: off-the-shelf features)
@@ -77,8 +79,29 @@ class ModelConfig:
     dase_where: str = "auto"  # auto | se | stages (sbir.models.dase.insert_dase)
     # Number of training classes; set by the category task when training starts (recorded in checkpoints).
     num_classes: int | None = None
+    # Fine-grained: ARNet's token module as a trained re-ranker (sbir.models.rerank): it re-scores the
+    # embedding top-K photos of each sketch pairwise from the encoders' token sequences.
+    rerank: bool = False
+    rerank_dim: int = 256  # width of the re-ranker's attention layers
+    rerank_heads: int = 4
+    rerank_top_k: int = 10  # photos re-scored per query (evaluation, index search)
+    rerank_negatives: int = 7  # training: hard negatives per sketch from the in-batch embedding top-K
 
     def validate(self) -> None:
+        if not isinstance(self.backbone_kwargs, dict) or not all(isinstance(k, str) for k in self.backbone_kwargs):
+            raise ConfigError(
+                f"model.backbone_kwargs must be a mapping of timm keyword arguments (e.g. "
+                f"model.backbone_kwargs={{img_size: 64}}), got {self.backbone_kwargs!r}"
+            )
+        if self.rerank_dim < 8 or self.rerank_heads < 1 or self.rerank_dim % self.rerank_heads:
+            raise ConfigError(
+                f"model.rerank_dim ({self.rerank_dim}) must be >= 8 and divisible by model.rerank_heads "
+                f"({self.rerank_heads})"
+            )
+        if self.rerank_top_k < 2:
+            raise ConfigError(f"model.rerank_top_k must be >= 2, got {self.rerank_top_k}")
+        if self.rerank_negatives < 1:
+            raise ConfigError(f"model.rerank_negatives must be >= 1, got {self.rerank_negatives}")
         if self.embed_dim < 2:
             raise ConfigError(f"model.embed_dim must be >= 2, got {self.embed_dim}")
         if self.head not in ("linear", "mlp", "identity"):
@@ -107,6 +130,8 @@ class LossConfig:
     weight_photo: float | None = None  # photo <-> augmented photo
     triplet_margin: float | None = None
     weight_triplet: float | None = None
+    # Re-ranker (model.rerank): weight of its listwise loss (true photo vs hard negatives).
+    weight_rerank: float = 1.0
     # MEMS / CosFace margin and scale.
     margin: float | None = None
     scale: float | None = None
@@ -123,13 +148,14 @@ class LossConfig:
             raise ConfigError(f"loss.anneal_steps must be >= 0 (or unset), got {self.anneal_steps}")
         if self.temperature is not None and self.temperature <= 0:
             raise ConfigError(f"loss.temperature must be > 0, got {self.temperature}")
-        for k in ("weight_cross", "weight_sketch", "weight_photo", "weight_triplet", "triplet_margin"):
+        for k in ("weight_cross", "weight_sketch", "weight_photo", "weight_triplet", "triplet_margin", "weight_rerank"):
             if getattr(self, k) is not None and getattr(self, k) < 0:
                 raise ConfigError(f"loss.{k} must be >= 0, got {getattr(self, k)}")
 
 
 @dataclass
 class OptimConfig:
+    name: str = "adamw"  # adamw (decoupled weight decay) | adam (weight_decay as an L2 term; ARNet)
     epochs: int = 20
     batch_size: int = 32
     lr: float = 3e-4
@@ -146,6 +172,8 @@ class OptimConfig:
     time_budget_minutes: float | None = None
 
     def validate(self) -> None:
+        if self.name not in ("adamw", "adam"):
+            raise ConfigError(f"optim.name must be 'adamw' or 'adam', got {self.name!r}")
         if self.epochs < 1:
             raise ConfigError(f"optim.epochs must be >= 1, got {self.epochs}")
         if self.batch_size < 2:

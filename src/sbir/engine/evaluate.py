@@ -7,6 +7,9 @@ use them without recomputing.
 
 * :func:`evaluate_finegrained`: Acc@1/5/10 (and %corr with human triplets); the
   gallery is the split's unique photos; a query's only relevant photo is its own.
+  A model with a trained re-ranker (``model.rerank``) also gets ``rerank_acc@K``:
+  the embedding's top ``model.rerank_top_k`` photos re-ordered pairwise
+  (:mod:`sbir.engine.rerank`); the plain ``acc@K`` stay the embedding's.
 * :func:`evaluate_category`: mAP@all, mAP@200, P@100, P@200 (+ variants and hash
   metrics); any photo of the sketch's class is relevant. Flip TTA takes the
   minimum distance over the four (sketch, photo) flip pairings (DASE-MEMS) or
@@ -29,6 +32,7 @@ import numpy as np
 from sbir.config import TrainConfig
 from sbir.data.records import Split
 from sbir.engine.embed import embed_images, resolve_device
+from sbir.engine.rerank import get_reranker, rerank_scores, reranked_ranks, top_k_candidates
 from sbir.engine.tasks import get_task, resolve_distance, resolve_flip_mode
 from sbir.errors import CheckpointError, DataError
 from sbir.fileio import atomic_write_text
@@ -88,12 +92,17 @@ def evaluate_finegrained(
     true_index = np.array([photo_index[s.photo_id] for s in sketches])
     dist = distance or resolve_distance(cfg)
     kw = _embed_kwargs(cfg, progress, batch_size, num_workers)
-    s_emb = embed_images(model, [s.image for s in sketches], "sketch", flip_tta=bool(flip_tta), **kw).embeddings
-    p_emb = embed_images(model, [p.image for p in split.photos], "photo", flip_tta=bool(flip_tta), **kw).embeddings
+    reranker = get_reranker(model)
+    tok = dict(return_tokens=reranker is not None)
+    s_res = embed_images(model, [s.image for s in sketches], "sketch", flip_tta=bool(flip_tta), **tok, **kw)
+    p_res = embed_images(model, [p.image for p in split.photos], "photo", flip_tta=bool(flip_tta), **tok, **kw)
+    s_emb, p_emb = s_res.embeddings, p_res.embeddings
     report = finegrained_report(s_emb, p_emb, true_index, ks=KS_FINEGRAINED, distance=dist)
     if split.triplets is not None and len(split.triplets):
         report["%corr"] = percent_correct(s_emb, p_emb, split.triplets, distance=dist)
     report["distance"] = dist
+    if reranker is not None:
+        report.update(_rerank_report(model, reranker, s_res, p_res, true_index, report["ranks"], dist))
     return Evaluation(
         metrics=report,
         queries=sketches,
@@ -104,6 +113,21 @@ def evaluate_finegrained(
         gallery_keys=np.arange(len(split.photos)),
         distance=dist,
     )
+
+
+def _rerank_report(model, reranker, s_res, p_res, true_index, plain_ranks, dist: str) -> dict[str, Any]:
+    """``rerank_acc@K`` and ``rerank_ranks``: the embedding top-K (``model.rerank_top_k``) re-ordered pairwise."""
+    from sbir.metrics import acc_at_k, similarity_matrix
+
+    k = int(getattr(model, "rerank_top_k", 10))
+    scores = similarity_matrix(s_res.embeddings, p_res.embeddings, dist)
+    cand = top_k_candidates(scores, k)
+    rr = rerank_scores(reranker, s_res.tokens, p_res.tokens, cand)
+    ranks = reranked_ranks(cand, rr, true_index, plain_ranks)
+    out: dict[str, Any] = {f"rerank_{key}": v for key, v in acc_at_k(ranks, KS_FINEGRAINED).items()}
+    out["rerank_top_k"] = int(cand.shape[1])
+    out["rerank_ranks"] = [int(r) for r in ranks]
+    return out
 
 
 def _labels(records) -> np.ndarray:

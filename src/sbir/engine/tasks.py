@@ -54,6 +54,7 @@ class TaskSpec:
     # Extra keyword arguments of the model builder, from the config and the loss spec.
     model_kwargs: Callable[[TrainConfig, Any], dict] = field(default=lambda cfg, loss: {})
     hash_codes: bool = False  # supports eval.hash_bits
+    rerank: bool = False  # supports model.rerank (a trained token re-ranker of the embedding top-K)
 
 
 _TASKS: dict[str, TaskSpec] = {}
@@ -115,6 +116,8 @@ def check_config(cfg: TrainConfig) -> TrainConfig:
             f"select_metric {metric!r} is not a {spec.name} metric; task {spec.name!r} selects on one of "
             f"{', '.join(spec.metric_keys)}"
         )
+    if cfg.model.rerank and not spec.rerank:
+        raise ConfigError(f"model.rerank is for fine-grained runs; remove it for task {spec.name}")
     if cfg.eval.hash_bits and not spec.hash_codes:
         raise ConfigError(f"eval.hash_bits is for category / zero-shot runs; remove it for task {spec.name}")
     return cfg
