@@ -119,7 +119,10 @@ def cmd_search(args: argparse.Namespace) -> int:
     t1 = time.perf_counter()
     q = encoder.encode([img])[0]
     t2 = time.perf_counter()
-    hits = index.search(q, args.k, model_id=encoder.model_id)
+    rerank_k = 0 if args.no_rerank else encoder.rerank_k  # a checkpoint with a trained re-ranker (model.rerank)
+    hits = index.search(q, max(args.k, rerank_k), model_id=encoder.model_id)
+    if rerank_k:
+        hits = encoder.rerank(img, hits, index)[: args.k]
     t3 = time.perf_counter()
     if args.json:
         out = {
@@ -236,4 +239,7 @@ def add_index_commands(subparsers) -> None:
     s.add_argument("--device", default="cpu", help="torch device (default cpu)")
     s.add_argument("--ef-search", type=int, default=None, help="HNSW search breadth (higher = better recall, slower)")
     s.add_argument("--nprobe", type=int, default=None, help="IVF-PQ lists to visit (higher = better recall, slower)")
+    s.add_argument(
+        "--no-rerank", action="store_true", help="skip the checkpoint's token re-ranker (model.rerank) if it has one"
+    )
     s.set_defaults(func=cmd_search)

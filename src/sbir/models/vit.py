@@ -181,7 +181,8 @@ def load_npz_weights(model: nn.Module, path: str | Path) -> None:
     if not tracked:  # pragma: no cover - timm always opens the archive through the loader
         raise CheckpointError(f"weights file {p} was not read")
     w = tracked[0]
-    prefix = next((pre for pre in ("opt/target/", "params/img/", "params/") if any(f.startswith(pre + "embedding/") for f in w.files)), "")
+    prefixes = ("opt/target/", "params/img/", "params/")
+    prefix = next((pre for pre in prefixes if any(f.startswith(pre + "embedding/") for f in w.files)), "")
     unexpected = sorted(
         f for f in w.files
         if f.startswith(prefix) and f not in w.read and not f[len(prefix):].startswith(_NPZ_HEAD_KEYS)
