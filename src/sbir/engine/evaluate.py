@@ -211,10 +211,32 @@ def evaluate_run(
 ) -> tuple[dict[str, Any], Path]:
     """Evaluate the best checkpoint of ``run``; write ``metrics.json`` and ``retrieval.png``.
 
+    Returns ``(metrics, out_dir)``; :func:`evaluate_run_full` also returns the
+    :class:`Evaluation` (embeddings) and the loaded model.
+
     ``split="test"`` evaluates what the task's split policy calls the test split
     (:func:`sbir.data.policies.evaluation_split`: for a zero-shot run, the unseen
     classes only); ``split="val"`` replays the run's recorded validation split.
     """
+    metrics, out, _result, _model = evaluate_run_full(
+        run, data, fmt, split, out_dir, flip_tta, skip_orphans, progress
+    )
+    return metrics, out
+
+
+def evaluate_run_full(
+    run: str | Path,
+    data: str | None = None,
+    fmt: str | None = None,
+    split: str = "test",
+    out_dir: str | Path | None = None,
+    flip_tta: bool | None = None,
+    skip_orphans: bool = False,
+    progress: bool = True,
+    model_and_cfg: tuple | None = None,
+) -> tuple[dict[str, Any], Path, Evaluation, Any]:
+    """:func:`evaluate_run`, returning ``(metrics, out_dir, evaluation, model)``; ``model_and_cfg``
+    ``(model, cfg, model_id)`` reuses an already loaded model."""
     from sbir.data.formats import load_dataset
     from sbir.data.policies import evaluation_split
     from sbir.data.splits import apply_split_record, load_split_record
@@ -223,7 +245,7 @@ def evaluate_run(
 
     run = Path(run)
     # Evaluate wherever is available, whatever device the run trained on.
-    model, cfg, model_id = load_model(run, device=str(resolve_device("auto")))
+    model, cfg, model_id = model_and_cfg or load_model(run, device=str(resolve_device("auto")))
     spec = get_task(cfg.task)
     data_path = data or cfg.data.path
     if not data_path:
@@ -254,7 +276,7 @@ def evaluate_run(
         **result.metrics,
     }
     atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=1))
-    return metrics, out
+    return metrics, out, result, model
 
 
-__all__ = ["Evaluation", "evaluate_category", "evaluate_finegrained", "evaluate_run"]
+__all__ = ["Evaluation", "evaluate_category", "evaluate_finegrained", "evaluate_run", "evaluate_run_full"]
