@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from sbir.engine.rerank import reranked_ranks, rerank_scores, top_k_candidates
+from sbir.engine.rerank import rerank_scores, reranked_ranks, top_k_candidates
 from sbir.losses.rerank import hard_negatives, rerank_loss
 from sbir.models.rerank import TokenReranker, rerank_order
 
