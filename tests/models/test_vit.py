@@ -155,3 +155,21 @@ def test_npz_weights_load_and_mismatches_are_named(tmp_path):
         create_backbone("vit_tiny_patch16_224", weights_path=path, depth=3, img_size=32)
     with pytest.raises(CheckpointError, match=r"unexpected keys .*encoderblock_1/"):
         create_backbone("vit_tiny_patch16_224", weights_path=path, depth=1, img_size=32)
+
+
+def test_bad_new_options_are_one_line_errors(tmp_path, capsys):
+    from sbir.cli import main
+    from sbir.config import load_config
+    from sbir.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="optim.name must be 'adamw' or 'adam'"):
+        load_config(None, ["optim.name=sgd"])
+    with pytest.raises(ConfigError, match="model.backbone_kwargs must be a mapping"):
+        load_config(None, ["model.backbone_kwargs=12"])
+    with pytest.raises(ConfigError, match="model.rerank is for fine-grained runs"):
+        load_config(None, ["task=category", "model.rerank=true"])
+    with pytest.raises(ConfigError, match="divisible by model.rerank_heads"):
+        load_config(None, ["model.rerank_dim=30", "model.rerank_heads=4"])
+    assert main(["report", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ") and "not a run folder" in err[0]
