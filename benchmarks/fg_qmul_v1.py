@@ -7,6 +7,13 @@ off-the-shelf ImageNet EfficientNet-Lite0 features on the same split.
 
     python benchmarks/fg_qmul_v1.py                       # all three categories
     python benchmarks/fg_qmul_v1.py --categories shoes --set optim.epochs=5
+    python benchmarks/fg_qmul_v1.py --rerank              # + the trained token re-ranker (model.rerank)
+
+``--rerank`` trains the same recipe with ARNet's token module as a re-ranker
+(``model.rerank=true``, on the Lite0 4x4 feature-map positions at 128 px) and
+reports, for the same checkpoint, the embedding's Acc@K beside the re-ranked
+Acc@K (``rerank_acc@K``: the top ``model.rerank_top_k`` photos re-ordered);
+results go to ``fg_qmul_v1-rerank.json`` unless ``--tag`` says otherwise.
 
 Writes ``benchmarks/results/fg_qmul_v1[-<tag>].json``. The test splits are not
 used here (they are not in ../shared/data); evaluate them with ``sbir eval``.
@@ -30,16 +37,21 @@ def main(argv=None) -> int:
     ap.add_argument("--categories", nargs="+", default=list(CATEGORIES), choices=CATEGORIES)
     ap.add_argument("--config", default=str(REPO_ROOT / "configs" / "fg_qmul_v1.yaml"))
     add_training_arguments(ap, "bench_fg_qmul_v1")
+    ap.add_argument("--rerank", action="store_true",
+                    help="train with the token re-ranker (model.rerank=true) and report re-ranked Acc@K too")
     ap.add_argument("--from-runs", nargs="+", metavar="RUN_DIR",
                     help="do not train: evaluate these finished or interrupted run folders (best validation epoch "
                          "so far) on their recorded validation split, beside the ImageNet baseline")
     args = ap.parse_args(argv)
+    if args.rerank:
+        args.set = ["model.rerank=true", *args.set]
+        args.tag = args.tag or "rerank"
 
     import torch
 
     from sbir.config import load_config
-    from sbir.engine.checkpoint import load_model
-    from sbir.engine.finegrained import evaluate_finegrained
+    from sbir.engine.evaluate import evaluate_finegrained
+    from sbir.engine.inference import load_model
     from sbir.engine.trainer import Trainer
 
     results = {}
@@ -53,27 +65,31 @@ def main(argv=None) -> int:
         trainer = Trainer(cfg, run_dir, progress=not args.no_progress)
         summary = trainer.fit()
         train_s = time.time() - t0
-        best, _, _ = load_model(run_dir, device=str(trainer.device))
+        best, best_cfg, _ = load_model(run_dir, device=str(trainer.device))
         val_split = trainer.task.val_split
-        trained = evaluate_finegrained(best, val_split, cfg.data.image_size, flip_tta=cfg.eval.flip_tta,
-                                       progress=False)
+        trained = evaluate_finegrained(best, best_cfg, val_split, flip_tta=cfg.eval.flip_tta, progress=False).metrics
+        keys = ("acc@1", "acc@5", "acc@10", "n_queries", "n_gallery", "rerank_acc@1", "rerank_acc@5",
+                "rerank_acc@10", "rerank_top_k")
         entry = {
             "run_dir": str(run_dir),
             "best_epoch": summary["best_epoch"],
             "train_wall_s": round(train_s, 1),
-            "val": {k: trained[k] for k in ("acc@1", "acc@5", "acc@10", "n_queries", "n_gallery")},
+            "val": {k: trained[k] for k in keys if k in trained},
         }
         if "%corr" in trained:
             entry["val"]["%corr"] = trained["%corr"]
         if not args.no_baseline:
-            base, _, _ = load_model("pretrained", device=str(trainer.device))
-            b = evaluate_finegrained(base, val_split, cfg.data.image_size, progress=False)
+            base, base_cfg, _ = load_model("pretrained", device=str(trainer.device))
+            base_cfg.data.image_size = cfg.data.image_size
+            b = evaluate_finegrained(base, base_cfg, val_split, progress=False).metrics
             entry["imagenet_baseline_val"] = {k: b[k] for k in ("acc@1", "acc@5", "acc@10")}
             if "%corr" in b:
                 entry["imagenet_baseline_val"]["%corr"] = b["%corr"]
         results[cat] = entry
-        print(f"{cat}: val acc@1 {entry['val']['acc@1']:.1f}  (baseline "
-              f"{entry.get('imagenet_baseline_val', {}).get('acc@1', float('nan')):.1f})  {train_s:.0f}s", file=sys.stderr)
+        rerank = f"  re-ranked {entry['val']['rerank_acc@1']:.1f}" if "rerank_acc@1" in entry["val"] else ""
+        print(f"{cat}: val acc@1 {entry['val']['acc@1']:.1f}{rerank}  (baseline "
+              f"{entry.get('imagenet_baseline_val', {}).get('acc@1', float('nan')):.1f})  {train_s:.0f}s",
+              file=sys.stderr)
         del trainer, best
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
@@ -81,8 +97,8 @@ def main(argv=None) -> int:
 
     name = "fg_qmul_v1" + (f"-{args.tag}" if args.tag else "")
     for entry in results.values():  # each category keeps its own command and date when files are merged
-        entry.update(command="python " + " ".join(["benchmarks/fg_qmul_v1.py", *(argv if argv is not None else sys.argv[1:])]),
-                     date=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
+        cmd = ["benchmarks/fg_qmul_v1.py", *(argv if argv is not None else sys.argv[1:])]
+        entry.update(command="python " + " ".join(cmd), date=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
     write_result(name, {"config": to_dict(cfg), "overrides": args.set,
                         "results": merge_previous(name, results, to_dict(cfg)),
                         "split": "validation carved from the training split (data.val_fraction, data.split_seed)"})
@@ -118,21 +134,23 @@ def summarize_runs(args) -> int:
     from sbir.config import to_dict
     from sbir.data.formats import load_dataset
     from sbir.data.splits import apply_split_record, load_split_record
-    from sbir.engine.checkpoint import load_model
-    from sbir.engine.finegrained import evaluate_finegrained
+    from sbir.engine.evaluate import evaluate_finegrained
+    from sbir.engine.inference import load_model
 
     results = {}
     for run in map(Path, args.from_runs):
         model, cfg, _ = load_model(run)
         ds = load_dataset(cfg.data.path, cfg.data.format)
         _, val = apply_split_record(ds.split("train"), load_split_record(run / "split.json"))
-        trained = evaluate_finegrained(model, val, cfg.data.image_size, flip_tta=cfg.eval.flip_tta, progress=False)
-        base, _, _ = load_model("pretrained")
-        b = evaluate_finegrained(base, val, cfg.data.image_size, progress=False)
+        trained = evaluate_finegrained(model, cfg, val, flip_tta=cfg.eval.flip_tta, progress=False).metrics
+        base, base_cfg, _ = load_model("pretrained")
+        base_cfg.data.image_size = cfg.data.image_size
+        b = evaluate_finegrained(base, base_cfg, val, progress=False).metrics
         rows = list(csv.DictReader(open(run / "metrics.csv")))
         best = max(rows, key=lambda r: float(r["val_acc@1"]))
         cat = Path(cfg.data.path).name
-        keys = ("acc@1", "acc@5", "acc@10", "%corr", "n_queries", "n_gallery")
+        keys = ("acc@1", "acc@5", "acc@10", "%corr", "n_queries", "n_gallery", "rerank_acc@1", "rerank_acc@5",
+                "rerank_acc@10")
         results[cat] = {
             "run_dir": str(run),
             "epochs_run": len(rows),

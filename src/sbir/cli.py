@@ -1,6 +1,6 @@
 """The ``sbir`` command line.
 
-Sub-commands: ``demo``, ``train``, ``eval``, ``index``, ``search``, ``serve``.
+Sub-commands: ``demo``, ``train``, ``eval``, ``report``, ``index``, ``search``, ``serve``.
 User errors (:class:`sbir.errors.SbirError`) print one line and exit 2; they
 never show a traceback.
 """
@@ -133,9 +133,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
         ensemble=args.ensemble,
     )
     if args.json:
-        print(json.dumps({k: v for k, v in metrics.items() if k != "ranks"}, indent=2))
+        print(json.dumps({k: v for k, v in metrics.items() if k not in ("ranks", "rerank_ranks")}, indent=2))
     else:
-        keys = [k for k in metrics if k not in ("ranks", "split")]
+        keys = [k for k in metrics if k not in ("ranks", "rerank_ranks", "split")]
         _print_table(f"{args.split} metrics ({metrics.get('n_queries')} queries):", metrics, keys)
         print(f"wrote {out_dir / 'metrics.json'}")
     return 0
@@ -156,6 +156,17 @@ def cmd_cv(args: argparse.Namespace) -> int:
         folds = "  ".join(f"{r[k]:6.2f}" for r in report["per_fold"])
         print(f"  {k:<8} {report[k + '_mean']:6.2f} +- {report[k + '_std']:5.2f}   folds: {folds}")
     print(f"wrote {out / 'cv.json'}")
+    return 0
+
+
+# ---------------------------------------------------------------- report
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from sbir.viz.report import write_report
+
+    page = write_report(args.run, data=args.data, fmt=args.format, out_dir=args.out, progress=not args.no_progress)
+    print(f"wrote {page}")
     return 0
 
 
@@ -258,6 +269,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print the metrics as JSON")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
     p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser(
+        "report",
+        help="write RUN_DIR/report/index.html: curves, retrieval grids, t-SNE, ViT attention distances",
+        description="Write one HTML page (RUN_DIR/report/index.html) with the training curves, the validation "
+        "(and, with --data and a test split, test) retrieval grids and metrics, a t-SNE of sketch and photo "
+        "embeddings and, for ViT encoders, the mean attention distance per layer and head.",
+    )
+    p.add_argument("run", metavar="RUN_DIR", help="run folder written by 'sbir train'")
+    p.add_argument("--data", help="dataset with a test split to evaluate too")
+    p.add_argument("--format", help="force the dataset format")
+    p.add_argument("--out", help="output folder (default: RUN_DIR/report)")
+    p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    p.set_defaults(func=cmd_report)
 
     for mod, fn in (("sbir.index.commands", "add_index_commands"), ("sbir.serve.commands", "add_serve_command")):
         try:

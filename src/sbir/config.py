@@ -87,7 +87,9 @@ class AugmentConfig:
 class ModelConfig:
     backbone: str = "efficientnet_lite0"
     pretrained: bool = True
-    weights_path: str | None = None  # local weights file for any timm model
+    weights_path: str | None = None  # local weights file (.safetensors, .pth; ViTs also big_vision .npz)
+    # Extra keyword arguments of the timm constructor, e.g. {img_size: 64, depth: 2} for a small ViT.
+    backbone_kwargs: dict[str, Any] = field(default_factory=dict)
     shared_encoder: bool = False  # ARNet: separate sketch and photo encoders
     embed_dim: int = 512
     head: str = "linear"  # linear | mlp | identity (no projection: off-the-shelf features)
@@ -108,8 +110,29 @@ class ModelConfig:
     prompt_lr: float = 1e-4  # the prompts' learning rate (clip-prompt ignores optim.lr / backbone_lr_mult)
     clip_lr: float = 1e-6  # learning rate of unfrozen CLIP weights (only with clip_train_norms)
     clip_train_norms: bool = False  # also train the image tower's LayerNorms (at clip_lr)
+    # Fine-grained: ARNet's token module as a trained re-ranker (sbir.models.rerank): it re-scores the
+    # embedding top-K photos of each sketch pairwise from the encoders' token sequences.
+    rerank: bool = False
+    rerank_dim: int = 256  # width of the re-ranker's attention layers
+    rerank_heads: int = 4
+    rerank_top_k: int = 10  # photos re-scored per query (evaluation, index search)
+    rerank_negatives: int = 7  # training: hard negatives per sketch from the in-batch embedding top-K
 
     def validate(self) -> None:
+        if not isinstance(self.backbone_kwargs, dict) or not all(isinstance(k, str) for k in self.backbone_kwargs):
+            raise ConfigError(
+                f"model.backbone_kwargs must be a mapping of timm keyword arguments (e.g. "
+                f"model.backbone_kwargs={{img_size: 64}}), got {self.backbone_kwargs!r}"
+            )
+        if self.rerank_dim < 8 or self.rerank_heads < 1 or self.rerank_dim % self.rerank_heads:
+            raise ConfigError(
+                f"model.rerank_dim ({self.rerank_dim}) must be >= 8 and divisible by model.rerank_heads "
+                f"({self.rerank_heads})"
+            )
+        if self.rerank_top_k < 2:
+            raise ConfigError(f"model.rerank_top_k must be >= 2, got {self.rerank_top_k}")
+        if self.rerank_negatives < 1:
+            raise ConfigError(f"model.rerank_negatives must be >= 1, got {self.rerank_negatives}")
         if self.embed_dim < 2:
             raise ConfigError(f"model.embed_dim must be >= 2, got {self.embed_dim}")
         if self.head not in ("linear", "mlp", "identity"):
@@ -145,6 +168,8 @@ class LossConfig:
     weight_photo: float | None = None  # photo <-> augmented photo
     triplet_margin: float | None = None
     weight_triplet: float | None = None
+    # Re-ranker (model.rerank): weight of its listwise loss (true photo vs hard negatives).
+    weight_rerank: float = 1.0
     # MEMS / CosFace margin and scale.
     margin: float | None = None
     scale: float | None = None
@@ -191,6 +216,7 @@ class LossConfig:
             "weight_text",
             "weight_patch_shuffle",
             "weight_rel_distance",
+            "weight_rerank",
         ):
             if getattr(self, k) is not None and getattr(self, k) < 0:
                 raise ConfigError(f"loss.{k} must be >= 0, got {getattr(self, k)}")
@@ -198,6 +224,7 @@ class LossConfig:
 
 @dataclass
 class OptimConfig:
+    name: str = "adamw"  # adamw (decoupled weight decay) | adam (weight_decay as an L2 term; ARNet)
     epochs: int = 20
     batch_size: int = 32
     lr: float = 3e-4
@@ -225,6 +252,8 @@ class OptimConfig:
             raise ConfigError("optim.epochs_from_budget needs optim.time_budget_minutes")
         if self.average_last is not None and self.average_last < 2:
             raise ConfigError(f"optim.average_last must be >= 2 (or unset), got {self.average_last}")
+        if self.name not in ("adamw", "adam"):
+            raise ConfigError(f"optim.name must be 'adamw' or 'adam', got {self.name!r}")
         if self.epochs < 1:
             raise ConfigError(f"optim.epochs must be >= 1, got {self.epochs}")
         if self.batch_size < 2:

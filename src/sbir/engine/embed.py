@@ -73,6 +73,8 @@ class EmbedResult:
     errors: list[tuple[int, str]] = field(default_factory=list)  # (position, message) of skipped inputs
     # With ``return_flipped``: (n_ok, D) embeddings of the horizontally mirrored images, same rows.
     flipped: np.ndarray | None = None
+    # With ``return_tokens``: (n_ok, N, D) float32 token sequences of the plain images (re-ranker input).
+    tokens: torch.Tensor | None = None
 
 
 def outputs_normalized(model) -> bool:
@@ -89,13 +91,15 @@ def embed_tensor(model, x: torch.Tensor, domain: str, flip_tta: bool = False) ->
     as the plain mean otherwise (see :func:`outputs_normalized`).
     """
     z = model.embed(x, domain)
-    if flip_tta:
-        zf = model.embed(torch.flip(x, dims=[3]), domain)
-        if outputs_normalized(model):
-            z = torch.nn.functional.normalize(z + zf, dim=-1)
-        else:
-            z = 0.5 * (z + zf)
-    return z
+    return _with_flip(model, x, domain, z) if flip_tta else z
+
+
+def _with_flip(model, x: torch.Tensor, domain: str, z: torch.Tensor) -> torch.Tensor:
+    """``z`` (the embeddings of ``x``) combined with the embeddings of the mirrored ``x``."""
+    zf = model.embed(torch.flip(x, dims=[3]), domain)
+    if outputs_normalized(model):
+        return torch.nn.functional.normalize(z + zf, dim=-1)
+    return 0.5 * (z + zf)
 
 
 @torch.no_grad()
@@ -113,6 +117,7 @@ def embed_images(
     desc: str | None = None,
     return_flipped: bool = False,
     multiview_scale: float | None = None,
+    return_tokens: bool = False,
 ) -> EmbedResult:
     """Embed ``refs`` as ``domain`` images. With ``skip_errors`` unreadable files are reported, not fatal.
 
@@ -120,7 +125,8 @@ def embed_images(
     in ``EmbedResult.flipped`` (``embeddings`` are then the plain images'); it
     cannot be combined with ``flip_tta`` (averaging). ``multiview_scale`` embeds the
     10 views of :func:`sbir.data.transforms.multiview_transform` instead:
-    ``embeddings`` is then ``(N, 10, D)``.
+    ``embeddings`` is then ``(N, 10, D)``.    ``return_tokens`` also keeps each image's token
+    sequence (``model.embed_with_tokens``; the same forward pass) in ``EmbedResult.tokens``.
     """
     if return_flipped and flip_tta:
         raise ValueError("embed_images: choose flip_tta (average) or return_flipped (separate), not both")
@@ -147,6 +153,7 @@ def embed_images(
     n_ok = 0
     indices: list[int] = []
     errors: list[tuple[int, str]] = []
+    token_blocks: list[torch.Tensor] = []
     bar = tqdm(
         total=len(refs), desc=desc or f"embed {domain}s", unit="img", disable=not progress, file=sys.stderr, leave=False
     )
@@ -157,6 +164,11 @@ def embed_images(
             if x.dim() == 5:  # (B, views, C, H, W)
                 b, v = x.shape[:2]
                 z = embed_tensor(model, x.flatten(0, 1), domain).float().cpu().numpy().reshape(b, v, -1)
+            elif return_tokens:
+                z_t, tok = model.embed_with_tokens(x, domain)
+                token_blocks.append(tok.float().cpu())
+                z_t = _with_flip(model, x, domain, z_t) if flip_tta else z_t
+                z = z_t.float().cpu().numpy()
             else:
                 z = embed_tensor(model, x, domain, flip_tta).float().cpu().numpy()
             if emb is None:
@@ -178,7 +190,8 @@ def embed_images(
     elif n_ok < len(emb):  # some inputs were skipped
         emb = emb[:n_ok].copy()
         emb_flip = emb_flip[:n_ok].copy() if emb_flip is not None else None
-    return EmbedResult(emb, indices, errors, emb_flip)
+    tokens = torch.cat(token_blocks) if token_blocks else None
+    return EmbedResult(emb, indices, errors, emb_flip, tokens)
 
 
 def embed_pil(model, images: Sequence[Image.Image], domain: str, image_size: int, flip_tta: bool = False) -> np.ndarray:

@@ -7,6 +7,9 @@ use them without recomputing.
 
 * :func:`evaluate_finegrained`: Acc@1/5/10 (and %corr with human triplets); the
   gallery is the split's unique photos; a query's only relevant photo is its own.
+  A model with a trained re-ranker (``model.rerank``) also gets ``rerank_acc@K``:
+  the embedding's top ``model.rerank_top_k`` photos re-ordered pairwise
+  (:mod:`sbir.engine.rerank`); the plain ``acc@K`` stay the embedding's.
 * :func:`evaluate_category`: mAP@all, mAP@200, P@100, P@200 (+ variants and hash
   metrics); any photo of the sketch's class is relevant. Flip TTA takes the
   minimum distance over the four (sketch, photo) flip pairings (DASE-MEMS) or
@@ -29,6 +32,7 @@ import numpy as np
 from sbir.config import TrainConfig
 from sbir.data.records import Split
 from sbir.engine.embed import embed_images, resolve_device
+from sbir.engine.rerank import get_reranker, rerank_scores, reranked_ranks, top_k_candidates
 from sbir.engine.tasks import resolve_distance, resolve_flip_mode, task_spec
 from sbir.errors import CheckpointError, ConfigError, DataError
 from sbir.fileio import atomic_write_text
@@ -106,11 +110,16 @@ def evaluate_finegrained(
         report = finegrained_report_from_scores(scores, true_index, KS_FINEGRAINED, split.triplets)
         s_emb, p_emb = s_views[:, MULTIVIEW_NAMES.index("c")], p_views[:, MULTIVIEW_NAMES.index("c")]
     else:
-        s_emb = embed_images(model, [s.image for s in sketches], "sketch", flip_tta=bool(flip_tta), **kw).embeddings
-        p_emb = embed_images(model, [p.image for p in split.photos], "photo", flip_tta=bool(flip_tta), **kw).embeddings
+        reranker = get_reranker(model)
+        tok = dict(return_tokens=reranker is not None)
+        s_res = embed_images(model, [s.image for s in sketches], "sketch", flip_tta=bool(flip_tta), **tok, **kw)
+        p_res = embed_images(model, [p.image for p in split.photos], "photo", flip_tta=bool(flip_tta), **tok, **kw)
+        s_emb, p_emb = s_res.embeddings, p_res.embeddings
         report = finegrained_report(s_emb, p_emb, true_index, ks=KS_FINEGRAINED, distance=dist)
         if split.triplets is not None and len(split.triplets):
             report["%corr"] = percent_correct(s_emb, p_emb, split.triplets, distance=dist)
+        if reranker is not None:  # (multi-view testing does not re-rank)
+            report.update(_rerank_report(model, reranker, s_res, p_res, true_index, report["ranks"], dist))
     report["distance"] = dist
     report["views"] = len(MULTIVIEW_NAMES) if use_multiview else 1
     return Evaluation(
@@ -124,6 +133,21 @@ def evaluate_finegrained(
         distance=dist,
         scores=scores,
     )
+
+
+def _rerank_report(model, reranker, s_res, p_res, true_index, plain_ranks, dist: str) -> dict[str, Any]:
+    """``rerank_acc@K`` and ``rerank_ranks``: the embedding top-K (``model.rerank_top_k``) re-ordered pairwise."""
+    from sbir.metrics import acc_at_k, similarity_matrix
+
+    k = int(getattr(model, "rerank_top_k", 10))
+    scores = similarity_matrix(s_res.embeddings, p_res.embeddings, dist)
+    cand = top_k_candidates(scores, k)
+    rr = rerank_scores(reranker, s_res.tokens, p_res.tokens, cand)
+    ranks = reranked_ranks(cand, rr, true_index, plain_ranks)
+    out: dict[str, Any] = {f"rerank_{key}": v for key, v in acc_at_k(ranks, KS_FINEGRAINED).items()}
+    out["rerank_top_k"] = int(cand.shape[1])
+    out["rerank_ranks"] = [int(r) for r in ranks]
+    return out
 
 
 def _labels(records) -> np.ndarray:
@@ -239,12 +263,36 @@ def evaluate_run(
 ) -> tuple[dict[str, Any], Path]:
     """Evaluate the best checkpoint of ``run``; write ``metrics.json`` and ``retrieval.png``.
 
+    Returns ``(metrics, out_dir)``; :func:`evaluate_run_full` also returns the
+    :class:`Evaluation` (embeddings) and the loaded model.
+
     ``split="test"`` evaluates what the task's split policy calls the test split
     (:func:`sbir.data.policies.evaluation_split`: for a zero-shot run, the unseen
     classes only); ``split="val"`` replays the run's recorded validation split.
     ``ensemble``: more fine-grained runs or checkpoints whose scores are averaged with this one's
     (each model with its own preprocessing).
     """
+    metrics, out, _result, _model = evaluate_run_full(
+        run, data, fmt, split, out_dir, flip_tta, skip_orphans, progress, multiview=multiview, ensemble=ensemble
+    )
+    return metrics, out
+
+
+def evaluate_run_full(
+    run: str | Path,
+    data: str | None = None,
+    fmt: str | None = None,
+    split: str = "test",
+    out_dir: str | Path | None = None,
+    flip_tta: bool | None = None,
+    skip_orphans: bool = False,
+    progress: bool = True,
+    model_and_cfg: tuple | None = None,
+    multiview: bool | None = None,
+    ensemble: list[str | Path] | None = None,
+) -> tuple[dict[str, Any], Path, Evaluation, Any]:
+    """:func:`evaluate_run`, returning ``(metrics, out_dir, evaluation, model)``; ``model_and_cfg``
+    ``(model, cfg, model_id)`` reuses an already loaded model."""
     from sbir.data.formats import load_dataset
     from sbir.data.policies import evaluation_split
     from sbir.data.splits import apply_split_record, load_split_record
@@ -253,7 +301,7 @@ def evaluate_run(
 
     run = Path(run)
     # Evaluate wherever is available, whatever device the run trained on.
-    model, cfg, model_id = load_model(run, device=str(resolve_device("auto")))
+    model, cfg, model_id = model_and_cfg or load_model(run, device=str(resolve_device("auto")))
     spec = task_spec(cfg)
     data_path = data or cfg.data.path
     if not data_path:
@@ -292,7 +340,7 @@ def evaluate_run(
         **result.metrics,
     }
     atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=1))
-    return metrics, out
+    return metrics, out, result, model
 
 
-__all__ = ["Evaluation", "evaluate_category", "evaluate_finegrained", "evaluate_run"]
+__all__ = ["Evaluation", "evaluate_category", "evaluate_finegrained", "evaluate_run", "evaluate_run_full"]

@@ -21,6 +21,7 @@ from sbir.data.transforms import train_transform
 from sbir.engine.batches import SplitTask
 from sbir.engine.evaluate import evaluate_finegrained
 from sbir.engine.tasks import TaskSpec, build_criterion, build_model, register_task
+from sbir.losses.rerank import rerank_loss
 
 # Training sets up to this many images are decoded into memory once.
 PRELOAD_MAX_IMAGES = 20_000
@@ -110,10 +111,14 @@ class FineGrainedTask(SplitTask):
         model = self.model
         b = batch["sketch"].shape[0]
         # One forward per encoder over both views keeps BatchNorm statistics per domain.
-        sketches = model.embed(
-            torch.cat([batch["sketch"], batch["sketch_aug"]]).to(device, non_blocking=True), "sketch"
-        )
-        photos = model.embed(torch.cat([batch["photo"], batch["photo_aug"]]).to(device, non_blocking=True), "photo")
+        x_sketch = torch.cat([batch["sketch"], batch["sketch_aug"]]).to(device, non_blocking=True)
+        x_photo = torch.cat([batch["photo"], batch["photo_aug"]]).to(device, non_blocking=True)
+        reranker = getattr(model, "reranker", None)
+        if reranker is not None:
+            sketches, s_tok = model.embed_with_tokens(x_sketch, "sketch")
+            photos, p_tok = model.embed_with_tokens(x_photo, "photo")
+        else:
+            sketches, photos = model.embed(x_sketch, "sketch"), model.embed(x_photo, "photo")
         embs = {
             "sketch": sketches[:b],
             "sketch_aug": sketches[b:],
@@ -126,7 +131,20 @@ class FineGrainedTask(SplitTask):
         if self.ref_photo_dist is not None:
             g = batch["group"]
             embs["ref_photo_dist"] = self.ref_photo_dist[g][:, g].to(device)
-        return self.criterion(embs)
+        loss, parts = self.criterion(embs)
+        if reranker is not None:  # the re-ranker learns on the first views: true photo vs hard negatives
+            r_loss, r_parts = rerank_loss(
+                reranker,
+                s_tok[:b],
+                p_tok[:b],
+                sketches[:b],
+                photos[:b],
+                embs["groups"],
+                self.cfg.model.rerank_negatives,
+            )
+            loss = loss + self.cfg.loss.weight_rerank * r_loss
+            parts = {**parts, **r_parts}
+        return loss, parts
 
 
 register_task(
@@ -142,5 +160,6 @@ register_task(
         task_class=FineGrainedTask,
         evaluate=evaluate_finegrained,
         make_sampler=unique_photo_sampler,
+        rerank=True,
     )
 )

@@ -62,6 +62,7 @@ class TaskSpec:
     model_kwargs: Callable[[TrainConfig, Any], dict] = field(default=lambda cfg, loss: {})
     hash_codes: bool = False  # supports eval.hash_bits
     method: str | None = None  # cfg.method this spec answers for (None: the task's default method)
+    rerank: bool = False  # supports model.rerank (a trained token re-ranker of the embedding top-K)
 
 
 _TASKS: dict[tuple[str, str | None], TaskSpec] = {}
@@ -146,6 +147,8 @@ def check_config(cfg: TrainConfig) -> TrainConfig:
             f"select_metric {metric!r} is not a {spec.name} metric; task {spec.name!r} selects on one of "
             f"{', '.join(spec.metric_keys)}"
         )
+    if cfg.model.rerank and not spec.rerank:
+        raise ConfigError(f"model.rerank is for fine-grained runs; remove it for task {spec.name}")
     if cfg.eval.hash_bits and not spec.hash_codes:
         raise ConfigError(f"eval.hash_bits is for category / zero-shot runs; remove it for task {spec.name}")
     return cfg

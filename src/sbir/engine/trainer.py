@@ -120,7 +120,8 @@ class Trainer:
         if crit_params:
             params.append({"params": crit_params, "lr": cfg.optim.lr, "weight_decay": 0.0, "name": "criterion"})
         params = [g for g in params if g["params"]]
-        self.optimizer = torch.optim.AdamW(params, lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
+        opt_class = torch.optim.Adam if cfg.optim.name == "adam" else torch.optim.AdamW
+        self.optimizer = opt_class(params, lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
         self.steps_per_epoch = self.task.steps_per_epoch()
         # The schedule's length; optim.epochs_from_budget shortens it after the first epoch (see fit()).
         self.planned_epochs = cfg.optim.epochs

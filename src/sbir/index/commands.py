@@ -114,7 +114,10 @@ def cmd_search(args: argparse.Namespace) -> int:
     t1 = time.perf_counter()
     q = encoder.encode([img])[0]
     t2 = time.perf_counter()
-    hits = index.search(q, k, model_id=encoder.model_id)
+    rerank_k = 0 if args.no_rerank else encoder.rerank_k  # a checkpoint with a trained re-ranker (model.rerank)
+    hits = index.search(q, max(k, rerank_k), model_id=encoder.model_id)
+    if rerank_k:
+        hits = encoder.rerank(img, hits, index)[:k]
     t3 = time.perf_counter()
     if args.json:
         out = {
@@ -256,4 +259,7 @@ def add_index_commands(subparsers) -> None:
     s.add_argument("-k", type=int, default=None, help=f"number of results (default: the file's k, else {DEFAULT_K})")
     s.add_argument("--json", action="store_true", help="print results as JSON")
     add_query_model_args(s)
+    s.add_argument(
+        "--no-rerank", action="store_true", help="skip the checkpoint's token re-ranker (model.rerank) if it has one"
+    )
     s.set_defaults(func=cmd_search)

@@ -4,6 +4,11 @@ An index records the model that embedded its photos (``model.json``). Queries
 must be embedded by the same weights with the same preprocessing (image size,
 flip TTA), so :class:`QueryEncoder` is always built from that record; an
 explicit ``--model`` override is accepted only when its model id is the same.
+
+A checkpoint with a trained token re-ranker (``model.rerank``) re-scores the
+top ``model.rerank_top_k`` hits of a query pairwise (:meth:`QueryEncoder.rerank`):
+the candidates' photo tokens are recomputed from the gallery images, so indexes
+need no extra storage and any index built with that checkpoint supports it.
 """
 
 from __future__ import annotations
@@ -19,8 +24,9 @@ from PIL import Image
 from sbir.config import to_dict
 from sbir.engine.embed import embed_pil, outputs_normalized
 from sbir.engine.inference import is_pretrained_spec, load_model
+from sbir.engine.rerank import get_reranker
 from sbir.engine.tasks import resolve_distance
-from sbir.index.store import Index, ModelInfo, ModelMismatchError
+from sbir.index.store import Hit, Index, ModelInfo, ModelMismatchError
 
 
 def load_for_index(spec: str | None, device: str = "cpu"):
@@ -120,3 +126,45 @@ class QueryEncoder:
         if self.normalize and len(z):
             z = z / np.maximum(np.linalg.norm(z, axis=1, keepdims=True), 1e-12)
         return z.astype(np.float32)
+
+    # ------------------------------------------------------------------ re-ranking
+
+    @property
+    def rerank_k(self) -> int:
+        """How many top hits :meth:`rerank` re-scores (0: the model has no re-ranker)."""
+        if get_reranker(self.model) is None:
+            return 0
+        return int(getattr(self.model, "rerank_top_k", 10))
+
+    def rerank(self, image: Image.Image, hits: Sequence[Hit], index: Index) -> list[Hit]:
+        """Re-order the first :attr:`rerank_k` of ``hits`` (one query's, best first) with the re-ranker.
+
+        The re-scored hits get the re-ranker's score (a logit, higher = better) and new ranks; hits below
+        them are returned unchanged. Without a re-ranker ``hits`` come back as they are. Search with
+        ``k >= rerank_k`` to re-rank the full top-K. Gallery images that are gone raise
+        :class:`~sbir.index.store.IndexStoreError` (run ``sbir index update``).
+        """
+        import torch
+
+        from sbir.data.image_io import load_image
+        from sbir.data.transforms import eval_transform
+        from sbir.models.rerank import rerank_order
+
+        hits = list(hits)
+        k = min(self.rerank_k, len(hits))
+        if k < 2:
+            return hits
+        head, tail = hits[:k], hits[k:]
+        model = self.model
+        device = next(model.parameters()).device
+        tf = eval_transform(self.image_size, model.mean, model.std)
+        photos = torch.stack([tf(load_image(index.resolve(h.id))) for h in head]).to(device)
+        sketch = tf(image).unsqueeze(0).to(device)
+        with self._lock, torch.no_grad():
+            model.eval()
+            s_tok = model.tokens(sketch, "sketch")
+            p_tok = model.tokens(photos, "photo")
+            scores = model.reranker.score_candidates(s_tok, p_tok).float().cpu()
+        order = rerank_order(list(range(k)), scores)
+        reranked = [Hit(head[i].id, head[i].path, float(scores[i]), r + 1) for r, i in enumerate(order)]
+        return reranked + tail

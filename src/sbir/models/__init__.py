@@ -9,7 +9,7 @@ from sbir.models.factory import create_model, list_models, register_model
 from sbir.models.registry import create_backbone, list_backbones, register_backbone
 
 # Backbone families (each registers its names with register_backbone).
-from sbir.models import efficientnet_lite  # noqa: E402, F401  isort: skip
+from sbir.models import efficientnet_lite, vit  # noqa: E402, F401  isort: skip
 
 # Method models (each registers its builder with register_model).
 from sbir.models import category, clip_prompt, fgsbir  # noqa: E402, F401  isort: skip

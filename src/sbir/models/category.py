@@ -58,7 +58,9 @@ class CategorySBIRModel(nn.Module):
         self.num_classes = int(num_classes)
         self.normalize = bool(normalize)
         use_pretrained = cfg.pretrained if pretrained is None else pretrained
-        self.backbone = create_backbone(cfg.backbone, pretrained=use_pretrained, weights_path=cfg.weights_path)
+        self.backbone = create_backbone(
+            cfg.backbone, pretrained=use_pretrained, weights_path=cfg.weights_path, **cfg.backbone_kwargs
+        )
         self.dase_blocks = insert_dase(self.backbone, where=dase_where) if dase else []
         nf = self.backbone.num_features
         self.head = ProjectionHead(nf, cfg.embed_dim, cfg.head, cfg.dropout)

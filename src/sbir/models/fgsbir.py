@@ -4,6 +4,11 @@ By default the sketch and photo branches are separate networks (ARNet's double
 siamese design); ``shared_encoder=True`` ties the backbone while keeping one
 projection head per domain. ``embed(x, domain)`` returns L2-normalised
 embeddings, so cosine similarity is a dot product.
+
+With ``model.rerank`` the model also holds ``reranker``
+(:class:`sbir.models.rerank.TokenReranker`), which scores (sketch, photo) pairs
+from the encoders' token sequences (``embed_with_tokens``); it is saved and
+restored with the rest of the weights.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ from sbir.config import ModelConfig
 from sbir.models.factory import register_model
 from sbir.models.heads import ProjectionHead
 from sbir.models.registry import create_backbone
+from sbir.models.rerank import TokenReranker
 
 DOMAINS = ("sketch", "photo")
 
@@ -26,7 +32,9 @@ class SBIRModel(nn.Module):
         super().__init__()
         self.cfg = cfg
         use_pretrained = cfg.pretrained if pretrained is None else pretrained
-        sketch_backbone = create_backbone(cfg.backbone, pretrained=use_pretrained, weights_path=cfg.weights_path)
+        sketch_backbone = create_backbone(
+            cfg.backbone, pretrained=use_pretrained, weights_path=cfg.weights_path, **cfg.backbone_kwargs
+        )
         self.sketch_encoder = sketch_backbone
         # A deep copy keeps both branches initialised from the same weights without loading twice.
         self.photo_encoder = sketch_backbone if cfg.shared_encoder else copy.deepcopy(sketch_backbone)
@@ -38,6 +46,11 @@ class SBIRModel(nn.Module):
         self.mean = tuple(sketch_backbone.mean)
         self.std = tuple(sketch_backbone.std)
         self.embed_dim = cfg.embed_dim
+        self.reranker: TokenReranker | None = None
+        self.rerank_top_k = int(cfg.rerank_top_k)
+        if cfg.rerank:
+            td = int(getattr(sketch_backbone, "token_dim", nf))
+            self.reranker = TokenReranker(td, td, dim=cfg.rerank_dim, heads=cfg.rerank_heads)
         if cfg.freeze_stages > 0:
             self.freeze_stages(cfg.freeze_stages)
 
@@ -61,6 +74,14 @@ class SBIRModel(nn.Module):
     def embed(self, x: torch.Tensor, domain: str) -> torch.Tensor:
         return self.head(domain)(self.encoder(domain)(x))
 
+    def embed_with_tokens(self, x: torch.Tensor, domain: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(embedding (B, embed_dim), tokens (B, N, D))`` from one forward pass of ``domain``'s encoder."""
+        pooled, tokens = self.encoder(domain).forward_with_tokens(x)
+        return self.head(domain)(pooled), tokens
+
+    def tokens(self, x: torch.Tensor, domain: str) -> torch.Tensor:
+        return self.encoder(domain).tokens(x)
+
     def embed_sketch(self, x: torch.Tensor) -> torch.Tensor:
         return self.embed(x, "sketch")
 
@@ -76,6 +97,7 @@ class SBIRModel(nn.Module):
             (self.photo_encoder, backbone),
             (self.sketch_head, heads),
             (self.photo_head, heads),
+            (self.reranker if self.reranker is not None else nn.Identity(), heads),
         ):
             for p in module.parameters():
                 if p.requires_grad and id(p) not in seen:

@@ -5,7 +5,14 @@
 * ``num_features``: width of the pooled feature vector,
 * ``forward_features(x)``: the last feature map ``(B, C, H, W)`` (or tokens),
 * ``forward_head(feats)``: global pooling to ``(B, num_features)``,
-* ``forward(x)`` = ``forward_head(forward_features(x))``.
+* ``forward(x)`` = ``forward_head(forward_features(x))``,
+* ``tokens(x)``: the token sequence ``(B, N, D)``: a ViT's patch tokens (prefix tokens
+  such as CLS dropped) or a CNN's last feature-map positions ``(B, H*W, C)``,
+* ``forward_with_tokens(x)``: ``(pooled, tokens)`` from one forward pass,
+* ``stages()``: ordered trunk stages, for freezing the first N.
+
+Families may also claim timm models by class (:func:`register_backbone_wrapper`):
+the ViT family (``sbir.models.vit``) wraps every timm ``VisionTransformer``.
 
 Families register a builder with :func:`register_backbone` in their own
 module, imported by ``sbir/models/__init__.py`` (one line per family; this
@@ -35,6 +42,26 @@ def register_backbone(name: str) -> Callable[[BackboneBuilder], BackboneBuilder]
     return deco
 
 
+# Wrappers for timm models no registered name claims: wrapper(model, name, weights_path) returns the
+# backbone (weights loaded) or None when the model is not of its family.
+BackboneWrapper = Callable[[nn.Module, str, "str | Path | None"], "nn.Module | None"]
+_WRAPPERS: list[BackboneWrapper] = []
+# Constructor-argument defaults of families claimed by class: prepare(name, kwargs) -> kwargs.
+_KWARG_DEFAULTS: list[Callable[[str, dict], dict]] = []
+
+
+def register_backbone_wrapper(
+    fn: BackboneWrapper, kwarg_defaults: Callable[[str, dict], dict] | None = None
+) -> BackboneWrapper:
+    """Register a family that claims timm models by their class (e.g. every VisionTransformer);
+    ``kwarg_defaults(name, kwargs)`` may add constructor arguments for the names it claims."""
+    if fn not in _WRAPPERS:
+        _WRAPPERS.append(fn)
+        if kwarg_defaults is not None:
+            _KWARG_DEFAULTS.append(kwarg_defaults)
+    return fn
+
+
 def list_backbones() -> list[str]:
     return sorted(_REGISTRY)
 
@@ -59,6 +86,28 @@ class TimmBackbone(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_head(self.forward_features(x))
+
+    def tokens_from_features(self, feats: torch.Tensor) -> torch.Tensor:
+        """``(B, N, D)`` tokens of ``forward_features``' output: a feature map's positions
+        ``(B, C, H, W) -> (B, H*W, C)`` row-major, or a token sequence without its prefix tokens."""
+        if feats.ndim == 4:
+            return feats.flatten(2).transpose(1, 2)
+        if feats.ndim == 3:
+            return feats[:, int(getattr(self.model, "num_prefix_tokens", 0)) :]
+        raise ValueError(f"backbone {self.name} gives features of shape {tuple(feats.shape)}; expected 3-D or 4-D")
+
+    def tokens(self, x: torch.Tensor) -> torch.Tensor:
+        return self.tokens_from_features(self.forward_features(x))
+
+    def forward_with_tokens(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(pooled (B, num_features), tokens (B, N, D))`` from one forward pass."""
+        feats = self.forward_features(x)
+        return self.forward_head(feats), self.tokens_from_features(feats)
+
+    @property
+    def token_dim(self) -> int:
+        """Width D of :meth:`tokens` (``num_features`` for the timm CNNs and ViTs sbir uses)."""
+        return int(getattr(self.model, "embed_dim", self.num_features))
 
     def stages(self) -> list[nn.Module]:
         """Ordered trunk stages, for freezing the first N."""
@@ -118,6 +167,8 @@ def create_backbone(
             "nor a timm model name (see timm.list_models())"
         )
     use_hub = bool(pretrained) and weights_path is None
+    for prepare in _KWARG_DEFAULTS:
+        kwargs = prepare(name, dict(kwargs))
     try:
         model = timm.create_model(name, pretrained=use_hub, num_classes=0, **kwargs)
     except Exception as exc:  # noqa: BLE001 - network / hub failures
@@ -125,6 +176,10 @@ def create_backbone(
             f"could not create timm model {name!r} with pretrained weights ({type(exc).__name__}: {exc}). "
             "Without network, pass model.weights_path=FILE or model.pretrained=false."
         ) from exc
+    for wrap in _WRAPPERS:
+        wrapped = wrap(model, name, weights_path)
+        if wrapped is not None:
+            return wrapped
     backbone = TimmBackbone(model, name)
     if weights_path is not None:
         load_weights_file(backbone.model, weights_path)
