@@ -30,13 +30,15 @@ import os
 import threading
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
-from PIL import Image
 
 from sbir.errors import SbirError
+
+if TYPE_CHECKING:  # torch and PIL are imported where used: the CLI parser imports this module
+    import torch
+    from PIL import Image
 
 EXPORT_FORMAT = "sbir-export-v1"
 MANIFEST = "manifest.json"
@@ -217,6 +219,8 @@ class _ModelView:
         self.std = enc.std
         self.normalize = enc.normalized
         self.embed_dim = enc.embed_dim
+        import torch
+
         self.device = torch.device("cpu")
         self.hash_heads = None
 
@@ -224,6 +228,8 @@ class _ModelView:
         return self
 
     def embed(self, x: torch.Tensor, domain: str) -> torch.Tensor:
+        import torch
+
         return torch.from_numpy(self._enc.run(np.ascontiguousarray(x.detach().cpu().numpy(), np.float32), domain))
 
 
@@ -258,6 +264,8 @@ class Encoder:
         raise NotImplementedError
 
     def preprocess(self, images: Sequence[Image.Image], image_size: int | None = None) -> np.ndarray:
+        import torch
+
         from sbir.data.transforms import eval_transform
 
         tf = eval_transform(image_size or self.image_size, self.mean, self.std)
@@ -267,10 +275,10 @@ class Encoder:
         """(N, D) float32 embeddings of PIL images or a preprocessed (N, 3, H, W) batch (numpy or tensor)."""
         if domain not in DOMAINS:
             raise ValueError(f"domain must be one of {DOMAINS}, got {domain!r}")
-        if isinstance(inputs, torch.Tensor):
-            x = inputs.detach().cpu().numpy()
-        elif isinstance(inputs, np.ndarray):
+        if isinstance(inputs, np.ndarray):
             x = inputs
+        elif hasattr(inputs, "detach"):  # a torch tensor
+            x = inputs.detach().cpu().numpy()
         else:
             x = self.preprocess(list(inputs))
         if len(x) == 0:
@@ -294,6 +302,8 @@ class TorchEncoder(Encoder):
     runtime = "torch"
 
     def __init__(self, model, model_id: str, image_size: int, device: str | torch.device = "cpu"):
+        import torch
+
         from sbir.engine.embed import outputs_normalized
 
         self.model = model.eval()
@@ -309,10 +319,12 @@ class TorchEncoder(Encoder):
         )
         self.device = torch.device(device)
 
-    @torch.no_grad()
     def run(self, x: np.ndarray, domain: str) -> np.ndarray:
-        t = torch.from_numpy(x).to(self.device).contiguous(memory_format=torch.channels_last)
-        return self.model.embed(t, domain).float().cpu().numpy()
+        import torch
+
+        with torch.no_grad():
+            t = torch.from_numpy(x).to(self.device).contiguous(memory_format=torch.channels_last)
+            return self.model.embed(t, domain).float().cpu().numpy()
 
     def as_model(self):
         return self.model

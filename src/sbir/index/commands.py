@@ -13,6 +13,7 @@ import sys
 import time
 from pathlib import Path
 
+from sbir.engine.runtime import RUNTIME_CHOICES
 from sbir.errors import DataError, SbirError
 from sbir.index.faiss_ops import APPROX_CHOICES, AUTO_THRESHOLD
 
@@ -52,6 +53,8 @@ def cmd_build(args: argparse.Namespace) -> int:
         device=args.device,
         overwrite=args.overwrite,
         progress=not args.no_progress,
+        runtime=args.runtime,
+        jpeg_draft=args.jpeg_draft,
     )
     _print_report(report, args.json, "built")
     return 0
@@ -70,6 +73,7 @@ def cmd_update(args: argparse.Namespace) -> int:
         num_workers=args.workers,
         device=args.device,
         progress=not args.no_progress,
+        runtime=args.runtime,
     )
     _print_report(report, args.json, "updated")
     return 0
@@ -115,7 +119,7 @@ def cmd_search(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     index = Index.open(args.index, ef_search=args.ef_search, nprobe=args.nprobe)
     img = load_query_image(args.sketch)
-    encoder = QueryEncoder.for_index(index, override=args.model, device=args.device)
+    encoder = QueryEncoder.for_index(index, override=args.model, device=args.device, runtime=args.runtime)
     t1 = time.perf_counter()
     q = encoder.encode([img])[0]
     t2 = time.perf_counter()
@@ -193,6 +197,12 @@ def add_index_commands(subparsers) -> None:
     )
     b.add_argument("--image-size", type=int, default=None, help="input size for the model (default: the model's config)")
     b.add_argument("--overwrite", action="store_true", help="replace an existing index at --out")
+    b.add_argument(
+        "--runtime", choices=RUNTIME_CHOICES, default="auto",
+        help="encoder runtime (recorded in the index): auto = the fastest one 'sbir export' wrote and checked, "
+        "else torch (default auto)",
+    )
+    b.add_argument("--jpeg-draft", action="store_true", help="decode JPEGs at reduced scale (faster; recorded)")
     _common_embed_args(b)
     b.set_defaults(func=cmd_build)
 
@@ -209,6 +219,7 @@ def add_index_commands(subparsers) -> None:
     u.add_argument("--model", default=None, help="where the index's model is now (must have the same model id)")
     u.add_argument("--approx", choices=APPROX_CHOICES, default=None, help="change the index kind (default: keep)")
     u.add_argument("--approx-threshold", type=int, default=None, help="change the auto threshold (default: keep)")
+    u.add_argument("--runtime", choices=RUNTIME_CHOICES, default=None, help="must be the index's runtime (default: it)")
     _common_embed_args(u)
     u.set_defaults(func=cmd_update)
 
@@ -234,6 +245,7 @@ def add_index_commands(subparsers) -> None:
     s.add_argument("--json", action="store_true", help="print results as JSON")
     s.add_argument("--model", default=None, help="load the index's model from here (must have the same model id)")
     s.add_argument("--device", default="cpu", help="torch device (default cpu)")
+    s.add_argument("--runtime", choices=RUNTIME_CHOICES, default=None, help="must be the index's runtime (default: it)")
     s.add_argument("--ef-search", type=int, default=None, help="HNSW search breadth (higher = better recall, slower)")
     s.add_argument("--nprobe", type=int, default=None, help="IVF-PQ lists to visit (higher = better recall, slower)")
     s.set_defaults(func=cmd_search)
