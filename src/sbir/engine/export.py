@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
+import logging
 import shutil
 import sys
 import tempfile
@@ -88,7 +89,7 @@ class CheckResult:
     reason: str = ""
 
     def to_dict(self) -> dict[str, Any]:
-        return {k: (round(v, 7) if isinstance(v, float) else v) for k, v in self.__dict__.items()}
+        return {k: (float(f"{v:.6g}") if isinstance(v, float) else v) for k, v in self.__dict__.items()}
 
 
 @dataclass
@@ -140,6 +141,16 @@ def export_graph(model, domain: str, image_size: int, path: Path, opset: int = O
 
 def quantize_graph(src: Path, dst: Path, mode: str, calib: np.ndarray | None) -> dict[str, Any]:
     """int8 copy of ``src``: ``static`` (QDQ, calibrated on ``calib``, (N,3,H,W) float32) or ``dynamic``."""
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)  # onnxruntime.quantization logs advice through the root logger
+    try:
+        return _quantize(src, dst, mode, calib)
+    finally:
+        root.setLevel(level)
+
+
+def _quantize(src: Path, dst: Path, mode: str, calib: np.ndarray | None) -> dict[str, Any]:
     from onnxruntime.quantization import (
         CalibrationDataReader,
         CalibrationMethod,
@@ -355,6 +366,7 @@ def export_model(
     threads: int | None = None,
     openvino: bool = True,
     speed: bool = True,
+    speed_seconds: float = 1.5,
     progress: bool = True,
     log=None,
 ) -> ExportReport:
@@ -538,7 +550,7 @@ def export_model(
                 if report.checks.get("openvino-int8", CheckResult("", False, 0, 0, 0, 0)).passed:
                     encs["openvino-int8"] = ovq_enc
             for rt, enc in encs.items():
-                report.speed[rt] = round(measure_speed(enc, size), 1)
+                report.speed[rt] = round(measure_speed(enc, size, seconds=speed_seconds), 1)
             manifest["speed"] = {
                 "images_per_s": report.speed,
                 "batch": 32,
