@@ -299,7 +299,8 @@ def test_index_auto_without_export_uses_torch(tiny_paired_dataset, fg_run, tmp_p
     idx = tmp_path / "idx"
     gallery = tiny_paired_dataset / "testB"
     build = ["index", "build", str(gallery), "--model", str(bare), "--out", str(idx)]
-    assert main([*build, "--no-progress", "--workers", "0"]) == 0
+    assert main([*build, "--no-progress", "--workers", "0", "--jpeg-draft"]) == 0
     assert "runtime: torch (auto:" in capsys.readouterr().err
     index = Index.open(idx)
     assert index.model.runtime == "torch" and index.model.encoder_id == f"torch:{index.model.model_id}"
+    assert index.model.jpeg_draft is True
