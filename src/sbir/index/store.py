@@ -106,7 +106,7 @@ class ModelInfo:
     # the export folder it read them from, and whether JPEGs were decoded in draft mode.
     runtime: str = "torch"
     encoder_id: str = ""
-    export_dir: Optional[str] = None
+    export_dir: str | None = None
     jpeg_draft: bool = False
 
     @property
