@@ -1,6 +1,6 @@
 """The ``sbir`` command line.
 
-Sub-commands: ``demo``, ``train``, ``eval``, ``report``, ``index``, ``search``, ``serve``.
+Sub-commands: ``demo``, ``train``, ``cv``, ``eval``, ``report``, ``index``, ``search``, ``serve``, ``export``.
 User errors (:class:`sbir.errors.SbirError`) print one line and exit 2; they
 never show a traceback.
 """
@@ -284,7 +284,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
     p.set_defaults(func=cmd_report)
 
-    for mod, fn in (("sbir.index.commands", "add_index_commands"), ("sbir.serve.commands", "add_serve_command")):
+    for mod, fn in (
+        ("sbir.index.commands", "add_index_commands"),
+        ("sbir.serve.commands", "add_serve_command"),
+        ("sbir.engine.export_commands", "add_export_command"),
+    ):
         try:
             module = __import__(mod, fromlist=[fn])
         except ModuleNotFoundError as exc:  # that part is not in this build; other import errors are bugs

@@ -283,3 +283,20 @@ def test_array_to_image():
 )
 def test_is_image_file(name, expected):
     assert is_image_file(name) is expected
+
+
+def test_jpeg_draft_decodes_at_reduced_scale(tmp_path):
+    rng = np.random.default_rng(0)
+    small = Image.fromarray(rng.integers(0, 255, (30, 40, 3), dtype=np.uint8))
+    big = small.resize((1600, 1200), Image.Resampling.BICUBIC)
+    big.save(tmp_path / "p.jpg", quality=92)
+    big.save(tmp_path / "p.png")
+    full = load_image(tmp_path / "p.jpg")
+    draft = load_image(tmp_path / "p.jpg", draft=128)
+    assert full.size == (1600, 1200) and draft.mode == "RGB"
+    assert draft.size == (200, 150)  # 1/8 scale: the smallest DCT scale keeping both sides >= 128
+    assert load_image(tmp_path / "p.jpg", draft=500).size == (800, 600)
+    assert load_image(tmp_path / "p.png", draft=128).size == (1600, 1200)  # not a JPEG: full decode
+    # Same picture: the draft matches the full decode resized to its size.
+    ref = np.asarray(full.resize(draft.size, Image.Resampling.BOX), dtype=np.float32)
+    assert np.abs(np.asarray(draft, dtype=np.float32) - ref).mean() < 6

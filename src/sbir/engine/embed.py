@@ -29,7 +29,8 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
-from sbir.data.records import ImageRef
+from sbir.data.image_io import load_image
+from sbir.data.records import FileRef, ImageRef
 from sbir.data.transforms import eval_transform, multiview_transform
 from sbir.errors import ImageLoadError
 
@@ -40,18 +41,28 @@ def resolve_device(name: str = "auto") -> torch.device:
     return torch.device(name)
 
 
+def model_device(model) -> torch.device:
+    """The device a model (or a runtime adapter with a ``device`` attribute) computes on."""
+    dev = getattr(model, "device", None)
+    if dev is not None:
+        return torch.device(dev)
+    return next(model.parameters()).device
+
+
 class _RefDataset(Dataset):
-    def __init__(self, refs: Sequence[ImageRef], transform, skip_errors: bool):
+    def __init__(self, refs: Sequence[ImageRef], transform, skip_errors: bool, draft: int | None = None):
         self.refs = refs
         self.transform = transform
         self.skip_errors = skip_errors
+        self.draft = draft
 
     def __len__(self) -> int:
         return len(self.refs)
 
     def __getitem__(self, i: int):
+        ref = self.refs[i]
         try:
-            img = self.refs[i].load()
+            img = load_image(ref.path, draft=self.draft) if self.draft and isinstance(ref, FileRef) else ref.load()
         except ImageLoadError as exc:
             if not self.skip_errors:
                 raise
@@ -118,8 +129,13 @@ def embed_images(
     return_flipped: bool = False,
     multiview_scale: float | None = None,
     return_tokens: bool = False,
+    jpeg_draft: bool = False,
 ) -> EmbedResult:
     """Embed ``refs`` as ``domain`` images. With ``skip_errors`` unreadable files are reported, not fatal.
+
+    ``model`` is a torch model or a runtime adapter (:meth:`sbir.engine.runtime.Encoder.as_model`).
+    ``jpeg_draft`` decodes JPEG files at a reduced scale no smaller than ``image_size``
+    (:func:`sbir.data.image_io.load_image`'s ``draft``).
 
     ``return_flipped`` also embeds every mirrored image and returns it separately
     in ``EmbedResult.flipped`` (``embeddings`` are then the plain images'); it
@@ -132,14 +148,14 @@ def embed_images(
         raise ValueError("embed_images: choose flip_tta (average) or return_flipped (separate), not both")
     if multiview_scale is not None and (flip_tta or return_flipped):
         raise ValueError("embed_images: multi-view embedding already holds the mirrored views; no flip TTA with it")
-    device = device or next(model.parameters()).device
+    device = device or model_device(model)
     model.eval()
     if multiview_scale is not None:
         tf = multiview_transform(image_size, model.mean, model.std, multiview_scale)
     else:
         tf = eval_transform(image_size, model.mean, model.std)
     loader = DataLoader(
-        _RefDataset(refs, tf, skip_errors),
+        _RefDataset(refs, tf, skip_errors, draft=image_size if jpeg_draft else None),
         batch_size=batch_size,
         shuffle=False,
         num_workers=num_workers,
@@ -196,7 +212,7 @@ def embed_images(
 
 def embed_pil(model, images: Sequence[Image.Image], domain: str, image_size: int, flip_tta: bool = False) -> np.ndarray:
     """Embed already-decoded images (e.g. an API upload)."""
-    device = next(model.parameters()).device
+    device = model_device(model)
     tf = eval_transform(image_size, model.mean, model.std)
     x = torch.stack([tf(img) for img in images]).to(device)
     model.eval()

@@ -36,7 +36,13 @@ from sbir.data.records import FileRef
 from sbir.engine.embed import embed_images
 from sbir.errors import DataError
 from sbir.index.faiss_ops import AUTO_THRESHOLD, build_faiss, resolve_approx
-from sbir.index.model import is_pretrained_spec, load_for_index, load_index_model, model_info, postprocess
+from sbir.index.model import (
+    load_encoder_for_index,
+    load_index_encoder,
+    model_info,
+    postprocess,
+    runtime_fields,
+)
 from sbir.index.store import (
     GEN_RE,
     POINTER,
@@ -77,6 +83,8 @@ class SyncReport:
     model_id: str = ""
     seconds: float = 0.0
     embed_seconds: float = 0.0
+    runtime: str = "torch"  # the encoder's runtime (sbir.engine.runtime)
+    runtime_note: str = ""  # why that runtime (e.g. "torch (auto: no export ...)")
 
     @property
     def written(self) -> bool:
@@ -195,6 +203,7 @@ def _sync(
     num_workers: int,
     progress: bool,
     force_write: bool,
+    jpeg_draft: bool = False,
 ) -> SyncReport:
     t0 = time.perf_counter()
     index_dir = Path(index_dir)
@@ -258,6 +267,7 @@ def _sync(
             progress=progress,
             skip_errors=True,
             desc="embed photos",
+            jpeg_draft=jpeg_draft,
         )
         report.embed_seconds = time.perf_counter() - t_embed
         report.embedded = len(res.indices)
@@ -358,11 +368,16 @@ def build_index(
     overwrite: bool = False,
     progress: bool = True,
     preloaded: tuple | None = None,
+    runtime: str = "auto",
+    jpeg_draft: bool = False,
 ) -> SyncReport:
     """Embed every image under ``photos_dir`` with ``model_spec`` into a new index at ``out_dir``.
 
     ``preloaded``: ``(model, cfg, model_id)`` already returned by ``load_model(model_spec)``,
-    to avoid loading it again (tests, notebooks).
+    to avoid loading it again (tests, notebooks); used by the torch runtime.
+    ``runtime``: ``auto`` (the fastest exported runtime, else torch), ``torch``, ``onnx``, ``onnx-int8``,
+    ``openvino``, ``openvino-int8`` (:func:`sbir.engine.runtime.pick_runtime`); recorded in the index.
+    ``jpeg_draft``: decode JPEGs at reduced scale (recorded; updates do the same).
     """
     gallery = Path(photos_dir)
     out = Path(out_dir)
@@ -384,23 +399,21 @@ def build_index(
         )
     if image_size is not None and image_size < 32:
         raise IndexStoreError(f"--image-size must be >= 32, got {image_size}")
-    if preloaded is not None:
-        model, cfg, model_id = preloaded
-        path = (
-            None
-            if is_pretrained_spec(str(model_spec or "pretrained"))
-            else str(Path(str(model_spec)).expanduser().resolve())
-        )
-    else:
-        model, cfg, model_id, path = load_for_index(model_spec, device=device)
+    enc, cfg, model_id, path, note = load_encoder_for_index(
+        model_spec, runtime, device=device, image_size=image_size, preloaded=preloaded
+    )
+    model = enc.as_model()
     size = int(image_size or cfg.data.image_size)
     spec = "pretrained" if model_spec is None else str(model_spec)
+    rt = runtime_fields(enc)
     with write_lock(out):
-        return _sync(
+        report = _sync(
             out,
             gallery,
             model,
-            lambda dim: model_info(spec, path, cfg, model_id, dim, size, model=model),
+            lambda dim: model_info(
+                spec, path, cfg, model_id, dim, size, model=model, runtime=rt, jpeg_draft=jpeg_draft
+            ),
             None,
             approx,
             approx_threshold,
@@ -410,7 +423,10 @@ def build_index(
             default_workers() if num_workers is None else num_workers,
             progress,
             force_write=True,
+            jpeg_draft=jpeg_draft,
         )
+    report.runtime, report.runtime_note = enc.runtime, note
+    return report
 
 
 def update_index(
@@ -424,8 +440,12 @@ def update_index(
     device: str = "cpu",
     progress: bool = True,
     preloaded: tuple | None = None,
+    runtime: str | None = None,
 ) -> SyncReport:
-    """Bring ``index_dir`` up to date with its gallery (or ``photos_dir``, which re-roots it)."""
+    """Bring ``index_dir`` up to date with its gallery (or ``photos_dir``, which re-roots it).
+
+    Photos are embedded on the runtime the index records; ``runtime`` naming another is refused.
+    """
     index_dir = Path(index_dir)
     with write_lock(index_dir):
         old = Index.open(index_dir)
@@ -438,15 +458,17 @@ def update_index(
         threshold = int(approx_threshold or old.meta.get("approx_threshold", AUTO_THRESHOLD))
         resolve_approx(requested, 0, threshold)
         rec = old.model
-        if preloaded is not None:
+        if preloaded is not None and (rec.runtime or "torch") == "torch" and runtime in (None, "auto", "torch"):
             model, cfg, model_id = preloaded
             if model_id != rec.model_id:
                 raise ModelMismatchError(
                     f"the given model has id {model_id!r} but the index {index_dir} was built with {rec.model_id!r}"
                 )
+            rt_name = "torch"
         else:
-            model, cfg, model_id = load_index_model(rec, override=model_override, device=device)
-        return _sync(
+            enc, cfg, model_id = load_index_encoder(rec, override=model_override, device=device, runtime=runtime)
+            model, rt_name = enc.as_model(), enc.runtime
+        report = _sync(
             index_dir,
             gallery,
             model,
@@ -460,4 +482,7 @@ def update_index(
             default_workers() if num_workers is None else num_workers,
             progress,
             force_write=False,
+            jpeg_draft=rec.jpeg_draft,
         )
+    report.runtime, report.runtime_note = rt_name, f"{rt_name} (recorded in the index)"
+    return report

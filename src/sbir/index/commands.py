@@ -13,6 +13,7 @@ import sys
 import time
 from pathlib import Path
 
+from sbir.engine.runtime import RUNTIME_CHOICES
 from sbir.errors import SbirError
 from sbir.index.faiss_ops import APPROX_CHOICES, AUTO_THRESHOLD
 
@@ -31,6 +32,8 @@ def _kind(kind: str) -> str:
 def _print_report(report, as_json: bool, verb: str) -> None:
     for path, reason in report.skipped:
         print(f"warning: skipped {path}: {reason}", file=sys.stderr)
+    if report.runtime_note:
+        print(f"runtime: {report.runtime_note}", file=sys.stderr)
     if as_json:
         print(json.dumps(report.to_dict(), indent=2))
         return
@@ -65,7 +68,14 @@ def cmd_build(args: argparse.Namespace) -> int:
     from sbir.index.builder import build_index
 
     report = build_index(
-        args.photos, args.model, args.out, image_size=args.image_size, overwrite=args.overwrite, **_embed_kwargs(args)
+        args.photos,
+        args.model,
+        args.out,
+        image_size=args.image_size,
+        overwrite=args.overwrite,
+        runtime=args.runtime,
+        jpeg_draft=args.jpeg_draft,
+        **_embed_kwargs(args),
     )
     _print_report(report, args.json, "built")
     return 0
@@ -74,7 +84,9 @@ def cmd_build(args: argparse.Namespace) -> int:
 def cmd_update(args: argparse.Namespace) -> int:
     from sbir.index.builder import update_index
 
-    report = update_index(args.index, photos_dir=args.photos, model_override=args.model, **_embed_kwargs(args))
+    report = update_index(
+        args.index, photos_dir=args.photos, model_override=args.model, runtime=args.runtime, **_embed_kwargs(args)
+    )
     _print_report(report, args.json, "updated")
     return 0
 
@@ -110,7 +122,7 @@ def cmd_search(args: argparse.Namespace) -> int:
     index = Index.open(args.index, ef_search=args.ef_search, nprobe=args.nprobe)
     img, k_file = load_query(args.sketch)
     k = args.k or k_file or DEFAULT_K
-    encoder = QueryEncoder.for_index(index, override=args.model, device=args.device)
+    encoder = QueryEncoder.for_index(index, override=args.model, device=args.device, runtime=args.runtime)
     t1 = time.perf_counter()
     q = encoder.encode([img])[0]
     t2 = time.perf_counter()
@@ -217,6 +229,14 @@ def add_index_commands(subparsers) -> None:
     )
     b.add_argument("--image-size", type=int, default=None, help="input size for the model (default: its config)")
     b.add_argument("--overwrite", action="store_true", help="replace an existing index at --out")
+    b.add_argument(
+        "--runtime",
+        choices=RUNTIME_CHOICES,
+        default="auto",
+        help="encoder runtime (recorded in the index): auto = the fastest one 'sbir export' wrote and checked, "
+        "else torch (default auto)",
+    )
+    b.add_argument("--jpeg-draft", action="store_true", help="decode JPEGs at reduced scale (faster; recorded)")
     _common_embed_args(b)
     b.set_defaults(func=cmd_build)
 
@@ -233,6 +253,7 @@ def add_index_commands(subparsers) -> None:
     u.add_argument("--model", default=None, help="where the index's model is now (must have the same model id)")
     u.add_argument("--approx", choices=APPROX_CHOICES, default=None, help="change the index kind (default: keep)")
     u.add_argument("--approx-threshold", type=int, default=None, help="change the auto threshold (default: keep)")
+    u.add_argument("--runtime", choices=RUNTIME_CHOICES, default=None, help="must be the index's runtime (default: it)")
     _common_embed_args(u)
     u.set_defaults(func=cmd_update)
 
@@ -262,4 +283,5 @@ def add_index_commands(subparsers) -> None:
     s.add_argument(
         "--no-rerank", action="store_true", help="skip the checkpoint's token re-ranker (model.rerank) if it has one"
     )
+    s.add_argument("--runtime", choices=RUNTIME_CHOICES, default=None, help="must be the index's runtime (default: it)")
     s.set_defaults(func=cmd_search)

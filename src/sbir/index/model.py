@@ -9,6 +9,11 @@ A checkpoint with a trained token re-ranker (``model.rerank``) re-scores the
 top ``model.rerank_top_k`` hits of a query pairwise (:meth:`QueryEncoder.rerank`):
 the candidates' photo tokens are recomputed from the gallery images, so indexes
 need no extra storage and any index built with that checkpoint supports it.
+
+The record also names the runtime (:mod:`sbir.engine.runtime`: torch, onnx,
+onnx-int8, openvino, ...) and its graphs' id: queries are embedded on that
+runtime, and a different runtime (``--runtime``) or a re-exported graph is
+refused, since an int8 or re-calibrated encoder does not embed like the index's.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ from sbir.config import to_dict
 from sbir.engine.embed import embed_pil, outputs_normalized
 from sbir.engine.inference import is_pretrained_spec, load_model
 from sbir.engine.rerank import get_reranker
+from sbir.engine.runtime import Encoder, TorchEncoder, load_encoder, open_export_encoder
 from sbir.engine.tasks import resolve_distance
 from sbir.index.store import Hit, Index, ModelInfo, ModelMismatchError
 
@@ -53,8 +59,42 @@ def metric_for(model, cfg: Any) -> tuple[str, bool]:
     return "ip", True
 
 
+def load_encoder_for_index(
+    spec: str | None,
+    runtime: str = "auto",
+    device: str = "cpu",
+    image_size: int | None = None,
+    preloaded: tuple | None = None,
+):
+    """:func:`sbir.engine.runtime.load_encoder` plus the weights' absolute path:
+    returns (encoder, cfg, model_id, absolute path or None, note)."""
+    spec_s = "pretrained" if spec is None else str(spec)
+    use_pre = preloaded if runtime in ("auto", "torch") else None
+    enc, cfg, model_id, note = load_encoder(spec_s, runtime, device=device, image_size=image_size, preloaded=use_pre)
+    path = None if is_pretrained_spec(spec_s) else str(Path(spec_s).expanduser().resolve())
+    return enc, cfg, model_id, path, note
+
+
+def runtime_fields(encoder: Encoder) -> dict[str, Any]:
+    """What an index records about the encoder that embedded its photos."""
+    export_dir = getattr(encoder, "export_dir", None)
+    return {
+        "runtime": encoder.runtime,
+        "encoder_id": encoder.encoder_id,
+        "export_dir": str(Path(export_dir).resolve()) if export_dir is not None else None,
+    }
+
+
 def model_info(
-    spec: str, path: str | None, cfg: Any, model_id: str, dim: int, image_size: int | None = None, model=None
+    spec: str,
+    path: str | None,
+    cfg: Any,
+    model_id: str,
+    dim: int,
+    image_size: int | None = None,
+    model=None,
+    runtime: dict[str, Any] | None = None,
+    jpeg_draft: bool = False,
 ) -> ModelInfo:
     size = int(image_size or cfg.data.image_size)
     metric, normalize = metric_for(model, cfg) if model is not None else ("ip", False)
@@ -68,6 +108,8 @@ def model_info(
         flip_tta=bool(cfg.eval.flip_tta),
         metric=metric,
         normalize=normalize,
+        **(runtime or {"runtime": "torch", "encoder_id": f"torch:{model_id}"}),
+        jpeg_draft=bool(jpeg_draft),
     )
 
 
@@ -98,25 +140,91 @@ def load_index_model(record: ModelInfo, override: str | None = None, device: str
     return model, cfg, model_id
 
 
-class QueryEncoder:
-    """Embeds sketches for one index with the index's model and preprocessing. Thread-safe."""
+def load_index_encoder(
+    record: ModelInfo, override: str | None = None, device: str = "cpu", runtime: str | None = None
+) -> tuple[Encoder, Any, str]:
+    """The encoder an index's photos were embedded with: same weights (model id), same runtime, same graphs.
 
-    def __init__(self, model, model_id: str, image_size: int, flip_tta: bool, normalize: bool = False):
+    ``runtime`` (``--runtime``) other than the recorded one, a re-exported graph (other encoder id) or
+    other weights are refused with :class:`ModelMismatchError` naming the fix.
+    """
+    built = record.runtime or "torch"
+    if runtime not in (None, built) and not (runtime == "auto"):
+        raise ModelMismatchError(
+            f"the index was built with runtime {built!r} ({record.encoder_id or 'torch:' + record.model_id}); "
+            f"--runtime {runtime} embeds differently, so its queries would not match the photos. Omit --runtime "
+            f"(the index's {built} is used), or rebuild the index with --runtime {runtime} --overwrite."
+        )
+    if built == "torch":
+        model, cfg, model_id = load_index_model(record, override=override, device=device)
+        return TorchEncoder(model, model_id, record.image_size, device=device), cfg, model_id
+    spec = override if override is not None else record.load_spec
+    if override is None and record.export_dir:
+        enc = open_export_encoder(record.export_dir, built)
+        from sbir.config import config_from_dict
+        from sbir.engine.tasks import check_config
+
+        cfg = check_config(config_from_dict(enc.manifest["config"]))
+        model_id = enc.model_id
+    else:
+        enc, cfg, model_id, _ = load_encoder(spec, built, device=device)
+    if model_id != record.model_id:
+        raise ModelMismatchError(
+            f"the {built} export at {getattr(enc, 'export_dir', spec)} is of model {model_id!r}, but the index was "
+            f"built with {record.model_id!r}; pass the original model with --model, or rebuild the index "
+            "with 'sbir index build --overwrite'."
+        )
+    if record.encoder_id and enc.encoder_id != record.encoder_id:
+        raise ModelMismatchError(
+            f"the {built} graphs in {getattr(enc, 'export_dir', spec)} ({enc.encoder_id}) are not the ones that built "
+            f"the index ({record.encoder_id}): the model was exported again since. Rebuild the index with "
+            "'sbir index build --overwrite', or search with the export the index was built with."
+        )
+    return enc, cfg, model_id
+
+
+class QueryEncoder:
+    """Embeds sketches for one index with the index's model, runtime and preprocessing. Thread-safe.
+
+    ``model`` is a torch model or a runtime's model view (:meth:`sbir.engine.runtime.Encoder.as_model`).
+    """
+
+    def __init__(
+        self,
+        model,
+        model_id: str,
+        image_size: int,
+        flip_tta: bool,
+        normalize: bool = False,
+        runtime: str = "torch",
+        encoder_id: str = "",
+    ):
         self.model = model
         self.model_id = model_id
         self.image_size = int(image_size)
         self.flip_tta = bool(flip_tta)
         self.normalize = bool(normalize)
+        self.runtime = runtime
+        self.encoder_id = encoder_id or f"torch:{model_id}"
         self._lock = threading.Lock()
 
     @classmethod
-    def for_index(cls, index: Index, override: str | None = None, device: str = "cpu") -> QueryEncoder:
-        model, _cfg, model_id = load_index_model(index.model, override=override, device=device)
-        return cls.for_record(model, model_id, index.model)
+    def for_index(
+        cls, index: Index, override: str | None = None, device: str = "cpu", runtime: str | None = None
+    ) -> QueryEncoder:
+        """The index's own encoder; ``runtime`` other than the index's is refused (see :func:`load_index_encoder`)."""
+        enc, _cfg, model_id = load_index_encoder(index.model, override=override, device=device, runtime=runtime)
+        rec = index.model
+        return cls(enc.as_model(), model_id, rec.image_size, rec.flip_tta, rec.normalize, enc.runtime, enc.encoder_id)
 
     @classmethod
     def for_record(cls, model, model_id: str, record: ModelInfo) -> QueryEncoder:
-        """An encoder for an already loaded model, with the preprocessing an index recorded."""
+        """An encoder for an already loaded torch model, with the preprocessing an index recorded."""
+        if (record.runtime or "torch") != "torch":
+            raise ModelMismatchError(
+                f"the index was built with runtime {record.runtime!r}; a torch model cannot query it "
+                "(use QueryEncoder.for_index)"
+            )
         return cls(model, model_id, record.image_size, record.flip_tta, record.normalize)
 
     def encode(self, images: Sequence[Image.Image]) -> np.ndarray:

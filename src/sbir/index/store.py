@@ -103,6 +103,13 @@ class ModelInfo:
     metric: str = "ip"
     # L2-normalise the model's outputs before indexing/searching (a model with raw outputs used with cosine)
     normalize: bool = False
+    # The runtime that embedded the photos (sbir.engine.runtime: torch, onnx, onnx-int8, openvino, ...), the
+    # identity of its graphs ("torch:<model_id>" or the export's "<precision>:<hash>"; "" in older indexes),
+    # the export folder it read them from, and whether JPEGs were decoded in draft mode.
+    runtime: str = "torch"
+    encoder_id: str = ""
+    export_dir: str | None = None
+    jpeg_draft: bool = False
 
     @property
     def load_spec(self) -> str:
@@ -375,6 +382,8 @@ class Index:
             "model_id": self.model.model_id,
             "model_spec": self.model.spec,
             "model_path": self.model.path,
+            "runtime": self.model.runtime,
+            "encoder_id": self.model.encoder_id or f"torch:{self.model.model_id}",
             "image_size": self.model.image_size,
             "flip_tta": self.model.flip_tta,
             "metric": "cosine" if self.model.metric == "ip" else "euclidean",
