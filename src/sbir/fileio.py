@@ -1,4 +1,4 @@
-"""Atomic file writes: write a temporary file, fsync, ``os.replace`` into place.
+"""File helpers: atomic writes (a temporary file, fsync, ``os.replace`` into place) and content hashes.
 
 A reader (or a process restarted after ``kill -9``) sees either the old file or
 the new one, never half of one.
@@ -6,6 +6,7 @@ the new one, never half of one.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import tempfile
 from collections.abc import Callable
@@ -50,3 +51,12 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
 
 def atomic_write_text(path: Path, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    """Hex SHA-256 of a file's content, read in 1 MiB chunks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()

@@ -255,7 +255,7 @@ class CategoryPairs(Dataset):
         }
 
 
-class TripletPairs(Dataset):
+class TripletPairs(CategoryPairs):
     """Item ``i``: training sketch ``i``, a positive photo, a negative photo and the class index (CLIP prompts).
 
     ``{"sketch": T_s(sketch), "photo": T_p(positive), "negative": T_p(negative), "label": class index}``.
@@ -278,28 +278,12 @@ class TripletPairs(Dataset):
         seed: int = 0,
         fine_grained: bool = False,
     ):
-        self.split = split
+        super().__init__(split, classes, sketch_transform, photo_transform, seed)
         self.classes = list(classes)
-        self.class_index = {c: i for i, c in enumerate(classes)}
-        self.sketch_transform = sketch_transform
-        self.photo_transform = photo_transform
-        self.seed = int(seed)
-        self.epoch = 0
         self.fine_grained = bool(fine_grained)
-        self.labels = [self.class_index[s.label] for s in split.sketches]
-        by_class: dict[int, list[int]] = {}
-        for j, p in enumerate(split.photos):
-            if p.label in self.class_index:
-                by_class.setdefault(self.class_index[p.label], []).append(j)
-        missing = sorted({classes[c] for c in self.labels if c not in by_class})
-        if missing:
-            raise DataError(
-                f"training split '{split.name}' has sketches of class(es) with no training photo: "
-                f"{', '.join(missing[:10])}. Add photos of these classes (each class needs photos and sketches)."
-            )
+        by_class = self.photos_of
         if len(by_class) < 2:
             raise DataError(f"training split '{split.name}' has photos of {len(by_class)} class(es); triplets need 2")
-        self.photos_of = by_class
         self.own_photo: list[int] = []
         if self.fine_grained:
             index = split.photo_index()
@@ -311,12 +295,6 @@ class TripletPairs(Dataset):
                         "photo/<class>/<id>.jpg + sketch/<class>/<id>-<n>.png)"
                     )
                 self.own_photo.append(index[s.photo_id])
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = int(epoch)
-
-    def __len__(self) -> int:
-        return len(self.split.sketches)
 
     def _pick(self, i: int) -> tuple[int, int]:
         rng = np.random.default_rng((self.seed, self.epoch, int(i)))

@@ -18,7 +18,6 @@ Weights are safetensors; the training state is loaded with ``weights_only=True``
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import random
@@ -38,7 +37,7 @@ from safetensors.torch import load_file, safe_open, save_file
 
 from sbir.config import TrainConfig, config_from_dict, to_dict
 from sbir.errors import CheckpointError
-from sbir.fileio import atomic_write_text, atomic_write_with, fsync_dir
+from sbir.fileio import atomic_write_text, atomic_write_with, fsync_dir, sha256_file
 
 FORMAT_TAG = "sbir-checkpoint-v1"
 
@@ -82,11 +81,7 @@ def read_weights(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
 
 
 def file_digest(path: Path, length: int = 16) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()[:length]
+    return sha256_file(path)[:length]
 
 
 # ---------------------------------------------------------------- RNG state

@@ -249,32 +249,9 @@ def _ensemble(first: Evaluation, members, spec, target: Split, flip_tta, progres
     return dataclasses.replace(first, metrics=report, scores=scores)
 
 
-def evaluate_run(
-    run: str | Path,
-    data: str | None = None,
-    fmt: str | None = None,
-    split: str = "test",
-    out_dir: str | Path | None = None,
-    flip_tta: bool | None = None,
-    skip_orphans: bool = False,
-    progress: bool = True,
-    multiview: bool | None = None,
-    ensemble: list[str | Path] | None = None,
-) -> tuple[dict[str, Any], Path]:
-    """Evaluate the best checkpoint of ``run``; write ``metrics.json`` and ``retrieval.png``.
-
-    Returns ``(metrics, out_dir)``; :func:`evaluate_run_full` also returns the
-    :class:`Evaluation` (embeddings) and the loaded model.
-
-    ``split="test"`` evaluates what the task's split policy calls the test split
-    (:func:`sbir.data.policies.evaluation_split`: for a zero-shot run, the unseen
-    classes only); ``split="val"`` replays the run's recorded validation split.
-    ``ensemble``: more fine-grained runs or checkpoints whose scores are averaged with this one's
-    (each model with its own preprocessing).
-    """
-    metrics, out, _result, _model = evaluate_run_full(
-        run, data, fmt, split, out_dir, flip_tta, skip_orphans, progress, multiview=multiview, ensemble=ensemble
-    )
+def evaluate_run(run: str | Path, **kwargs) -> tuple[dict[str, Any], Path]:
+    """:func:`evaluate_run_full` (same arguments), returning just ``(metrics, out_dir)``."""
+    metrics, out, _result, _model = evaluate_run_full(run, **kwargs)
     return metrics, out
 
 
@@ -291,8 +268,15 @@ def evaluate_run_full(
     multiview: bool | None = None,
     ensemble: list[str | Path] | None = None,
 ) -> tuple[dict[str, Any], Path, Evaluation, Any]:
-    """:func:`evaluate_run`, returning ``(metrics, out_dir, evaluation, model)``; ``model_and_cfg``
-    ``(model, cfg, model_id)`` reuses an already loaded model."""
+    """Evaluate the best checkpoint of ``run``; write ``metrics.json`` and ``retrieval.png``.
+
+    Returns ``(metrics, out_dir, evaluation, model)``. ``split="test"`` evaluates what
+    the task's split policy calls the test split (:func:`sbir.data.policies.evaluation_split`:
+    for a zero-shot run, the unseen classes only); ``split="val"`` replays the run's recorded
+    validation split. ``model_and_cfg`` ``(model, cfg, model_id)`` reuses an already loaded
+    model. ``ensemble``: more fine-grained runs or checkpoints whose scores are averaged with
+    this one's (each model with its own preprocessing). ``multiview``: 10-view testing.
+    """
     from sbir.data.formats import load_dataset
     from sbir.data.policies import evaluation_split
     from sbir.data.splits import apply_split_record, load_split_record

@@ -53,10 +53,9 @@ from sbir.engine.runtime import (
     backend_installed,
     default_export_dir,
     default_threads,
-    sha256_file,
 )
 from sbir.errors import DataError, SbirError
-from sbir.fileio import atomic_write_text
+from sbir.fileio import atomic_write_text, sha256_file
 
 OPSET = 17
 TOPK = 10

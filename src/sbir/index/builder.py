@@ -18,7 +18,6 @@ killed build or update leaves the previous index intact.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import sys
 import time
@@ -35,6 +34,7 @@ from sbir.data.image_io import is_image_file
 from sbir.data.records import FileRef
 from sbir.engine.embed import embed_images
 from sbir.errors import DataError
+from sbir.fileio import sha256_file
 from sbir.index.faiss_ops import AUTO_THRESHOLD, build_faiss, resolve_approx
 from sbir.index.model import (
     load_encoder_for_index,
@@ -144,14 +144,6 @@ def scan_gallery(gallery: Path, exclude: Sequence[Path] = ()) -> tuple[list[File
             files.append(FileStat(rel, Path(full), int(st.st_size), int(st.st_mtime_ns)))
     files.sort(key=lambda f: f.path)
     return files, skipped
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _hash_all(files: list[FileStat], progress: bool, workers: int = 4) -> tuple[dict[str, str], list[tuple[str, str]]]:
