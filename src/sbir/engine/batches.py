@@ -7,6 +7,7 @@ from pathlib import Path
 from torch.utils.data import DataLoader
 
 from sbir.data.policies import prepare_splits
+from sbir.errors import DataError
 
 
 class SampledBatchesMixin:
@@ -52,6 +53,16 @@ class SplitTask(SampledBatchesMixin):
             cfg, self.run_dir, split_record, progress, spec.split_policy
         )
         self.last_evaluation = None
+
+    def training_classes(self) -> list[str]:
+        """The sorted classes of the training sketches; DataError when there are fewer than 2."""
+        classes = sorted({s.label for s in self.train_split.sketches})
+        if len(classes) < 2:
+            raise DataError(
+                f"the training split of {self.cfg.data.path} has sketches of {len(classes)} class(es); "
+                f"task {self.spec.name!r} trains on classes and needs at least 2"
+            )
+        return classes
 
     def evaluate(self):
         """The validation split's :class:`~sbir.engine.evaluate.Evaluation` (metrics beside the embeddings)."""

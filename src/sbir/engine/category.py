@@ -76,12 +76,7 @@ class CategoryTask(SplitTask):
         from sbir.data.pairs import CategoryPairs
 
         super().__init__(spec, cfg, run_dir, progress, split_record)
-        self.classes = sorted({s.label for s in self.train_split.sketches})
-        if len(self.classes) < 2:
-            raise DataError(
-                f"the training split of {cfg.data.path} has sketches of {len(self.classes)} class(es); "
-                "category-level training needs at least 2"
-            )
+        self.classes = self.training_classes()
         if split_record is not None and cfg.model.num_classes not in (None, len(self.classes)):
             raise DataError(
                 f"the run was trained on {cfg.model.num_classes} classes but its data now gives {len(self.classes)}; "

@@ -37,7 +37,7 @@ from sbir.engine.batches import SplitTask
 from sbir.engine.category import MAIN_KEYS, class_balanced_sampler
 from sbir.engine.evaluate import evaluate_category, evaluate_finegrained
 from sbir.engine.tasks import TaskSpec, build_criterion, build_model, register_task
-from sbir.errors import ConfigError, DataError
+from sbir.errors import ConfigError
 
 METHOD = "clip-prompt"
 
@@ -53,12 +53,7 @@ class ClipPromptTask(SplitTask):
         from sbir.data.pairs import TripletPairs
 
         super().__init__(spec, cfg, run_dir, progress, split_record)
-        self.classes = sorted({s.label for s in self.train_split.sketches})
-        if len(self.classes) < 2:
-            raise DataError(
-                f"the training split of {cfg.data.path} has sketches of {len(self.classes)} class(es); "
-                "clip-prompt training needs at least 2"
-            )
+        self.classes = self.training_classes()
         self.model = build_model(cfg)
         if cfg.data.image_size != self.model.image_size:
             raise ConfigError(
