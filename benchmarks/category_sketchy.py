@@ -34,14 +34,34 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import REPO_ROOT, SHARED_DATA, add_training_arguments, write_result  # noqa: E402
+from _common import (  # noqa: E402
+    REPO_ROOT,
+    SHARED_DATA,
+    add_training_arguments,
+    command_line,
+    portable_path,
+    resolve_overrides,
+    resolve_path,
+    write_result,
+)
 
 TASKS = ("category", "zeroshot")
 TEST_FRACTION = 0.2
 TEST_SEED = 0
 REPORT_KEYS = (
-    "map@all", "map@200", "p@100", "p@200", "map@all_voc", "map@200_voc", "p@100_zse", "p@200_zse",
-    "n_queries", "n_gallery", "n_classes", "distance", "flip",
+    "map@all",
+    "map@200",
+    "p@100",
+    "p@200",
+    "map@all_voc",
+    "map@200_voc",
+    "p@100_zse",
+    "p@200_zse",
+    "n_queries",
+    "n_gallery",
+    "n_classes",
+    "distance",
+    "flip",
 )
 
 
@@ -76,13 +96,14 @@ def build_category_view(src: Path, dst: Path, fraction: float = TEST_FRACTION, s
         "classes": len(classes),
         "train_sketches": n_train,
         "test_sketches": n_test,
-        "view": str(dst),
+        "view": portable_path(dst),
     }
 
 
 def _pick(report: dict) -> dict:
     out = {k: report[k] for k in REPORT_KEYS if k in report}
-    out.update({k: v for k, v in report.items() if "_hash" in k and k.split("_hash")[0] in ("map@all", "map@200", "p@100", "p@200")})
+    hashed = ("map@all", "map@200", "p@100", "p@200")
+    out.update({k: v for k, v in report.items() if "_hash" in k and k.split("_hash")[0] in hashed})
     return out
 
 
@@ -91,9 +112,12 @@ def run_task(task: str, args) -> dict:
 
     from sbir.config import load_config, to_dict
     from sbir.data.formats import load_dataset
-    from sbir.engine.category import category_test_split, evaluate_category
-    from sbir.engine.checkpoint import load_model
+    from sbir.data.policies import evaluation_split
+    from sbir.engine.evaluate import evaluate_category
+    from sbir.engine.inference import load_model
+    from sbir.engine.tasks import task_spec
     from sbir.engine.trainer import Trainer
+    from sbir.viz.grid import write_retrieval_grid
 
     src = SHARED_DATA / "sketchy_mini"
     runs = Path(args.runs)
@@ -106,7 +130,7 @@ def run_task(task: str, args) -> dict:
     else:
         data = src
     config = args.config_category if task == "category" else args.config_zeroshot
-    cfg = load_config(config, [f"data.path={data}", *args.set])
+    cfg = load_config(config, [f"data.path={data}", *resolve_overrides(args.set)])
     run_dir = runs / f"{task}{('-' + args.tag) if args.tag else ''}-{time.strftime('%Y%m%d-%H%M%S')}"
 
     t0 = time.time()
@@ -118,15 +142,16 @@ def run_task(task: str, args) -> dict:
 
     model, cfg, _ = load_model(run_dir, device=device)
     dataset = load_dataset(str(data))
-    target = category_test_split(dataset, cfg, str(data), run_dir)
+    target = evaluation_split(dataset, cfg, str(data), task_spec(cfg).split_policy, run_dir)
     t0 = time.time()
-    trained = evaluate_category(model, cfg, target, flip_tta=cfg.eval.flip_tta, progress=not args.no_progress,
-                                out_dir=run_dir / "eval-test")
+    evaluation = evaluate_category(model, cfg, target, flip_tta=cfg.eval.flip_tta, progress=not args.no_progress)
     eval_s = time.time() - t0
+    trained = evaluation.metrics
+    write_retrieval_grid(evaluation, run_dir / "eval-test" / "retrieval.png", title="test retrieval")
     entry.update(
-        config=config,
+        config=portable_path(config),
         overrides=list(args.set),
-        run_dir=str(run_dir),
+        run_dir=portable_path(run_dir),
         best_epoch=summary["best_epoch"],
         epochs=cfg.optim.epochs,
         best_val_map_all=summary[f"best_val_{cfg.select_metric}"] if cfg.select_metric == "map@all" else None,
@@ -139,8 +164,9 @@ def run_task(task: str, args) -> dict:
     if not args.no_baseline:
         base, _, _ = load_model("pretrained", device=device)
         t0 = time.time()
-        b = evaluate_category(base, cfg, target, flip_tta=cfg.eval.flip_tta, distance="cosine",
-                              progress=not args.no_progress)
+        b = evaluate_category(
+            base, cfg, target, flip_tta=cfg.eval.flip_tta, distance="cosine", progress=not args.no_progress
+        ).metrics
         entry["imagenet_baseline_test"] = _pick(b)
         entry["imagenet_baseline_eval_wall_s"] = round(time.time() - t0, 1)
         del base
@@ -148,17 +174,19 @@ def run_task(task: str, args) -> dict:
         torch.cuda.empty_cache()
     t = entry["test"]
     base_map = entry.get("imagenet_baseline_test", {}).get("map@all", float("nan"))
-    print(f"{task}: test map@all {t['map@all']:.3f} map@200 {t['map@200']:.3f} p@100 {t['p@100']:.3f} "
-          f"p@200 {t['p@200']:.3f}  (ImageNet baseline map@all {base_map:.3f})  train {train_s:.0f}s",
-          file=sys.stderr)
+    print(
+        f"{task}: test map@all {t['map@all']:.3f} map@200 {t['map@200']:.3f} p@100 {t['p@100']:.3f} "
+        f"p@200 {t['p@200']:.3f}  (ImageNet baseline map@all {base_map:.3f})  train {train_s:.0f}s",
+        file=sys.stderr,
+    )
     return entry
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--tasks", nargs="+", default=list(TASKS), choices=TASKS)
-    ap.add_argument("--config-category", default=str(REPO_ROOT / "configs" / "category_sketchy.yaml"))
-    ap.add_argument("--config-zeroshot", default=str(REPO_ROOT / "configs" / "zeroshot_sketchy.yaml"))
+    ap.add_argument("--config-category", type=resolve_path, default=REPO_ROOT / "configs" / "category_sketchy.yaml")
+    ap.add_argument("--config-zeroshot", type=resolve_path, default=REPO_ROOT / "configs" / "zeroshot_sketchy.yaml")
     add_training_arguments(ap, "bench_category_sketchy", set_help="config overrides for both tasks")
     args = ap.parse_args(argv)
 
@@ -171,14 +199,19 @@ def main(argv=None) -> int:
     from _common import RESULTS_DIR, machine
 
     name = "category_sketchy" + (f"-{args.tag}" if args.tag else "")
-    command = "python benchmarks/category_sketchy.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    command = command_line(__file__, argv)
     results = {}
     for task in args.tasks:
         t0 = time.time()
         entry = run_task(task, args)
         # Each task records its own command, date and machine: tasks may come from separate invocations.
-        results[task] = {"command": command, "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-                         "machine": machine(), "total_wall_s": round(time.time() - t0, 1), **entry}
+        results[task] = {
+            "command": command,
+            "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+            "machine": machine(),
+            "total_wall_s": round(time.time() - t0, 1),
+            **entry,
+        }
     previous = RESULTS_DIR / f"{name}.json"
     if previous.is_file():  # keep the tasks this invocation did not run
         try:
@@ -186,7 +219,7 @@ def main(argv=None) -> int:
         except ValueError:
             old = {}
         results = {**{k: v for k, v in old.items() if k not in results}, **results}
-    write_result(name, {"data": str(SHARED_DATA / "sketchy_mini"), "results": results})
+    write_result(name, {"data": portable_path(SHARED_DATA / "sketchy_mini"), "results": results})
     return 0
 
 

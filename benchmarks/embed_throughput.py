@@ -41,8 +41,8 @@ from sbir.engine.runtime import (  # noqa: E402
     TorchEncoder,
     backend_installed,
     default_threads,
-    sha256_file,
 )
+from sbir.fileio import sha256_file  # noqa: E402
 
 
 def _bare_manifest(model_id: str, size: int, mean, std, dim: int, files: dict[str, str], folder: Path) -> dict:

@@ -34,7 +34,10 @@ from pathlib import Path
 
 import numpy as np
 
-from sbir.metrics import category_report
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import command_line, portable, resolve_path  # noqa: E402
+
+from sbir.metrics import category_report  # noqa: E402
 
 
 def _rss_mb() -> float:
@@ -73,17 +76,22 @@ def main(argv=None) -> dict:
     p.add_argument("--photos", type=int, default=50_000)
     p.add_argument("--dim", type=int, default=512)
     p.add_argument("--classes", type=int, default=100)
-    p.add_argument("--distance", default="cosine",
-                   choices=("cosine", "euclidean", "angular"))
-    p.add_argument("--signal", type=float, default=0.3,
-                   help="class-centre weight relative to the noise (0 = pure noise, 1 = trivial)")
+    p.add_argument("--distance", default="cosine", choices=("cosine", "euclidean", "angular"))
+    p.add_argument(
+        "--signal",
+        type=float,
+        default=0.3,
+        help="class-centre weight relative to the noise (0 = pure noise, 1 = trivial)",
+    )
     p.add_argument("--memory-budget-mb", type=float, default=512)
     p.add_argument("--chunk-size", type=int, default=None)
-    p.add_argument("--tracemalloc", action="store_true",
-                   help="also trace numpy allocations during the evaluation (slightly slower)")
+    p.add_argument(
+        "--tracemalloc",
+        action="store_true",
+        help="also trace numpy allocations during the evaluation (slightly slower)",
+    )
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", type=Path,
-                   default=Path(__file__).resolve().parent / "results" / "eval_memory.json")
+    p.add_argument("--out", type=resolve_path, default=Path(__file__).resolve().parent / "results" / "eval_memory.json")
     args = p.parse_args(argv)
 
     rng = np.random.default_rng(args.seed)
@@ -101,9 +109,15 @@ def main(argv=None) -> dict:
     if args.tracemalloc:
         tracemalloc.start()
     t0 = time.perf_counter()
-    report = category_report(sketches, sketch_labels, photos, photo_labels,
-                             distance=args.distance, chunk_size=args.chunk_size,
-                             memory_budget_mb=args.memory_budget_mb)
+    report = category_report(
+        sketches,
+        sketch_labels,
+        photos,
+        photo_labels,
+        distance=args.distance,
+        chunk_size=args.chunk_size,
+        memory_budget_mb=args.memory_budget_mb,
+    )
     eval_seconds = time.perf_counter() - t0
     traced_peak = None
     if args.tracemalloc:
@@ -113,9 +127,8 @@ def main(argv=None) -> dict:
     result = {
         "benchmark": "eval_memory",
         "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "command": " ".join(["python benchmarks/eval_memory.py",
-                             *(argv if argv is not None else sys.argv[1:])]),
-        "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+        "command": command_line(__file__, argv),
+        "args": vars(args),
         "machine": {
             "platform": platform.platform(),
             "processor": platform.processor() or platform.machine(),
@@ -133,6 +146,7 @@ def main(argv=None) -> dict:
         "queries_per_second": round(args.sketches / eval_seconds, 1),
         "metrics": report,
     }
+    result = portable(result)  # no absolute paths in results files (see benchmarks/_common.py)
     text = json.dumps(result, indent=2)
     print(text)
     args.out.parent.mkdir(parents=True, exist_ok=True)

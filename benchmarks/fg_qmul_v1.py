@@ -27,7 +27,17 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import REPO_ROOT, SHARED_DATA, add_training_arguments, write_result  # noqa: E402
+from _common import (  # noqa: E402
+    REPO_ROOT,
+    SHARED_DATA,
+    add_training_arguments,
+    command_line,
+    portable,
+    portable_path,
+    resolve_overrides,
+    resolve_path,
+    write_result,
+)
 
 CATEGORIES = ("shoes", "chairs", "handbags")
 
@@ -35,13 +45,21 @@ CATEGORIES = ("shoes", "chairs", "handbags")
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--categories", nargs="+", default=list(CATEGORIES), choices=CATEGORIES)
-    ap.add_argument("--config", default=str(REPO_ROOT / "configs" / "fg_qmul_v1.yaml"))
+    ap.add_argument("--config", type=resolve_path, default=REPO_ROOT / "configs" / "fg_qmul_v1.yaml")
     add_training_arguments(ap, "bench_fg_qmul_v1")
-    ap.add_argument("--rerank", action="store_true",
-                    help="train with the token re-ranker (model.rerank=true) and report re-ranked Acc@K too")
-    ap.add_argument("--from-runs", nargs="+", metavar="RUN_DIR",
-                    help="do not train: evaluate these finished or interrupted run folders (best validation epoch "
-                         "so far) on their recorded validation split, beside the ImageNet baseline")
+    ap.add_argument(
+        "--rerank",
+        action="store_true",
+        help="train with the token re-ranker (model.rerank=true) and report re-ranked Acc@K too",
+    )
+    ap.add_argument(
+        "--from-runs",
+        nargs="+",
+        type=resolve_path,
+        metavar="RUN_DIR",
+        help="do not train: evaluate these finished or interrupted run folders (best validation epoch "
+        "so far) on their recorded validation split, beside the ImageNet baseline",
+    )
     args = ap.parse_args(argv)
     if args.rerank:
         args.set = ["model.rerank=true", *args.set]
@@ -59,7 +77,7 @@ def main(argv=None) -> int:
         return summarize_runs(args)
     for cat in args.categories:
         data = SHARED_DATA / "qmul_v1" / cat
-        cfg = load_config(args.config, [f"data.path={data}", *args.set])
+        cfg = load_config(args.config, [f"data.path={data}", *resolve_overrides(args.set)])
         run_dir = Path(args.runs) / f"{cat}{('-' + args.tag) if args.tag else ''}-{time.strftime('%Y%m%d-%H%M%S')}"
         t0 = time.time()
         trainer = Trainer(cfg, run_dir, progress=not args.no_progress)
@@ -68,10 +86,19 @@ def main(argv=None) -> int:
         best, best_cfg, _ = load_model(run_dir, device=str(trainer.device))
         val_split = trainer.task.val_split
         trained = evaluate_finegrained(best, best_cfg, val_split, flip_tta=cfg.eval.flip_tta, progress=False).metrics
-        keys = ("acc@1", "acc@5", "acc@10", "n_queries", "n_gallery", "rerank_acc@1", "rerank_acc@5",
-                "rerank_acc@10", "rerank_top_k")
+        keys = (
+            "acc@1",
+            "acc@5",
+            "acc@10",
+            "n_queries",
+            "n_gallery",
+            "rerank_acc@1",
+            "rerank_acc@5",
+            "rerank_acc@10",
+            "rerank_top_k",
+        )
         entry = {
-            "run_dir": str(run_dir),
+            "run_dir": portable_path(run_dir),
             "best_epoch": summary["best_epoch"],
             "train_wall_s": round(train_s, 1),
             "val": {k: trained[k] for k in keys if k in trained},
@@ -86,10 +113,12 @@ def main(argv=None) -> int:
             if "%corr" in b:
                 entry["imagenet_baseline_val"]["%corr"] = b["%corr"]
         results[cat] = entry
+        base_acc1 = entry.get("imagenet_baseline_val", {}).get("acc@1", float("nan"))
         rerank = f"  re-ranked {entry['val']['rerank_acc@1']:.1f}" if "rerank_acc@1" in entry["val"] else ""
-        print(f"{cat}: val acc@1 {entry['val']['acc@1']:.1f}{rerank}  (baseline "
-              f"{entry.get('imagenet_baseline_val', {}).get('acc@1', float('nan')):.1f})  {train_s:.0f}s",
-              file=sys.stderr)
+        print(
+            f"{cat}: val acc@1 {entry['val']['acc@1']:.1f}{rerank}  (baseline {base_acc1:.1f})  {train_s:.0f}s",
+            file=sys.stderr,
+        )
         del trainer, best
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
@@ -97,11 +126,16 @@ def main(argv=None) -> int:
 
     name = "fg_qmul_v1" + (f"-{args.tag}" if args.tag else "")
     for entry in results.values():  # each category keeps its own command and date when files are merged
-        cmd = ["benchmarks/fg_qmul_v1.py", *(argv if argv is not None else sys.argv[1:])]
-        entry.update(command="python " + " ".join(cmd), date=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
-    write_result(name, {"config": to_dict(cfg), "overrides": args.set,
-                        "results": merge_previous(name, results, to_dict(cfg)),
-                        "split": "validation carved from the training split (data.val_fraction, data.split_seed)"})
+        entry.update(command=command_line(__file__, argv), date=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
+    write_result(
+        name,
+        {
+            "config": to_dict(cfg),
+            "overrides": args.set,
+            "results": merge_previous(name, results, to_dict(cfg)),
+            "split": "validation carved from the training split (data.val_fraction, data.split_seed)",
+        },
+    )
     return 0
 
 
@@ -117,7 +151,7 @@ def merge_previous(name: str, results: dict, config: dict) -> dict:
     old = json.loads(path.read_text())
 
     def recipe(c: dict) -> dict:
-        c = json.loads(json.dumps(c))
+        c = portable(c)  # results files hold portable paths (see _common)
         c.get("data", {}).pop("path", None)
         return c
 
@@ -149,10 +183,19 @@ def summarize_runs(args) -> int:
         rows = list(csv.DictReader(open(run / "metrics.csv")))
         best = max(rows, key=lambda r: float(r["val_acc@1"]))
         cat = Path(cfg.data.path).name
-        keys = ("acc@1", "acc@5", "acc@10", "%corr", "n_queries", "n_gallery", "rerank_acc@1", "rerank_acc@5",
-                "rerank_acc@10")
+        keys = (
+            "acc@1",
+            "acc@5",
+            "acc@10",
+            "%corr",
+            "n_queries",
+            "n_gallery",
+            "rerank_acc@1",
+            "rerank_acc@5",
+            "rerank_acc@10",
+        )
         results[cat] = {
-            "run_dir": str(run),
+            "run_dir": portable_path(run),
             "epochs_run": len(rows),
             "epochs_planned": cfg.optim.epochs,
             "best_epoch": int(best["epoch"]),
@@ -161,8 +204,10 @@ def summarize_runs(args) -> int:
             "imagenet_baseline_val": {k: b[k] for k in keys if k in b},
             "config": to_dict(cfg),
         }
-    write_result("fg_qmul_v1" + (f"-{args.tag}" if args.tag else ""),
-                 {"results": results, "split": "validation carved from the training split (split.json of each run)"})
+    write_result(
+        "fg_qmul_v1" + (f"-{args.tag}" if args.tag else ""),
+        {"results": results, "split": "validation carved from the training split (split.json of each run)"},
+    )
     return 0
 
 

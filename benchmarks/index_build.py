@@ -26,23 +26,24 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import SHARED_DATA, write_result  # noqa: E402
-
 import torch  # noqa: E402
+from _common import SHARED_DATA, resolve_path, write_result  # noqa: E402
 
-from sbir.engine.checkpoint import load_model  # noqa: E402
+from sbir.engine.inference import load_model  # noqa: E402
 from sbir.index import Index, build_index, update_index  # noqa: E402
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--photos", default=str(SHARED_DATA / "sketchy_mini" / "photo"))
+    ap.add_argument("--photos", type=resolve_path, default=SHARED_DATA / "sketchy_mini" / "photo")
     ap.add_argument("--model", default="pretrained")
     ap.add_argument("--limit", type=int, default=None, help="use only the first N photos (sorted paths)")
     ap.add_argument("--workers", type=int, nargs="+", default=[2], help="decoding worker processes to compare")
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--image-size", type=int, default=None)
-    ap.add_argument("--keep", default=None, help="also copy the built index here (for other benchmarks)")
+    ap.add_argument(
+        "--keep", type=resolve_path, default=None, help="also copy the built index here (for other benchmarks)"
+    )
     ap.add_argument("--out", default="index_build")
     args = ap.parse_args()
 
@@ -66,8 +67,14 @@ def main() -> None:
         for workers in args.workers:
             out = work / f"index-w{workers}"
             rep = build_index(
-                gallery, args.model, out, image_size=args.image_size, batch_size=args.batch_size,
-                num_workers=workers, progress=False, preloaded=pre,
+                gallery,
+                args.model,
+                out,
+                image_size=args.image_size,
+                batch_size=args.batch_size,
+                num_workers=workers,
+                progress=False,
+                preloaded=pre,
             )
             runs.append(
                 {
@@ -91,12 +98,17 @@ def main() -> None:
         assert not noop.written
         update = None
         if gallery != photos:  # touch 1% of the files (only in our own copy)
-            touched = sorted(p for p in gallery.rglob("*") if p.is_file())[:: 100]
+            touched = sorted(p for p in gallery.rglob("*") if p.is_file())[::100]
             for p in touched:
                 os.utime(p)
             t0 = time.perf_counter()
             rep = update_index(last, progress=False, preloaded=pre)
-            update = {"touched": len(touched), "seconds": round(time.perf_counter() - t0, 2), "embedded": rep.embedded, "reused": rep.reused}
+            update = {
+                "touched": len(touched),
+                "seconds": round(time.perf_counter() - t0, 2),
+                "embedded": rep.embedded,
+                "reused": rep.reused,
+            }
         if args.keep:
             shutil.copytree(last, args.keep, dirs_exist_ok=True)
         write_result(

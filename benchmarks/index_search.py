@@ -46,7 +46,9 @@ from _common import write_result  # noqa: E402
 from sbir.index.faiss_ops import HNSW_DEFAULTS, IVFPQ_DEFAULTS, Searcher, build_faiss  # noqa: E402
 
 
-def embeddings_like(n: int, dim: int, basis: np.ndarray, noise: float, rng: np.random.Generator, chunk: int = 100_000) -> np.ndarray:
+def embeddings_like(
+    n: int, dim: int, basis: np.ndarray, noise: float, rng: np.random.Generator, chunk: int = 100_000
+) -> np.ndarray:
     out = np.empty((n, dim), np.float32)
     for s in range(0, n, chunk):
         m = min(chunk, n - s)
@@ -67,7 +69,7 @@ def ground_truth(base: np.ndarray, queries: np.ndarray, k: int) -> np.ndarray:
 
 def recall_at(ids: np.ndarray, truth: np.ndarray) -> float:
     k = truth.shape[1]
-    return float(np.mean([len(set(a[:k]) & set(b)) / k for a, b in zip(ids, truth)]))
+    return float(np.mean([len(set(a[:k]) & set(b)) / k for a, b in zip(ids, truth, strict=True)]))
 
 
 def latency(searcher: Searcher, queries: np.ndarray, k: int) -> tuple[dict, np.ndarray]:
@@ -81,7 +83,12 @@ def latency(searcher: Searcher, queries: np.ndarray, k: int) -> tuple[dict, np.n
         times.append((time.perf_counter() - t0) * 1e3)
         ids[i] = row[0]
     t = np.asarray(times)
-    return {"p50_ms": round(float(np.percentile(t, 50)), 3), "p99_ms": round(float(np.percentile(t, 99)), 3), "mean_ms": round(float(t.mean()), 3)}, ids
+    stats = {
+        "p50_ms": round(float(np.percentile(t, 50)), 3),
+        "p99_ms": round(float(np.percentile(t, 99)), 3),
+        "mean_ms": round(float(t.mean()), 3),
+    }
+    return stats, ids
 
 
 def main() -> None:
@@ -102,7 +109,8 @@ def main() -> None:
 
     results = []
     for n in args.sizes:
-        basis = np.linalg.qr(np.random.default_rng(args.seed).standard_normal((args.dim, args.intrinsic_dim)))[0].astype(np.float32)
+        gauss = np.random.default_rng(args.seed).standard_normal((args.dim, args.intrinsic_dim))
+        basis = np.linalg.qr(gauss)[0].astype(np.float32)
         queries = embeddings_like(args.queries, args.dim, basis, args.noise, np.random.default_rng(args.seed + 1))
         row: dict = {"n": n, "dim": args.dim}
         t0 = time.perf_counter()
@@ -125,8 +133,11 @@ def main() -> None:
             print(f"n={n} hnsw build {row['hnsw']['build_s']} s", file=sys.stderr, flush=True)
             for ef in args.ef_search:
                 hnsw.hnsw.efSearch = ef
-                stats, ids = latency(Searcher(hnsw, "hnsw", {**params, "ef_search": ef}, threads=args.threads), queries, args.k)
-                row["hnsw"]["by_ef_search"].append({"ef_search": ef, **stats, "recall_at_10": round(recall_at(ids, truth), 4)})
+                searcher = Searcher(hnsw, "hnsw", {**params, "ef_search": ef}, threads=args.threads)
+                stats, ids = latency(searcher, queries, args.k)
+                row["hnsw"]["by_ef_search"].append(
+                    {"ef_search": ef, **stats, "recall_at_10": round(recall_at(ids, truth), 4)}
+                )
                 print(f"n={n} hnsw ef={ef} {row['hnsw']['by_ef_search'][-1]}", file=sys.stderr, flush=True)
             del hnsw
 
@@ -140,7 +151,9 @@ def main() -> None:
                     p = {**params, "nprobe": nprobe, "rerank": rerank}
                     ivf.nprobe = nprobe
                     stats, ids = latency(Searcher(ivf, "ivfpq", p, base, threads=args.threads), queries, args.k)
-                    row["ivfpq"]["by_nprobe"].append({"nprobe": nprobe, "rerank": rerank, **stats, "recall_at_10": round(recall_at(ids, truth), 4)})
+                    row["ivfpq"]["by_nprobe"].append(
+                        {"nprobe": nprobe, "rerank": rerank, **stats, "recall_at_10": round(recall_at(ids, truth), 4)}
+                    )
                     print(f"n={n} ivfpq {row['ivfpq']['by_nprobe'][-1]}", file=sys.stderr, flush=True)
             del ivf
         results.append(row)
@@ -157,7 +170,8 @@ def write_partial(args, results) -> None:
             "faiss": faiss.__version__,
             "omp_threads": faiss.omp_get_max_threads(),
             "load_average_at_end": os.getloadavg(),
-            "note": "synthetic unit vectors of intrinsic dimension --intrinsic-dim (see docstring); single-query latency; recall@10 vs exact search",
+            "note": "synthetic unit vectors of intrinsic dimension --intrinsic-dim (see docstring); "
+            "single-query latency; recall@10 vs exact search",
             "hnsw_skipped_above": args.skip_hnsw_above,
             "results": results,
         },

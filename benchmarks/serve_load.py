@@ -45,7 +45,7 @@ import httpx
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import REPO_ROOT, SHARED_DATA, write_result  # noqa: E402
+from _common import REPO_ROOT, SHARED_DATA, portable_path, resolve_path, write_result  # noqa: E402
 
 
 def make_gallery(photos: Path, dst: Path, n: int) -> int:
@@ -103,7 +103,7 @@ def ensure_index(args) -> Path:
 
 def load_queries(n: int) -> list[tuple[str, object]]:
     """Alternating real sketches (PNG bytes) and real Quick, Draw! strokes."""
-    sketches = sorted((SHARED_DATA / "sketchy_mini" / "sketch").rglob("*.png"))[:: 7][: n // 2 + 1]
+    sketches = sorted((SHARED_DATA / "sketchy_mini" / "sketch").rglob("*.png"))[::7][: n // 2 + 1]
     qd_files = sorted((SHARED_DATA / "quickdraw_mini").glob("*.ndjson"))
     drawings = []
     for f in qd_files[:: max(1, len(qd_files) // (n // 2 + 1))]:
@@ -127,8 +127,22 @@ def free_port() -> int:
 def start_server(index_dir: Path, max_batch: int, device: str) -> tuple[subprocess.Popen, str]:
     port = free_port()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "sbir.cli", "serve", str(index_dir), "--port", str(port), "--max-batch", str(max_batch),
-         "--device", device, "--log-level", "warning", "--no-access-log"],
+        [
+            sys.executable,
+            "-m",
+            "sbir.cli",
+            "serve",
+            str(index_dir),
+            "--port",
+            str(port),
+            "--max-batch",
+            str(max_batch),
+            "--device",
+            device,
+            "--log-level",
+            "warning",
+            "--no-access-log",
+        ],
         cwd=REPO_ROOT,
     )
     url = f"http://127.0.0.1:{port}"
@@ -151,7 +165,9 @@ async def one(client: httpx.AsyncClient, url: str, q, k: int) -> tuple[float, in
     t0 = time.perf_counter()
     try:
         if kind == "png":
-            r = await client.post(url + "/api/search", files={"file": ("sketch.png", payload, "image/png")}, data={"k": str(k)})
+            r = await client.post(
+                url + "/api/search", files={"file": ("sketch.png", payload, "image/png")}, data={"k": str(k)}
+            )
         else:
             r = await client.post(url + "/api/search", json={"strokes": payload, "k": k})
         body = r.json()
@@ -203,16 +219,20 @@ def summarise(results: list, wall: float, clients: int) -> dict:
             "p90": round(float(np.percentile(lat, 90)), 1),
             "p99": round(float(np.percentile(lat, 99)), 1),
             "max": round(float(lat.max()), 1),
-        } if len(lat) else {},
+        }
+        if len(lat)
+        else {},
     }
     if ok:
+
         def mean(key):
             return round(float(np.mean([r[2]["timings_ms"][key] for r in ok])), 2)
 
         def p99(key):
             return round(float(np.percentile([r[2]["timings_ms"][key] for r in ok], 99)), 2)
 
-        out["server_timings_ms"] = {key: {"mean": mean(key), "p99": p99(key)} for key in ("decode", "queue", "embed", "search", "total")}
+        stages = ("decode", "queue", "embed", "search", "total")
+        out["server_timings_ms"] = {key: {"mean": mean(key), "p99": p99(key)} for key in stages}
         sizes = [r[2]["batch_size"] for r in ok]
         out["batch_size"] = {"mean": round(float(np.mean(sizes)), 2), "max": int(max(sizes))}
     return out
@@ -232,12 +252,15 @@ async def run_single(url: str, queries, n: int, k: int) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--photos", default=str(SHARED_DATA / "sketchy_mini" / "photo"))
+    ap.add_argument("--photos", type=resolve_path, default=SHARED_DATA / "sketchy_mini" / "photo")
     ap.add_argument("--gallery-size", type=int, default=10_000)
-    ap.add_argument("--workdir", default=os.path.join(os.environ.get("TMPDIR", "/tmp"), "sbir-serve-load"))
-    ap.add_argument("--model", default="pretrained",
-                    help="model the index is built with: 'pretrained' (224 px ImageNet features) or a run folder")
-    ap.add_argument("--index", default=None, help="use this existing index instead of building one")
+    ap.add_argument("--workdir", type=resolve_path, default=resolve_path("tmp:sbir-serve-load"))
+    ap.add_argument(
+        "--model",
+        default="pretrained",
+        help="model the index is built with: 'pretrained' (224 px ImageNet features) or a run folder",
+    )
+    ap.add_argument("--index", type=resolve_path, default=None, help="use this existing index instead of building one")
     ap.add_argument("--clients", type=int, default=50)
     ap.add_argument("--requests", type=int, default=1000)
     ap.add_argument("--max-seconds", type=float, default=600)
@@ -270,7 +293,7 @@ def main() -> None:
         args.out,
         {
             "args": {k: v for k, v in vars(args).items() if not k.startswith("_")},
-            "index": getattr(args, "_index_info", {"path": str(index_dir)}),
+            "index": getattr(args, "_index_info", {"path": portable_path(index_dir)}),
             "runs": runs,
             "goal": "0 errors, p99 < 100 ms at 10k photos",
             "load_average_at_end": os.getloadavg(),

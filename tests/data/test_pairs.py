@@ -41,29 +41,74 @@ def make_array_split(n_photos=3):
     photo_arr = np.stack([np.full((16, 16, 3), 40 * (p + 1), dtype=np.uint8) for p in range(n_photos)])
     sketch_arr = np.stack([np.full((16, 16), 10 * (s + 1), dtype=np.uint8) for s in range(2 * n_photos)])
     photos = [PhotoRecord(f"ph{p}", ArrayRef(photo_arr, p, "photos.mat")) for p in range(n_photos)]
-    sketches = [SketchRecord(f"sk{s}", ArrayRef(sketch_arr, s, "sketches.mat"), photo_id=f"ph{s % n_photos}") for s in range(2 * n_photos)]
+    sketches = [
+        SketchRecord(f"sk{s}", ArrayRef(sketch_arr, s, "sketches.mat"), photo_id=f"ph{s % n_photos}")
+        for s in range(2 * n_photos)
+    ]
     return Split("train", photos, sketches)
 
 
-def test_items_have_views_shapes_and_groups(tmp_path):
+class Recording:
+    """Wraps a transform and remembers the input pixels and the output of every call."""
+
+    def __init__(self, transform):
+        self.transform = transform
+        self.calls: list[tuple[np.ndarray, torch.Tensor]] = []
+
+    def __call__(self, img):
+        out = self.transform(img)
+        self.calls.append((np.asarray(img.convert("RGB")).copy(), out))
+        return out
+
+    def input_of(self, out: torch.Tensor) -> np.ndarray:
+        """The image this transform turned into ``out`` (the very tensor object)."""
+        found = [inp for inp, o in self.calls if o is out]
+        assert len(found) == 1, "output not produced by exactly one call of this transform"
+        return found[0]
+
+
+def pixels(path) -> np.ndarray:
+    """A file's RGB pixels read directly with PIL (independent of sbir's loader and records)."""
+    with Image.open(path) as im:
+        return np.asarray(im.convert("RGB"))
+
+
+def test_items_pair_each_sketch_with_its_photo_in_two_random_views(tmp_path):
     split = make_file_split(tmp_path)
     aug = AugmentConfig()
-    ds = FineGrainedPairs(
-        split, train_transform(32, MEAN, STD, aug, "sketch"), train_transform(32, MEAN, STD, aug, "photo")
-    )
+    ts = Recording(train_transform(32, MEAN, STD, aug, "sketch"))
+    tp = Recording(train_transform(32, MEAN, STD, aug, "photo"))
+    ds = FineGrainedPairs(split, ts, tp)
     assert len(ds) == len(split.sketches) == 7
-    index = split.photo_index()
-    expected_groups = [index[s.photo_id] for s in split.sketches]
-    assert ds.photo_ids_for_sampler() == expected_groups
+    plain = eval_transform(32, MEAN, STD)
     torch.manual_seed(0)
     for i in range(len(ds)):
+        ts.calls.clear()
+        tp.calls.clear()
         item = ds[i]
+        sketch = split.sketches[i]
         assert set(item) == {"sketch", "sketch_aug", "photo", "photo_aug", "group", "index"}
         for k in ("sketch", "sketch_aug", "photo", "photo_aug"):
             assert item[k].shape == (3, 32, 32) and item[k].dtype == torch.float32
-        assert item["group"] == expected_groups[i] and item["index"] == i
-    # The two views are independent random augmentations of the same image.
-    assert any(not torch.equal(ds[i]["photo"], ds[i]["photo_aug"]) for i in range(len(ds)))
+        assert item["index"] == i
+        # The group is the position of the sketch's own photo in split.photos (what the sampler and
+        # the loss use to tell positives from negatives).
+        assert split.photos[item["group"]].id == sketch.photo_id
+        assert ds.photo_ids_for_sampler()[i] == item["group"]
+        # Both sketch views are augmentations of this sketch's file, both photo views of the file of
+        # the photo it names (read here straight from disk by name, not through the records).
+        want_sketch = pixels(tmp_path / f"{sketch.id}.png")
+        want_photo = pixels(tmp_path / f"{sketch.photo_id}.png")
+        assert len(ts.calls) == 2 and len(tp.calls) == 2
+        np.testing.assert_array_equal(ts.input_of(item["sketch"]), want_sketch)
+        np.testing.assert_array_equal(ts.input_of(item["sketch_aug"]), want_sketch)
+        np.testing.assert_array_equal(tp.input_of(item["photo"]), want_photo)
+        np.testing.assert_array_equal(tp.input_of(item["photo_aug"]), want_photo)
+        # Two independent random views: they differ from each other and from the plain image.
+        assert not torch.equal(item["sketch"], item["sketch_aug"])
+        assert not torch.equal(item["photo"], item["photo_aug"])
+        plain_photo = plain(Image.fromarray(want_photo))
+        assert not torch.equal(item["photo"], plain_photo) and not torch.equal(item["photo_aug"], plain_photo)
 
 
 def test_photo_matches_its_sketch(tmp_path):
@@ -84,10 +129,17 @@ def test_aug_transforms_used_for_second_views():
     plain = eval_transform(16, MEAN, STD)
     flipped = lambda img: plain(img.transpose(Image.FLIP_LEFT_RIGHT)) + 100  # noqa: E731
     ds = FineGrainedPairs(split, plain, plain, sketch_aug_transform=flipped, photo_aug_transform=flipped)
-    item = ds[1]
-    assert torch.equal(item["sketch"], plain(split.sketches[1].image.load()))
-    assert item["sketch_aug"].min() > 50 and item["photo_aug"].min() > 50
-    assert item["group"] == 1
+    for i in range(len(ds)):
+        item = ds[i]
+        sketch_img = split.sketches[i].image.load()
+        photo_img = split.photos[i % 3].image.load()  # sketch sk{i} belongs to photo ph{i % 3}
+        assert item["group"] == i % 3
+        assert torch.equal(item["sketch"], plain(sketch_img)) and torch.equal(item["photo"], plain(photo_img))
+        # the second views come from the aug transforms, applied to the same images
+        assert torch.equal(item["sketch_aug"], flipped(sketch_img))
+        assert torch.equal(item["photo_aug"], flipped(photo_img))
+        # the array images are uniform grey levels: 10 * (i + 1) for sketch i, 40 * (p + 1) for photo p
+        assert np.asarray(sketch_img)[0, 0, 0] == 10 * (i + 1) and np.asarray(photo_img)[0, 0, 0] == 40 * (i % 3 + 1)
 
 
 def test_default_collate_with_unique_photo_sampler(tmp_path):
@@ -101,6 +153,13 @@ def test_default_collate_with_unique_photo_sampler(tmp_path):
         assert b["sketch"].shape == b["photo_aug"].shape == (3, 3, 16, 16)
         assert b["group"].dtype == torch.int64 and len(set(b["group"].tolist())) == 3
         assert b["index"].tolist() in [list(x) for x in sampler.batches()]
+        # After collation, row r still pairs sketch b["index"][r] with its own photo.
+        for r, i in enumerate(b["index"].tolist()):
+            sketch = split.sketches[i]
+            assert split.photos[int(b["group"][r])].id == sketch.photo_id
+            assert torch.equal(b["sketch"][r], t(Image.fromarray(pixels(tmp_path / f"{sketch.id}.png"))))
+            want_photo = t(Image.fromarray(pixels(tmp_path / f"{sketch.photo_id}.png")))
+            assert torch.equal(b["photo"][r], want_photo) and torch.equal(b["photo_aug"][r], want_photo)
 
 
 def test_cache_decoded(tmp_path):
@@ -125,11 +184,16 @@ def test_preload(tmp_path):
     split = make_file_split(tmp_path)
     t = eval_transform(16, MEAN, STD)
     ds = FineGrainedPairs(split, t, t)
+    before = [ds[i] for i in range(len(ds))]
     ds.preload()
     assert ds.cache_decoded and ds.cached_images() == len(split.sketches) + len(split.photos)
     for p in tmp_path.glob("*.png"):
         p.unlink()
-    assert all(ds[i]["sketch"].shape == (3, 16, 16) for i in range(len(ds)))
+    # Served from memory: the same pixels as read from the files before they were deleted.
+    for i in range(len(ds)):
+        item = ds[i]
+        for k in ("sketch", "sketch_aug", "photo", "photo_aug"):
+            assert torch.equal(item[k], before[i][k]), (i, k)
 
 
 def test_preload_reports_every_broken_file(tmp_path):
