@@ -181,7 +181,9 @@ class SearchService:
         self.rejected = 0
         self._admit_lock = threading.Lock()
         self._batch_s: float | None = None  # running average (EWMA) of one batch's service time
+        self._query_s: float | None = None  # running average of the service time per query (batch time / size)
         self._busy_since: float | None = None  # start of the batch being processed
+        self._busy_size = 0
         self.runtime = encoder_runtime(encoder)
         from sbir.serve.metrics import ServeMetrics
 
@@ -284,6 +286,7 @@ class SearchService:
 
     def _process(self, jobs: list[_Job]) -> None:
         t0 = time.perf_counter()
+        self._busy_size = len(jobs)
         self._busy_since = t0
         try:
             vecs = self.encoder.encode([j.image for j in jobs])
@@ -299,7 +302,9 @@ class SearchService:
                     j.future.set_exception(exc)
             return
         took = t2 - t0
+        per = took / len(jobs)
         self._batch_s = took if self._batch_s is None else 0.7 * self._batch_s + 0.3 * took
+        self._query_s = per if self._query_s is None else 0.7 * self._query_s + 0.3 * per
         self._busy_since = None
         self.batches += 1
         self.batched_queries += len(jobs)
@@ -326,17 +331,23 @@ class SearchService:
     def estimate_wait(self, extra: int = 1) -> float | None:
         """Estimated seconds until ``extra`` more queries would be answered; None before a batch was timed.
 
-        The queries waiting plus ``extra`` make ``ceil(n / max_batch)`` batches, each taking the running
-        average batch time, after the rest of the batch being processed now.
+        The queries waiting plus ``extra`` make batches of ``max_batch`` (the last one smaller), run after
+        the rest of the batch being processed now. A batch of ``n`` is estimated at the larger of the
+        running average batch time and ``n`` times the running average time per query (batches cost a
+        fixed part plus a part per query; under load the batches grow, and this follows them).
         """
-        avg = self._batch_s
-        if avg is None:
+        avg, per = self._batch_s, self._query_s
+        if avg is None or per is None:
             return None
+
+        def cost(n: int) -> float:
+            return max(avg, per * n)
+
         busy = self._busy_since
-        now = time.perf_counter()
-        current = max(0.0, avg - (now - busy)) if busy is not None else 0.0
-        batches = math.ceil((self._queue.qsize() + extra) / self.settings.max_batch)
-        return current + batches * avg
+        current = max(0.0, cost(self._busy_size) - (time.perf_counter() - busy)) if busy is not None else 0.0
+        n = self._queue.qsize() + extra
+        full, rest = divmod(n, self.settings.max_batch)
+        return current + full * cost(self.settings.max_batch) + (cost(rest) if rest else 0.0)
 
     def _admit(self, n: int) -> None:
         """Raise :class:`Busy` (counted) if ``n`` more queries cannot be answered within ``max_queue_ms``."""
