@@ -357,10 +357,7 @@ class SearchService:
             raise Busy(f"{waiting} queries are waiting for the model; retry in a moment")
         est = self.estimate_wait(n)
         bound = self.settings.max_queue_ms / 1e3
-        if est is None:  # nothing timed yet: let at most one batch wait
-            if waiting + n > self.settings.max_batch and waiting > 0:
-                self._reject(n)
-                raise Busy(f"{waiting} queries are waiting for the model; retry in a moment")
+        if est is None:  # no batch timed yet: nothing to estimate from, only max_queue applies
             return
         if est > bound and (waiting > 0 or self._busy_since is not None):
             self._reject(n)
