@@ -27,6 +27,14 @@ Prints JSON and writes ``benchmarks/results/serve_load.json``. Usage::
     python benchmarks/serve_load.py                          # 10k gallery, 50 clients, 1000 requests
     python benchmarks/serve_load.py --requests 300 --compare-no-batching
     python benchmarks/serve_load.py --model runs/my_run --out serve_load-my_run
+    python benchmarks/serve_load.py --capacity-curve 1,8,32,64    # capacity curve, writes serve_capacity.json
+
+Capacity curve (``--capacity-curve``): one server with the admission limit
+(``--max-queue-ms``, default 1000), and for each client count a closed loop of
+``--capacity-seconds`` (default 30): throughput of answered requests, their
+p50/p99, and the 503s (refused at capacity) counted separately from errors. A
+client that gets a 503 waits ``--retry-wait-ms`` (default 100) before its next
+request (not the whole Retry-After, which would hide the server's capacity).
 """
 
 from __future__ import annotations
@@ -250,6 +258,115 @@ async def run_single(url: str, queries, n: int, k: int) -> dict:
     return summarise(results, wall, 1)
 
 
+# ---------------------------------------------------------------- capacity curve
+
+
+def start_capacity_server(index_dir: Path, args) -> tuple[subprocess.Popen, str]:
+    """``sbir serve`` with the admission limit (``--max-queue-ms``)."""
+    port = free_port()
+    cmd = [sys.executable, "-m", "sbir.cli", "serve", str(index_dir), "--port", str(port)]
+    cmd += ["--max-batch", str(args.max_batch), "--max-queue-ms", str(args.max_queue_ms), "--device", args.device]
+    cmd += ["--log-level", "warning", "--no-access-log"]
+    proc = subprocess.Popen(cmd, cwd=REPO_ROOT)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 300
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            sys.exit(f"error: sbir serve exited with {proc.returncode}")
+        try:
+            if httpx.get(url + "/healthz", timeout=2).status_code == 200:
+                return proc, url
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    proc.kill()
+    sys.exit("error: sbir serve did not start within 300 s")
+
+
+def summarise_capacity(results: list, wall: float, clients: int) -> dict:
+    """Throughput and latency of answered requests; 503s (refused at capacity) apart from errors."""
+    ok = np.asarray([r[0] for r in results if r[1] == 200])
+    refused = [r for r in results if r[1] == 503]
+    errors = [r for r in results if r[1] not in (200, 503)]
+
+    def pct(a, q):
+        return round(float(np.percentile(a, q)), 1) if len(a) else None
+
+    return {
+        "clients": clients,
+        "requests": len(results),
+        "ok": int(len(ok)),
+        "rejected_503": len(refused),
+        "errors": len(errors),
+        "error_examples": sorted({f"{r[1]}: {r[3]}" for r in errors})[:5],
+        "wall_s": round(wall, 2),
+        "throughput_rps": round(len(ok) / wall, 2) if wall > 0 else 0.0,
+        "offered_rps": round(len(results) / wall, 2) if wall > 0 else 0.0,
+        "ok_latency_ms": {
+            "p50": pct(ok, 50),
+            "p99": pct(ok, 99),
+            "max": round(float(ok.max()), 1) if len(ok) else None,
+        },
+        "rejected_latency_ms": {"p50": pct(np.asarray([r[0] for r in refused]), 50)},
+    }
+
+
+async def run_capacity_point(url: str, queries, clients: int, seconds: float, k: int, retry_wait_s: float) -> dict:
+    """``clients`` closed-loop clients for ``seconds``; a 503 makes its client wait ``retry_wait_s``."""
+    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
+    results: list = []
+    deadline = time.perf_counter() + seconds
+
+    async def worker(client, start: int):
+        i = start
+        while time.perf_counter() < deadline:
+            r = await one(client, url, queries[i % len(queries)], k)
+            results.append(r)
+            i += clients
+            if r[1] == 503:
+                await asyncio.sleep(retry_wait_s)
+
+    async with httpx.AsyncClient(limits=limits, timeout=120) as client:
+        for q in queries[:2]:
+            await one(client, url, q, k)
+        t0 = time.perf_counter()
+        await asyncio.gather(*(worker(client, c) for c in range(clients)))
+        wall = time.perf_counter() - t0
+    return summarise_capacity(results, wall, clients)
+
+
+def capacity_curve(index_dir: Path, args) -> dict:
+    counts = [int(c) for c in str(args.capacity_curve).split(",") if c.strip()]
+    if not counts or min(counts) < 1:
+        sys.exit(f"error: --capacity-curve takes client counts like 1,8,32,64, got {args.capacity_curve!r}")
+    queries = load_queries(100)
+    proc, url = start_capacity_server(index_dir, args)
+    points = []
+    try:
+        for n in counts:
+            point = asyncio.run(
+                run_capacity_point(url, queries, n, args.capacity_seconds, args.k, args.retry_wait_ms / 1e3)
+            )
+            print(f"capacity {n} clients: {point}", file=sys.stderr, flush=True)
+            points.append(point)
+        metrics = httpx.get(url + "/metrics", timeout=10).text
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+    rejected = [line for line in metrics.splitlines() if line.startswith("sbir_rejected_total")]
+    return {
+        "max_queue_ms": args.max_queue_ms,
+        "max_batch": args.max_batch,
+        "seconds_per_point": args.capacity_seconds,
+        "retry_wait_ms": args.retry_wait_ms,
+        "points": points,
+        "server_rejected_total": float(rejected[0].split()[-1]) if rejected else None,
+    }
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--photos", type=resolve_path, default=SHARED_DATA / "sketchy_mini" / "photo")
@@ -270,9 +387,22 @@ def main() -> None:
     ap.add_argument("--compare-no-batching", action="store_true", help="repeat the load test with --max-batch 1")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--out", default="serve_load")
+    ap.add_argument("--capacity-curve", default=None, metavar="N,N,...",
+                    help="measure the capacity curve at these client counts (e.g. 1,8,32,64) instead")
+    ap.add_argument("--capacity-seconds", type=float, default=30, help="seconds per capacity point")
+    ap.add_argument("--max-queue-ms", type=int, default=1000, help="the server's admission bound (capacity curve)")
+    ap.add_argument("--retry-wait-ms", type=float, default=100, help="a client's pause after a 503 (capacity curve)")
     args = ap.parse_args()
 
     index_dir = Path(args.index) if args.index else ensure_index(args)
+    if args.capacity_curve:
+        result = capacity_curve(index_dir, args)
+        out = args.out if args.out != "serve_load" else "serve_capacity"
+        write_result(out, {"args": {k: v for k, v in vars(args).items() if not k.startswith("_")},
+                           "index": getattr(args, "_index_info", {"path": str(index_dir)}), **result,
+                           "load_average_at_end": os.getloadavg(),
+                           "note": "client and server share the machine; latency is measured by the client"})
+        return
     queries = load_queries(max(args.requests, 100))
     runs = []
     for max_batch in [args.max_batch] + ([1] if args.compare_no_batching else []):

@@ -249,6 +249,7 @@ def test_page_static_docs_and_health(client):
         "images": 10,
         "model_id": "pretrained:efficientnet_lite0",
         "generation": "gen-000001",
+        "api_key_required": False,
     }
     info = client.get("/api/info").json()
     assert info["images"] == 10 and info["max_k"] == 100 and info["kind"] == "none"

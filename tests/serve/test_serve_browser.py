@@ -324,3 +324,101 @@ def test_api_docs_work_with_no_network(browser, server, path, ready):
         assert not outside, outside
     finally:
         context.close()
+
+
+def test_example_sketch_searches_and_shows_the_raster(page):
+    """An example button draws a Quick, Draw! sketch, searches, and shows the server's raster of it."""
+    count_searches(page)
+    page.wait_for_function("() => document.querySelectorAll('#examples button.example').length >= 3")
+    names = page.evaluate("() => Array.from(document.querySelectorAll('#examples .example')).map(b => b.dataset.name)")
+    assert "star" in names and "cat" in names
+    page.click("#examples button[data-name='star']")
+    results = wait_for_results(page)
+    assert len(results) == 10
+    assert page.evaluate("() => window.sbir.strokes().length") >= 1
+    page.wait_for_function(
+        """() => { const i = document.getElementById('preview');
+                  return !document.getElementById('preview-box').hidden && i.complete && i.naturalWidth === 256; }"""
+    )
+    # the preview is the server's raster of exactly what was searched: ink present, white background
+    ink = page.evaluate(
+        """() => { const i = document.getElementById('preview'); const c = document.createElement('canvas');
+                  c.width = 256; c.height = 256; const x = c.getContext('2d'); x.drawImage(i, 0, 0);
+                  const d = x.getImageData(0, 0, 256, 256).data; let dark = 0, rows = new Set();
+                  for (let p = 0; p < d.length; p += 4) if (d[p] < 128) { dark++; rows.add(Math.floor(p / 4 / 256)); }
+                  return {dark, span: rows.size, corner: d[0]}; }"""
+    )
+    assert ink["dark"] > 200 and ink["span"] > 150 and ink["corner"] == 255, ink  # fitted to the frame
+    # clear hides the preview
+    page.click("#clear")
+    page.wait_for_function("() => document.getElementById('preview-box').hidden")
+
+
+def test_more_like_this_shows_similar_photos(page):
+    count_searches(page)
+    draw_with_mouse(page, outline("moon"))
+    results = wait_for_results(page)
+    assert results[0]["path"] == "moon.png"
+    n = searches_done(page)
+    page.click("#results li:first-child button.similar")
+    page.wait_for_function("() => document.getElementById('status').textContent.includes('photos like moon.png')")
+    after = wait_for_results(page, after=n)
+    assert len(after) == 9 and "moon.png" not in [r["path"] for r in after]
+    assert [r["rank"] for r in after] == list(range(1, 10))
+
+
+@pytest.fixture(scope="module")
+def keyed_server(shape_index):
+    """``sbir serve --api-key`` in a subprocess; yields (url, start-up output)."""
+    _, index_dir = shape_index
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "sbir.cli", "serve", str(index_dir), "--port", str(port), "--api-key", "k3y"]
+        + ["--log-level", "warning", "--no-access-log", "--max-queue-ms", "800"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    lines: list[str] = []
+    try:
+        deadline = time.time() + 180
+        while time.time() < deadline:
+            line = proc.stdout.readline()
+            if not line:
+                pytest.fail(f"sbir serve exited with {proc.wait()}: {''.join(lines)[-3000:]}")
+            lines.append(line)
+            if line.startswith("serving"):
+                break
+        yield f"http://127.0.0.1:{port}", "".join(lines)
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def test_api_key_page_sends_the_key(browser, keyed_server):
+    url, startup = keyed_server
+    assert "runtime: torch" in startup and "API key required" in startup, startup
+    assert httpx.get(url + "/api/info").status_code == 401
+    info = httpx.get(url + "/api/info", headers={"X-API-Key": "k3y"}).json()
+    assert info["runtime"] == "torch" and info["threads"] >= 1 and info["max_queue_ms"] == 800
+    context = browser.new_context(viewport={"width": 1100, "height": 850}, bypass_csp=True)
+    pg = context.new_page()
+    pg.set_default_timeout(TIMEOUT_MS)
+    try:
+        pg.goto(url + "/")
+        pg.wait_for_function("() => document.getElementById('info').textContent.includes('needs an API key')")
+        assert pg.is_visible("#apikey")
+        pg.fill("#apikey", "k3y")
+        pg.click("#apikey-set")
+        pg.wait_for_function("() => document.getElementById('info').textContent.includes('torch')")
+        count_searches(pg)
+        draw_with_mouse(pg, outline("heart"))
+        results = wait_for_results(pg)  # thumbnails fetched with the key (blob URLs) are shown
+        assert results[0]["path"] == "heart.png"
+        assert pg.evaluate("() => document.querySelector('#results img').src.startsWith('blob:')")
+    finally:
+        context.close()

@@ -23,6 +23,9 @@ def test_serve_refuses_a_folder_that_is_not_an_index(tmp_path, capsys):
         (["--max-k", "0"], "--max-k"),
         (["--port", "70000"], "--port"),
         (["--max-batch", "0"], "--max-batch"),
+        (["--max-queue-ms", "0"], "--max-queue-ms"),
+        (["--cors-origin", "example.org"], "--cors-origin"),
+        (["--api-key", " "], "--api-key is empty"),
     ],
 )
 def test_serve_validates_options(tmp_path, capsys, extra, words):
@@ -37,7 +40,19 @@ def test_serve_help(capsys):
         parser.parse_args(["serve", "--help"])
     assert ei.value.code == 0
     out = capsys.readouterr().out
-    for words in ("/api/search", "--max-upload-mb", "--host", "--port", "INDEX_DIR"):
+    for words in (
+        "/api/search",
+        "--max-upload-mb",
+        "--host",
+        "--port",
+        "INDEX_DIR",
+        "--max-queue-ms",
+        "--runtime",
+        "--cors-origin",
+        "--api-key",
+        "/metrics",
+        "/api/search/similar",
+    ):
         assert words in out
 
 
@@ -61,3 +76,18 @@ def test_serve_announces_only_after_it_listens(shape_index):
     assert proc.returncode == 2, proc.stdout + proc.stderr
     assert "serving" not in proc.stdout
     assert f"cannot listen on 127.0.0.1:{port}" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_serve_refuses_another_runtime_than_the_index(shape_index, capsys):
+    """``--runtime`` must be the index's (a torch index here): one error line naming the fix."""
+    _, index_dir = shape_index
+    assert main(["serve", str(index_dir), "--runtime", "onnx", "--port", "1"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error:") and "runtime 'torch'" in err and "Omit --runtime" in err
+    assert "Traceback" not in err
+
+
+def test_serve_reads_the_api_key_from_the_environment(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("SBIR_API_KEY", "   ")
+    assert main(["serve", str(tmp_path)]) == 2
+    assert "--api-key is empty" in capsys.readouterr().err

@@ -6,7 +6,12 @@ Endpoints
                                    "canvas": {"width": W, "height": H}?, "stroke_width": 3?}``
     ``GET /api/images/{id}``       the gallery image with that id (only files inside the gallery)
     ``GET /api/thumbnails/{id}``   a JPEG thumbnail of it
+    ``GET /api/search/similar/{id}`` photos like gallery photo ``id`` (its stored photo embedding as
+                                   the query, itself excluded)
+    ``POST /api/search/batch``     a JSON list of strokes queries; one result list each
+    ``POST /api/raster``           the PNG the model sees for a strokes query (the server's rasteriser)
     ``GET /api/info``, ``/healthz`` index and service facts (including the generation served)
+    ``GET /metrics``               Prometheus metrics (text exposition format)
     ``GET /``                      the drawing page (``/static/*``: its script and style)
     ``/docs``, ``/redoc``          OpenAPI documentation (Swagger UI, ReDoc), assets served from
                                    ``/static`` so they work offline; ``/openapi.json``
@@ -14,6 +19,11 @@ Endpoints
 The strokes JSON is :class:`sbir.data.query.SketchQuery` (one model and one set of
 limits shared with ``sbir search``). A new index generation written by ``sbir
 index update`` is picked up by the next request (see :meth:`SearchService.refresh`).
+
+Capacity: a query whose estimated response time (queue length and the running average
+batch time) exceeds ``max_queue_ms`` gets 503 with ``Retry-After`` instead of waiting.
+With an API key, every ``/api/`` endpoint needs the header ``X-API-Key`` (401 otherwise);
+the page, its static files, the docs, ``/healthz`` and ``/metrics`` stay public.
 
 Limits: a request body above ``max_upload_bytes`` gets 413; a body that is not
 an image, a decompression bomb, malformed strokes JSON or a bad ``k`` gets 400
@@ -24,11 +34,16 @@ manifest path whose real location must lie inside the gallery.
 from __future__ import annotations
 
 import asyncio
+import hmac
+import io
+import json
 import time
+from collections.abc import Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 
 from fastapi import FastAPI, Request
+from fastapi.middleware.cors import CORSMiddleware
 from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
 from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
@@ -37,12 +52,14 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import ClientDisconnect
 
 from sbir import __version__
-from sbir.data.query import SketchQuery
+from sbir.data.query import RASTER_SIZE, QueryError, SketchQuery, check_json_depth
+from sbir.serve.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from sbir.serve.service import (
     BadRequest,
     Busy,
     NotFound,
     PayloadTooLarge,
+    SearchOutcome,
     SearchService,
     ServeSettings,
     json_to_image,
@@ -84,6 +101,29 @@ class SearchResponse(BaseModel):
     generation: str = Field(description="index generation the result ids refer to")
 
 
+class SimilarResponse(BaseModel):
+    results: list[SearchResult]
+    k: int
+    query_id: int = Field(description="the gallery photo whose photo embedding is the query (not in the results)")
+    query_path: str
+    model_id: str
+    generation: str = Field(description="index generation the result ids refer to")
+    timings_ms: dict[str, float]
+
+
+class BatchItem(BaseModel):
+    results: list[SearchResult]
+    k: int
+    generation: str = Field(description="index generation the result ids refer to")
+    batch_size: int = Field(description="queries embedded together with this one (micro-batching)")
+
+
+class BatchResponse(BaseModel):
+    searches: list[BatchItem] = Field(description="one result list per query, in the order sent")
+    model_id: str
+    timings_ms: dict[str, float]
+
+
 class ErrorResponse(BaseModel):
     detail: str
 
@@ -93,6 +133,24 @@ class Health(BaseModel):
     images: int
     model_id: str
     generation: str
+    api_key_required: bool = Field(False, description="the /api/ endpoints need an X-API-Key header")
+
+
+class Info(BaseModel):
+    images: int
+    model_id: str
+    generation: str
+    kind: str
+    dim: int
+    default_k: int
+    max_k: int
+    max_upload_bytes: int
+    max_queue_ms: int = Field(description="a query expected to take longer than this gets 503 with Retry-After")
+    max_batch_queries: int = Field(description="most queries in one POST /api/search/batch")
+    runtime: str = Field(description="query encoder runtime: torch, onnx, onnx-int8, openvino, openvino-int8")
+    threads: int = Field(description="intra-op threads of the encoder")
+    encoder_id: str
+    version: str
 
 
 def _inline_schema(schema: dict) -> dict:
@@ -139,7 +197,32 @@ SEARCH_BODY_DOC = {
     }
 }
 
+STROKES_BODY_DOC = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "application/json": {
+                "schema": _inline_schema(SketchQuery.model_json_schema()),
+                "example": {"strokes": [[[10, 120, 230], [40, 200, 40]]]},
+            }
+        },
+    }
+}
+
+BATCH_BODY_DOC = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "application/json": {
+                "schema": {"type": "array", "items": _inline_schema(SketchQuery.model_json_schema()), "minItems": 1},
+                "example": [{"strokes": [[[10, 120, 230], [40, 200, 40]]], "k": 5}, {"strokes": [[[0, 50], [0, 50]]]}],
+            }
+        },
+    }
+}
+
 ERRORS = {
+    401: {"model": ErrorResponse, "description": "missing or wrong X-API-Key (when the server has an API key)"},
     400: {"model": ErrorResponse, "description": "malformed sketch, strokes or parameters"},
     413: {"model": ErrorResponse, "description": "request body above the upload limit"},
     415: {"model": ErrorResponse, "description": "unsupported content type"},
@@ -181,9 +264,70 @@ def _receive_from(body: bytes):
     return receive
 
 
-def create_app(service: SearchService, title: str = "sbir") -> FastAPI:
-    """The ASGI app serving ``service``."""
+def _results(hits) -> list[SearchResult]:
+    return [
+        SearchResult(
+            id=h.id,
+            path=h.path,
+            score=round(h.score, 6),
+            rank=h.rank,
+            thumbnail_url=f"/api/thumbnails/{h.id}",
+            image_url=f"/api/images/{h.id}",
+        )
+        for h in hits
+    ]
+
+
+def parse_batch(body: bytes, settings: ServeSettings) -> list[SketchQuery]:
+    """A JSON list of strokes queries; BadRequest naming the first bad one."""
+    limits = settings.query_limits
+    try:
+        check_json_depth(body, limits.max_depth + 1, "the JSON body")
+        data = json.loads(body)
+    except QueryError as exc:
+        raise BadRequest(str(exc)) from None
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise BadRequest(f"the JSON body is not valid JSON ({exc})") from None
+    if not isinstance(data, list) or not data:
+        raise BadRequest('send a non-empty JSON list of strokes queries: [{"strokes": [[[x...], [y...]], ...]}, ...]')
+    if len(data) > settings.max_batch_queries:
+        raise BadRequest(f"{len(data)} queries in one batch; the limit is {settings.max_batch_queries}")
+    if sum(1 for q in data if isinstance(q, dict)) != len(data):
+        raise BadRequest('each item of the list must be a strokes query object {"strokes": ...}')
+    total = 0
+    queries = []
+    for i, item in enumerate(data):
+        try:
+            q = SketchQuery.parse(item, limits, source=f"query {i}")
+        except QueryError as exc:
+            raise BadRequest(str(exc)) from None
+        total += q.n_points
+        if total > settings.max_points:
+            raise BadRequest(f"the batch has more than {settings.max_points} stroke points in all; send fewer queries")
+        queries.append(q)
+    return queries
+
+
+def strokes_png(body: bytes, settings: ServeSettings) -> bytes:
+    """The raster the model sees for a strokes JSON body, as PNG."""
+    try:
+        img = SketchQuery.from_json(body, settings.query_limits).to_image(RASTER_SIZE)
+    except QueryError as exc:
+        raise BadRequest(str(exc)) from None
+    buf = io.BytesIO()
+    img.save(buf, format="PNG", optimize=True)
+    return buf.getvalue()
+
+
+def create_app(
+    service: SearchService, title: str = "sbir", api_key: str | None = None, cors_origins: Sequence[str] = ()
+) -> FastAPI:
+    """The ASGI app serving ``service``; ``api_key``: required as ``X-API-Key`` by the ``/api/`` endpoints;
+    ``cors_origins``: origins allowed to call the API from a browser (CORS)."""
     settings: ServeSettings = service.settings
+    metrics = service.metrics
+    if api_key is not None and not api_key.strip():
+        raise BadRequest("the API key is empty; pass a non-empty --api-key or unset SBIR_API_KEY")
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -210,7 +354,7 @@ def create_app(service: SearchService, title: str = "sbir") -> FastAPI:
 
     @app.exception_handler(Busy)
     async def _busy(request: Request, exc: Busy):
-        return JSONResponse({"detail": str(exc)}, status_code=503, headers={"Retry-After": "1"})
+        return JSONResponse({"detail": str(exc)}, status_code=503, headers={"Retry-After": str(exc.retry_after)})
 
     @app.exception_handler(ClientDisconnect)
     async def _gone(request: Request, exc: ClientDisconnect):
@@ -221,12 +365,39 @@ def create_app(service: SearchService, title: str = "sbir") -> FastAPI:
     async def _nf(request: Request, exc: NotFound):
         return JSONResponse({"detail": str(exc)}, status_code=404)
 
+    key_bytes = api_key.encode() if api_key else None
+
     @app.middleware("http")
     async def _headers(request: Request, call_next):
-        response = await call_next(request)
+        t0 = time.perf_counter()
+        path = request.url.path
+        if key_bytes is not None and path.startswith("/api/") and request.method != "OPTIONS":
+            given = request.headers.get("x-api-key", "").encode()
+            if not hmac.compare_digest(given, key_bytes):
+                response = JSONResponse(
+                    {"detail": "missing or wrong API key: send it in the X-API-Key header"}, status_code=401
+                )
+            else:
+                response = await call_next(request)
+        else:
+            response = await call_next(request)
         response.headers.setdefault("X-Content-Type-Options", "nosniff")
         response.headers.setdefault("Referrer-Policy", "no-referrer")
+        route = request.scope.get("route")
+        endpoint = getattr(route, "path", None) or ("/static" if path.startswith("/static/") else "other")
+        metrics.requests.labels(endpoint=endpoint, status=str(response.status_code)).inc()
+        metrics.latency.labels(endpoint=endpoint).observe(time.perf_counter() - t0)
         return response
+
+    if cors_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=list(cors_origins),
+            allow_methods=["GET", "POST"],
+            allow_headers=["Content-Type", "X-API-Key"],
+            expose_headers=["Retry-After"],
+            max_age=600,
+        )
 
     @app.post(
         "/api/search",
@@ -275,19 +446,8 @@ def create_app(service: SearchService, title: str = "sbir") -> FastAPI:
         outcome = await asyncio.wrap_future(service.submit(img, k))
         t2 = time.perf_counter()
         tm = outcome.timings_ms
-        results = [
-            SearchResult(
-                id=h.id,
-                path=h.path,
-                score=round(h.score, 6),
-                rank=h.rank,
-                thumbnail_url=f"/api/thumbnails/{h.id}",
-                image_url=f"/api/images/{h.id}",
-            )
-            for h in outcome.hits
-        ]
         return SearchResponse(
-            results=results,
+            results=_results(outcome.hits),
             k=k,
             model_id=service.encoder.model_id,
             batch_size=int(tm["batch"]),
@@ -301,6 +461,69 @@ def create_app(service: SearchService, title: str = "sbir") -> FastAPI:
             ),
         )
 
+    @app.post(
+        "/api/search/batch",
+        response_model=BatchResponse,
+        responses=ERRORS,
+        openapi_extra=BATCH_BODY_DOC,
+        summary="Search with several strokes sketches at once (one result list each)",
+    )
+    async def search_batch(request: Request) -> BatchResponse:
+        t0 = time.perf_counter()
+        body = await read_body_limited(request, settings.max_upload_bytes)
+        queries = await run_in_threadpool(parse_batch, body, settings)
+        ks = [parse_k(q.k, settings) for q in queries]
+        images = await run_in_threadpool(lambda: [q.to_image(RASTER_SIZE) for q in queries])
+        t1 = time.perf_counter()
+        futures = service.submit_many(images, ks)
+        outcomes: list[SearchOutcome] = [await asyncio.wrap_future(f) for f in futures]
+        t2 = time.perf_counter()
+        return BatchResponse(
+            searches=[
+                BatchItem(results=_results(o.hits), k=k, generation=o.generation, batch_size=int(o.timings_ms["batch"]))
+                for o, k in zip(outcomes, ks, strict=True)
+            ],
+            model_id=service.encoder.model_id,
+            timings_ms={"decode": round((t1 - t0) * 1e3, 3), "total": round((t2 - t0) * 1e3, 3)},
+        )
+
+    @app.get(
+        "/api/search/similar/{image_id}",
+        response_model=SimilarResponse,
+        responses={**ERRORS, 404: {"model": ErrorResponse, "description": "no image with that id"}},
+        summary="More like this: photos similar to a gallery photo (photo embedding against the gallery)",
+    )
+    def similar(image_id: str, k: str | None = None) -> SimilarResponse:
+        kk = parse_k(k, settings)
+        outcome = service.similar(image_id, kk)
+        idx = service.index
+        i = int(image_id)
+        return SimilarResponse(
+            results=_results(outcome.hits),
+            k=kk,
+            query_id=i,
+            query_path=idx.entries[i].path if outcome.generation == idx.generation else "",
+            model_id=service.encoder.model_id,
+            generation=outcome.generation,
+            timings_ms={"search": round(outcome.timings_ms["search"], 3)},
+        )
+
+    @app.post(
+        "/api/raster",
+        responses={**ERRORS, 200: {"content": {"image/png": {}}, "description": "the rasterised sketch"}},
+        response_class=Response,
+        openapi_extra=STROKES_BODY_DOC,
+        summary="The raster the model sees for a strokes query (PNG)",
+    )
+    async def raster(request: Request):
+        body = await read_body_limited(request, settings.max_upload_bytes)
+        data = await run_in_threadpool(strokes_png, body, settings)
+        return Response(data, media_type="image/png", headers={"Cache-Control": "no-store"})
+
+    @app.get("/metrics", include_in_schema=True, summary="Prometheus metrics (text exposition format)")
+    def prometheus_metrics():
+        return Response(metrics.exposition(), media_type=METRICS_CONTENT_TYPE)
+
     @app.get("/api/images/{image_id}", responses={404: {"model": ErrorResponse}}, summary="A gallery image by id")
     def image(image_id: str):
         path = service.image_path(image_id)
@@ -311,25 +534,36 @@ def create_app(service: SearchService, title: str = "sbir") -> FastAPI:
         data = service.thumbnail(image_id)
         return Response(data, media_type="image/jpeg", headers={"Cache-Control": "private, max-age=3600"})
 
-    @app.get("/api/info", summary="Index and service facts")
-    def info():
+    @app.get("/api/info", response_model=Info, responses={401: ERRORS[401]}, summary="Index and service facts")
+    def info() -> Info:
         idx = service.index
-        return {
-            "images": len(idx),
-            "model_id": idx.model_id,
-            "generation": idx.generation,
-            "kind": idx.kind,
-            "dim": idx.dim,
-            "default_k": settings.default_k,
-            "max_k": settings.max_k,
-            "max_upload_bytes": settings.max_upload_bytes,
-            "version": __version__,
-        }
+        return Info(
+            images=len(idx),
+            model_id=idx.model_id,
+            generation=idx.generation,
+            kind=idx.kind,
+            dim=idx.dim,
+            default_k=settings.default_k,
+            max_k=settings.max_k,
+            max_upload_bytes=settings.max_upload_bytes,
+            max_queue_ms=settings.max_queue_ms,
+            max_batch_queries=settings.max_batch_queries,
+            runtime=service.runtime["runtime"],
+            threads=service.runtime["threads"],
+            encoder_id=service.runtime["encoder_id"],
+            version=__version__,
+        )
 
     @app.get("/healthz", response_model=Health, summary="Liveness")
     def healthz() -> Health:
         idx = service.index
-        return Health(status="ok", images=len(idx), model_id=idx.model_id, generation=idx.generation)
+        return Health(
+            status="ok",
+            images=len(idx),
+            model_id=idx.model_id,
+            generation=idx.generation,
+            api_key_required=key_bytes is not None,
+        )
 
     @app.get("/docs", include_in_schema=False)
     def docs():
@@ -361,10 +595,14 @@ def create_app(service: SearchService, title: str = "sbir") -> FastAPI:
     return app
 
 
-def app_from_index_dir(index_dir: str | Path, **service_options) -> FastAPI:
+def app_from_index_dir(
+    index_dir: str | Path, api_key: str | None = None, cors_origins: Sequence[str] = (), **service_options
+) -> FastAPI:
     """Load the index and its model and build the app (what ``sbir serve`` runs).
 
-    ``service_options``: ``model``, ``device``, ``settings``, ``ef_search``, ``nprobe`` as for
-    :meth:`SearchService.from_index_dir`.
+    ``service_options``: ``model``, ``device``, ``settings``, ``ef_search``, ``nprobe``, ``runtime`` as for
+    :meth:`SearchService.from_index_dir`; ``api_key``, ``cors_origins`` as for :func:`create_app`.
     """
-    return create_app(SearchService.from_index_dir(index_dir, **service_options))
+    return create_app(
+        SearchService.from_index_dir(index_dir, **service_options), api_key=api_key, cors_origins=cors_origins
+    )

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import os
 
+from sbir.engine.runtime import RUNTIME_CHOICES
 from sbir.errors import SbirError
 from sbir.index.commands import add_query_model_args
 
@@ -35,11 +37,20 @@ def cmd_serve(args: argparse.Namespace) -> int:
         raise SbirError(f"--port must be between 1 and 65535, got {args.port}")
     if args.max_batch < 1:
         raise SbirError(f"--max-batch must be >= 1, got {args.max_batch}")
+    if args.max_queue_ms < 1:
+        raise SbirError(f"--max-queue-ms must be >= 1, got {args.max_queue_ms}")
+    api_key = args.api_key if args.api_key is not None else os.environ.get("SBIR_API_KEY") or None
+    if api_key is not None and not api_key.strip():
+        raise SbirError("--api-key is empty; pass a non-empty key or leave it out")
+    for origin in args.cors_origin:
+        if origin != "*" and not origin.startswith(("http://", "https://")):
+            raise SbirError(f"--cors-origin {origin!r} is not an origin; use e.g. https://example.org (or *)")
     settings = ServeSettings(
         max_upload_bytes=int(args.max_upload_mb * 1024 * 1024),
         max_k=args.max_k,
         default_k=min(10, args.max_k),
         max_batch=args.max_batch,
+        max_queue_ms=args.max_queue_ms,
     )
     app = app_from_index_dir(
         args.index,
@@ -48,14 +59,21 @@ def cmd_serve(args: argparse.Namespace) -> int:
         settings=settings,
         ef_search=args.ef_search,
         nprobe=args.nprobe,
+        runtime=args.runtime,
+        api_key=api_key,
+        cors_origins=args.cors_origin,
     )
     svc = app.state.service
     shown = "127.0.0.1" if args.host in ("0.0.0.0", "::") else args.host
     n = len(svc.index)
+    rt = svc.runtime
+    print(f"runtime: {rt['runtime']}, {rt['threads']} thread{'' if rt['threads'] == 1 else 's'}", flush=True)
 
     def announce() -> None:
+        auth = ", API key required" if api_key else ""
         print(
-            f"serving {n} image{'' if n == 1 else 's'} of {args.index} (model {svc.index.model_id}) "
+            f"serving {n} image{'' if n == 1 else 's'} of {args.index} (model {svc.index.model_id}, "
+            f"runtime {rt['runtime']}, {rt['threads']} threads{auth}) "
             f"at http://{shown}:{args.port}/ (API docs: /docs)",
             flush=True,
         )
@@ -84,7 +102,9 @@ def add_serve_command(subparsers) -> None:
             "  GET  /                     drawing page: draw or upload a sketch, results update after each stroke\n"
             "  POST /api/search           sketch as multipart 'file', image/* body, or strokes JSON\n"
             "  GET  /api/images/{id}      gallery image;  GET /api/thumbnails/{id}: JPEG thumbnail\n"
-            "  GET  /docs  /healthz  /api/info\n"
+            "  GET  /api/search/similar/{id}  more like this;  POST /api/search/batch: a list of strokes queries\n"
+            "  POST /api/raster           the PNG the model sees for strokes\n"
+            "  GET  /docs  /healthz  /api/info  /metrics (Prometheus)\n"
             "Queries are embedded with the model recorded in the index."
         ),
         epilog="example:\n  sbir serve shoes.idx --port 8000   # then open http://127.0.0.1:8000/",
@@ -101,6 +121,30 @@ def add_serve_command(subparsers) -> None:
     )
     p.add_argument("--max-k", type=int, default=100, help="largest k a client may ask for (default 100)")
     p.add_argument("--max-batch", type=int, default=16, help="most concurrent queries embedded together (default 16)")
+    p.add_argument(
+        "--max-queue-ms",
+        type=int,
+        default=1000,
+        help="refuse a query (503 with Retry-After) when its estimated response time exceeds this (default 1000)",
+    )
+    p.add_argument(
+        "--runtime",
+        choices=RUNTIME_CHOICES,
+        default=None,
+        help="query encoder runtime; must be the index's runtime (default: it)",
+    )
+    p.add_argument(
+        "--cors-origin",
+        action="append",
+        default=[],
+        metavar="ORIGIN",
+        help="allow browser pages of ORIGIN to call the API (CORS); repeatable",
+    )
+    p.add_argument(
+        "--api-key",
+        default=None,
+        help="require this key in the X-API-Key header on /api/ endpoints (default: env SBIR_API_KEY, else none)",
+    )
     p.add_argument(
         "--log-level",
         default="info",

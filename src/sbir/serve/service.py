@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import io
 import logging
+import math
 import os
 import queue
 import re
@@ -25,6 +26,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from PIL import Image
 
 from sbir.data.image_io import load_image, load_image_bytes
@@ -50,7 +52,11 @@ class NotFound(SbirError):
 
 
 class Busy(SbirError):
-    """Too many queries are waiting (HTTP 503); the client should retry later."""
+    """Too many queries are waiting (HTTP 503); the client should retry after ``retry_after`` seconds."""
+
+    def __init__(self, message: str, retry_after: int = 1):
+        super().__init__(message)
+        self.retry_after = max(1, int(retry_after))
 
 
 @dataclass
@@ -66,6 +72,8 @@ class ServeSettings:
     thumb_cache: int = 2048  # thumbnails kept in memory (LRU); 0 = no cache
     max_batch: int = 16
     max_queue: int = 1024  # queries waiting for the model; beyond this a request gets 503
+    max_queue_ms: int = 1000  # refuse (503) a query whose estimated response time exceeds this
+    max_batch_queries: int = 64  # sketches in one POST /api/search/batch
 
     def __post_init__(self) -> None:
         minimum = {"thumb_cache": 0, "thumb_size": 16}
@@ -121,6 +129,17 @@ def upload_to_image(data: bytes, name: str, settings: ServeSettings) -> Image.Im
         raise BadRequest(str(exc)) from None
 
 
+def encoder_runtime(encoder: QueryEncoder) -> dict[str, Any]:
+    """``{"runtime", "threads", "encoder_id"}`` of a query encoder (intra-op threads of its session)."""
+    view = getattr(encoder.model, "_enc", None)  # a runtime's model view (onnx, openvino)
+    threads = getattr(view, "threads", None)
+    if threads is None:
+        import torch
+
+        threads = torch.get_num_threads()
+    return {"runtime": encoder.runtime, "threads": int(threads), "encoder_id": encoder.encoder_id}
+
+
 # ---------------------------------------------------------------- micro-batching
 
 
@@ -159,6 +178,20 @@ class SearchService:
         self._thumb_lock = threading.Lock()
         self.batches = 0
         self.batched_queries = 0
+        self.rejected = 0
+        self._admit_lock = threading.Lock()
+        self._batch_s: float | None = None  # running average (EWMA) of one batch's service time
+        self._query_s: float | None = None  # running average of the service time per query (batch time / size)
+        self._busy_since: float | None = None  # start of the batch being processed
+        self._busy_size = 0
+        self.runtime = encoder_runtime(encoder)
+        from sbir.serve.metrics import ServeMetrics
+
+        self.metrics = ServeMetrics(
+            queue_length=lambda: float(self._queue.qsize()),
+            generation=lambda: self._index.generation,
+            runtime={k: str(v) for k, v in self.runtime.items()},
+        )
 
     @classmethod
     def from_index_dir(
@@ -169,9 +202,11 @@ class SearchService:
         settings: ServeSettings | None = None,
         ef_search: int | None = None,
         nprobe: int | None = None,
+        runtime: str | None = None,
     ) -> SearchService:
+        """Open the index and its query encoder; ``runtime`` other than the index's is refused."""
         index = Index.open(index_dir, ef_search=ef_search, nprobe=nprobe)
-        encoder = QueryEncoder.for_index(index, override=model, device=device)
+        encoder = QueryEncoder.for_index(index, override=model, device=device, runtime=runtime)
         return cls(index, encoder, settings, ef_search=ef_search, nprobe=nprobe)
 
     # -------------------------------------------------------------- index generations
@@ -251,6 +286,8 @@ class SearchService:
 
     def _process(self, jobs: list[_Job]) -> None:
         t0 = time.perf_counter()
+        self._busy_size = len(jobs)
+        self._busy_since = t0
         try:
             vecs = self.encoder.encode([j.image for j in jobs])
             t1 = time.perf_counter()
@@ -259,12 +296,24 @@ class SearchService:
             hits = index.search_many(vecs, kmax, model_id=self.encoder.model_id)
             t2 = time.perf_counter()
         except BaseException as exc:  # noqa: BLE001 - hand every error to the waiting requests
+            self._busy_since = None
             for j in jobs:
                 if not j.future.done():
                     j.future.set_exception(exc)
             return
+        took = t2 - t0
+        per = took / len(jobs)
+        self._batch_s = took if self._batch_s is None else 0.7 * self._batch_s + 0.3 * took
+        self._query_s = per if self._query_s is None else 0.7 * self._query_s + 0.3 * per
+        self._busy_since = None
         self.batches += 1
         self.batched_queries += len(jobs)
+        m = self.metrics
+        m.embed.observe(t1 - t0)
+        m.search.observe(t2 - t1)
+        m.batch_size.observe(len(jobs))
+        for j in jobs:
+            m.queue_wait.observe(t0 - j.enqueued)
         for j, h in zip(jobs, hits, strict=True):
             j.future.set_result(
                 SearchOutcome(
@@ -279,14 +328,85 @@ class SearchService:
                 )
             )
 
+    def estimate_wait(self, extra: int = 1) -> float | None:
+        """Estimated seconds until ``extra`` more queries would be answered; None before a batch was timed.
+
+        The queries waiting plus ``extra`` make batches of ``max_batch`` (the last one smaller), run after
+        the rest of the batch being processed now. A batch of ``n`` is estimated at the larger of the
+        running average batch time and ``n`` times the running average time per query (batches cost a
+        fixed part plus a part per query; under load the batches grow, and this follows them).
+        """
+        avg, per = self._batch_s, self._query_s
+        if avg is None or per is None:
+            return None
+
+        def cost(n: int) -> float:
+            return max(avg, per * n)
+
+        busy = self._busy_since
+        current = max(0.0, cost(self._busy_size) - (time.perf_counter() - busy)) if busy is not None else 0.0
+        n = self._queue.qsize() + extra
+        full, rest = divmod(n, self.settings.max_batch)
+        return current + full * cost(self.settings.max_batch) + (cost(rest) if rest else 0.0)
+
+    def _admit(self, n: int) -> None:
+        """Raise :class:`Busy` (counted) if ``n`` more queries cannot be answered within ``max_queue_ms``."""
+        waiting = self._queue.qsize()
+        if waiting + n > self.settings.max_queue:
+            self._reject(n)
+            raise Busy(f"{waiting} queries are waiting for the model; retry in a moment")
+        est = self.estimate_wait(n)
+        bound = self.settings.max_queue_ms / 1e3
+        if est is None:  # no batch timed yet: nothing to estimate from, only max_queue applies
+            return
+        if est > bound and (waiting > 0 or self._busy_since is not None):
+            self._reject(n)
+            behind = self.estimate_wait(0) or est
+            raise Busy(
+                f"the server is at capacity: {waiting} queries are waiting, about {est * 1e3:.0f} ms, above "
+                f"the {self.settings.max_queue_ms} ms bound; retry in a moment",
+                retry_after=math.ceil(behind),
+            )
+
+    def _reject(self, n: int) -> None:
+        self.rejected += n
+        self.metrics.rejected.inc(n)
+
     def submit(self, image: Image.Image, k: int) -> Future:
-        """Queue one decoded sketch; the future resolves to a :class:`SearchOutcome`."""
+        """Queue one decoded sketch; the future resolves to a :class:`SearchOutcome`.
+
+        :class:`Busy` (HTTP 503) instead when the estimated response time would exceed ``max_queue_ms``.
+        """
+        return self.submit_many([image], [k])[0]
+
+    def submit_many(self, images: list[Image.Image], ks: list[int]) -> list[Future]:
+        """Queue several sketches, all or none (:class:`Busy`); one future per sketch."""
         self._ensure_worker()
-        if self._queue.qsize() >= self.settings.max_queue:
-            raise Busy(f"{self._queue.qsize()} queries are waiting for the model; retry in a moment")
-        fut: Future = Future()
-        self._queue.put(_Job(image, k, time.perf_counter(), fut))
-        return fut
+        with self._admit_lock:
+            self._admit(len(images))
+            futures = []
+            now = time.perf_counter()
+            for image, k in zip(images, ks, strict=True):
+                fut: Future = Future()
+                self._queue.put(_Job(image, k, now, fut))
+                futures.append(fut)
+        return futures
+
+    def similar(self, image_id: str | int, k: int) -> SearchOutcome:
+        """Photo-to-photo search: the index's stored vector of ``image_id`` against the gallery, without itself."""
+        t0 = time.perf_counter()
+        self.image_path(image_id)  # NotFound for a bad id or a file gone from the gallery
+        index = self.index
+        i = int(image_id)
+        vec = np.asarray(index.vectors[i], dtype=np.float32)
+        hits = index.search(vec, min(k + 1, len(index)), model_id=self.encoder.model_id)
+        hits = [h for h in hits if h.id != i][:k]
+        hits = [Hit(h.id, h.path, h.score, r + 1) for r, h in enumerate(hits)]
+        t1 = time.perf_counter()
+        self.metrics.search.observe(t1 - t0)
+        return SearchOutcome(
+            hits, {"queue": 0.0, "embed": 0.0, "search": (t1 - t0) * 1e3, "batch": 1.0}, index.generation
+        )
 
     def search_image(self, image: Image.Image, k: int) -> SearchOutcome:
         """Blocking search for one decoded sketch."""
