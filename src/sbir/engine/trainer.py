@@ -77,7 +77,7 @@ def seed_everything(seed: int) -> None:
 
 CSV_FIELDS_FIRST = ["epoch", "train_loss"]
 
-# When set, rank 0 appends one JSON line per optimizer step to this file: {"epoch", "step", "train_loss"}
+# When set, rank 0 appends one JSON line per optimizer step to this file: {"epoch", "step", "train_loss", "time"}
 # (the loss of the global batch: the mean over ranks). For checking distributed against single-process runs.
 STEP_LOG_ENV = "SBIR_STEP_LOG"
 
@@ -260,7 +260,10 @@ class Trainer:
                 global_loss = distributed.all_reduce_mean({"loss": float(loss.detach())}, self.device)["loss"]
                 if self.is_main:
                     with open(step_log, "a", encoding="utf-8") as f:
-                        f.write(json.dumps({"epoch": epoch, "step": n, "train_loss": global_loss}) + "\n")
+                        f.write(
+                            json.dumps({"epoch": epoch, "step": n, "train_loss": global_loss, "time": time.time()})
+                            + "\n"
+                        )
             bar.update(1)
             bar.set_postfix(loss=f"{totals['loss'] / n:.4f}")
         bar.close()
