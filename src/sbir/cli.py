@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from collections.abc import Sequence
@@ -94,23 +95,73 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
 # ---------------------------------------------------------------- train
 
 
+def _strip_nproc(argv: Sequence[str]) -> list[str]:
+    out: list[str] = []
+    skip = False
+    for a in argv:
+        if skip:
+            skip = False
+        elif a == "--nproc":
+            skip = True
+        elif not a.startswith("--nproc="):
+            out.append(a)
+    return out
+
+
+def _launch_torchrun(args: argparse.Namespace) -> int:
+    """``sbir train --nproc N ...``: run the same command under ``torch.distributed.run`` with N processes."""
+    import os
+    import subprocess
+
+    from sbir.engine.distributed import env_world_size
+
+    if env_world_size() > 1:
+        raise SbirError("--nproc starts torchrun itself; drop it when the command already runs under torchrun")
+    argv = _strip_nproc(args.argv)
+    if not args.resume and not args.out:  # every rank must write to the same folder: name it once, here
+        task = next((v.split("=", 1)[1] for v in (args.set or []) if v.startswith("task=")), args.task)
+        argv += ["--out", str(Path("runs") / f"{time.strftime('%Y%m%d-%H%M%S')}-{task or 'finegrained'}")]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(args.nproc)]
+    cmd += ["-m", "sbir.cli", *argv]
+    print("launching: " + " ".join(cmd), file=sys.stderr)
+    return subprocess.run(cmd, env=os.environ.copy()).returncode
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from sbir.config import load_config
+    from sbir.engine import distributed
     from sbir.engine.trainer import Trainer
 
+    if getattr(args, "nproc", None) is not None:
+        if args.nproc < 1:
+            raise SbirError(f"--nproc must be >= 1, got {args.nproc}")
+        if args.nproc > 1:
+            return _launch_torchrun(args)
+    main_rank = os.environ.get("RANK", "0") == "0"
     progress = not args.no_progress
-    if args.resume:
-        trainer = Trainer(None, args.resume, resume=True, progress=progress)  # type: ignore[arg-type]
-        print(f"resuming {args.resume} at epoch {trainer.start_epoch}/{trainer.cfg.optim.epochs}", file=sys.stderr)
-    else:
-        cfg = load_config(args.config, _train_overrides(args))
-        out = Path(args.out) if args.out else Path("runs") / f"{time.strftime('%Y%m%d-%H%M%S')}-{cfg.task}"
-        trainer = Trainer(cfg, out, progress=progress)
-        print(f"run folder: {out}", file=sys.stderr)
-    summary = trainer.fit()
-    sel = trainer.cfg.select_metric
-    print(f"best epoch {summary['best_epoch']}: val {sel} = {summary[f'best_val_{sel}']:.2f}")
-    print(f"run folder: {trainer.run_dir}")
+    try:
+        if args.resume:
+            trainer = Trainer(None, args.resume, resume=True, progress=progress)  # type: ignore[arg-type]
+            if main_rank:
+                print(
+                    f"resuming {args.resume} at epoch {trainer.start_epoch}/{trainer.cfg.optim.epochs}",
+                    file=sys.stderr,
+                )
+        else:
+            cfg = load_config(args.config, _train_overrides(args))
+            if args.out is None and distributed.env_world_size() > 1:
+                raise SbirError("under torchrun every process must write to the same folder: pass --out RUN_DIR")
+            out = Path(args.out) if args.out else Path("runs") / f"{time.strftime('%Y%m%d-%H%M%S')}-{cfg.task}"
+            trainer = Trainer(cfg, out, progress=progress)
+            if main_rank:
+                print(f"run folder: {out}", file=sys.stderr)
+        summary = trainer.fit()
+    finally:
+        distributed.cleanup()
+    if main_rank:
+        sel = trainer.cfg.select_metric
+        print(f"best epoch {summary['best_epoch']}: val {sel} = {summary[f'best_val_{sel}']:.2f}")
+        print(f"run folder: {trainer.run_dir}")
     return 0
 
 
@@ -225,6 +276,12 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train_args(p)
     p.add_argument("--out", help="run folder (default: runs/<time>-<task>)")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its last checkpoint")
+    p.add_argument(
+        "--nproc",
+        type=int,
+        help="data-parallel processes on this machine: runs torch.distributed.run (gloo on CPU, nccl with one "
+        "GPU per process); optim.batch_size stays the global batch",
+    )
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser(
@@ -302,6 +359,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
     if not getattr(args, "func", None):
         parser.print_help()
         return EXIT_USER_ERROR

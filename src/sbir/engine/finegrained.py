@@ -19,6 +19,7 @@ from torch import nn
 from sbir.config import TrainConfig
 from sbir.data.transforms import train_transform
 from sbir.engine.batches import SplitTask
+from sbir.engine.distributed import gather_batch
 from sbir.engine.evaluate import evaluate_finegrained
 from sbir.engine.tasks import TaskSpec, build_criterion, build_model, register_task
 from sbir.losses.rerank import rerank_loss
@@ -128,8 +129,11 @@ class FineGrainedTask(SplitTask):
         }
         if "negative" in batch:
             embs["negative"] = model.embed(batch["negative"].to(device, non_blocking=True), "photo")
+        # Under torchrun the batch-wise losses (NT-Xent, batch-hard triplet, topology) see the global batch:
+        # every rank's rows, gathered with gradients (sbir.engine.distributed); a no-op in one process.
+        embs = gather_batch(embs)
         if self.ref_photo_dist is not None:
-            g = batch["group"]
+            g = embs["groups"].cpu()
             embs["ref_photo_dist"] = self.ref_photo_dist[g][:, g].to(device)
         loss, parts = self.criterion(embs)
         if reranker is not None:  # the re-ranker learns on the first views: true photo vs hard negatives
@@ -139,7 +143,7 @@ class FineGrainedTask(SplitTask):
                 p_tok[:b],
                 sketches[:b],
                 photos[:b],
-                embs["groups"],
+                batch["group"].to(device),  # this rank's rows (the re-ranker's negatives are local)
                 self.cfg.model.rerank_negatives,
             )
             loss = loss + self.cfg.loss.weight_rerank * r_loss

@@ -16,6 +16,7 @@ import csv
 import io
 import json
 import math
+import os
 import random
 import sys
 import time
@@ -29,6 +30,7 @@ from tqdm.auto import tqdm
 
 from sbir.config import TrainConfig, save_config, to_dict
 from sbir.data.splits import load_split_record
+from sbir.engine import distributed
 from sbir.engine.checkpoint import (
     atomic_write_text,
     average_state_dicts,
@@ -75,6 +77,23 @@ def seed_everything(seed: int) -> None:
 
 CSV_FIELDS_FIRST = ["epoch", "train_loss"]
 
+# When set, rank 0 appends one JSON line per optimizer step to this file: {"epoch", "step", "train_loss", "time"}
+# (the loss of the global batch: the mean over ranks). For checking distributed against single-process runs.
+STEP_LOG_ENV = "SBIR_STEP_LOG"
+
+
+class _LossStep(nn.Module):
+    """The model and the criterion as one module whose forward is the task's training loss, for DDP."""
+
+    def __init__(self, task: Task):
+        super().__init__()
+        self.model = task.model
+        self.criterion = task.criterion
+        self.task = task
+
+    def forward(self, batch: Any, device: torch.device):
+        return self.task.compute_loss(batch, device)
+
 
 def _is_number(v: Any) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool)
@@ -85,12 +104,17 @@ class Trainer:
 
     def __init__(self, cfg: TrainConfig, run_dir: str | Path, resume: bool = False, progress: bool = True):
         self.run_dir = Path(run_dir)
-        self.progress = progress
         self.resume_state: dict | None = None
         resume_tensors = None
         if resume:
             resume_tensors, self.resume_state, cfg = load_training_checkpoint(self.run_dir)
-        else:
+        # Under torchrun: join the process group; only rank 0 writes files, logs and progress bars.
+        dist_device = distributed.setup(cfg.device)
+        self.world_size = distributed.world_size()
+        self.rank = distributed.rank()
+        self.is_main = self.rank == 0
+        self.progress = progress = progress and self.is_main
+        if not resume:
             if (self.run_dir / "last.json").exists():
                 raise CheckpointError(
                     f"{self.run_dir} already holds a run; continue it with 'sbir train --resume {self.run_dir}' "
@@ -99,8 +123,9 @@ class Trainer:
         # Resumed runs carry the filled-in config they started with.
         cfg = check_config(cfg) if resume else with_defaults(cfg)
         self.cfg = cfg
+        distributed.barrier()  # every rank checked for an existing run before rank 0 starts writing
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        self.device = resolve_device(cfg.device)
+        self.device = dist_device if dist_device is not None else resolve_device(cfg.device)
         seed_everything(cfg.seed)
 
         split_record = None
@@ -109,11 +134,25 @@ class Trainer:
             if not split_path.is_file():
                 raise CheckpointError(f"{split_path} is missing; the run folder is incomplete")
             split_record = load_split_record(split_path)
+        if split_record is None and not self.is_main:
+            distributed.barrier()  # rank 0 carves the split and writes split.json; the others replay it
+            split_record = load_split_record(self.run_dir / "split.json")
         self.task = build_task(cfg, self.run_dir, progress, split_record)
-        if not resume:
+        if not resume and self.is_main:
             save_config(cfg, self.run_dir / "config.yaml")
+            if self.world_size > 1:
+                distributed.barrier()
         self.model = self.task.model.to(self.device)
         self.criterion = self.task.criterion.to(self.device)
+        self.ddp: nn.Module | None = None
+        if self.world_size > 1:
+            # Every rank builds the same global batches and trains on its slice (sbir.engine.distributed).
+            self.task.sampler = distributed.ShardedBatchSampler(self.task.sampler, self.rank, self.world_size)
+            self.ddp = torch.nn.parallel.DistributedDataParallel(
+                _LossStep(self.task),
+                device_ids=[self.device.index] if self.device.type == "cuda" else None,
+                find_unused_parameters=True,  # e.g. a loss term with weight 0 leaves a head unused
+            )
 
         params = self.model.param_groups(cfg.optim.lr, cfg.optim.backbone_lr_mult, cfg.optim.weight_decay)
         crit_params = [p for p in self.criterion.parameters() if p.requires_grad]
@@ -155,7 +194,11 @@ class Trainer:
         self.best_score = float(st["best_score"])
         self.best_epoch = int(st["best_epoch"])
         self.planned_epochs = int(st.get("planned_epochs", self.cfg.optim.epochs))
-        restore_rng_state(st["rng"])
+        ranks = st.get("rng_ranks")
+        if ranks is not None and len(ranks) == self.world_size:
+            restore_rng_state(ranks[self.rank])  # each rank continues its own random stream
+        else:
+            restore_rng_state(st["rng"])
 
     def _train_state(self, epoch: int) -> dict[str, Any]:
         return {
@@ -169,6 +212,8 @@ class Trainer:
             "best_epoch": self.best_epoch,
             "planned_epochs": self.planned_epochs,
             "rng": capture_rng_state(),
+            # One state per rank under torchrun (gathered: every rank must call this).
+            "rng_ranks": distributed.all_gather_object(capture_rng_state()) if self.world_size > 1 else None,
         }
 
     # ------------------------------------------------------------------ loop
@@ -186,9 +231,13 @@ class Trainer:
             file=sys.stderr,
             leave=False,
         )
+        step_log = os.environ.get(STEP_LOG_ENV)
         for batch in self.task.train_batches(epoch):
             with torch.autocast(device_type=self.device.type, dtype=torch.float16, enabled=self.use_amp):
-                loss, parts = self.task.compute_loss(batch, self.device)
+                if self.ddp is not None:
+                    loss, parts = self.ddp(batch, self.device)
+                else:
+                    loss, parts = self.task.compute_loss(batch, self.device)
             if not torch.isfinite(loss):
                 raise FloatingPointError(
                     f"loss became {loss.item()} at epoch {epoch}; lower optim.lr or check the data"
@@ -207,10 +256,25 @@ class Trainer:
             totals["loss"] = totals.get("loss", 0.0) + float(loss.detach())
             for k, v in parts.items():
                 totals[k] = totals.get(k, 0.0) + float(v)
+            if step_log:
+                global_loss = distributed.all_reduce_mean({"loss": float(loss.detach())}, self.device)["loss"]
+                if self.is_main:
+                    with open(step_log, "a", encoding="utf-8") as f:
+                        f.write(
+                            json.dumps({"epoch": epoch, "step": n, "train_loss": global_loss, "time": time.time()})
+                            + "\n"
+                        )
             bar.update(1)
             bar.set_postfix(loss=f"{totals['loss'] / n:.4f}")
         bar.close()
-        return {k: v / max(n, 1) for k, v in totals.items()}
+        # The global batch's means: per-sample losses differ between ranks (gathered ones do not).
+        return distributed.all_reduce_mean({k: v / max(n, 1) for k, v in totals.items()}, self.device)
+
+    def _validate(self) -> tuple[Evaluation | None, dict[str, Any]]:
+        """Rank 0 evaluates the validation split; every rank gets its numeric metrics (the same best epoch)."""
+        evaluation = self.task.evaluate() if self.is_main else None
+        val = {k: v for k, v in evaluation.metrics.items() if _is_number(v)} if evaluation is not None else None
+        return evaluation, distributed.broadcast_object(val)
 
     def fit(self) -> dict[str, Any]:
         cfg = self.cfg
@@ -224,7 +288,8 @@ class Trainer:
             t0 = time.time()
             if budget_s is not None and epoch > self.start_epoch:
                 per_epoch = (t0 - fit_start) / (epoch - self.start_epoch)
-                if t0 - fit_start + per_epoch > budget_s:
+                # Rank 0's clock decides for every rank (they must stop together).
+                if distributed.broadcast_object(t0 - fit_start + per_epoch > budget_s):
                     stopped_early = True
                     if self.progress:
                         print(
@@ -234,8 +299,7 @@ class Trainer:
                         )
                     break
             losses = self.train_epoch(epoch)
-            evaluation = self.task.evaluate()
-            val = {k: v for k, v in evaluation.metrics.items() if _is_number(v)}
+            evaluation, val = self._validate()
             row: dict[str, Any] = {"epoch": epoch, "train_loss": round(losses.pop("loss"), 6)}
             row.update({f"train_{k}": round(v, 6) for k, v in losses.items()})
             row.update({f"val_{k}": v for k, v in val.items()})
@@ -251,22 +315,24 @@ class Trainer:
             if improved:
                 self.best_score = float(score)
                 self.best_epoch = epoch
-                save_weights(
-                    self.model, self.run_dir / "best.safetensors", cfg, {"epoch": epoch, "val": {select: score}}
-                )
-            self._write_metrics()
-            save_training_checkpoint(
-                self.run_dir, self.model, cfg, self._train_state(epoch), keep=cfg.optim.average_last or 1
-            )
+                if self.is_main:
+                    save_weights(
+                        self.model, self.run_dir / "best.safetensors", cfg, {"epoch": epoch, "val": {select: score}}
+                    )
+            train_state = self._train_state(epoch)
+            if self.is_main:
+                self._write_metrics()
+                save_training_checkpoint(self.run_dir, self.model, cfg, train_state, keep=cfg.optim.average_last or 1)
             msg = f"epoch {epoch}: loss {row['train_loss']:.4f}  val {select} {score:.2f}"
             msg += "  (best)" if improved else f"  (best {self.best_score:.2f} @ {self.best_epoch})"
             if self.progress:
                 print(msg, file=sys.stderr)
-            if improved:
+            if improved and self.is_main:
                 write_retrieval_grid(
                     evaluation, self.run_dir / "val_retrieval.png", title="validation retrieval (best epoch)"
                 )
                 self.task.on_best(self.run_dir)
+            distributed.barrier()  # the epoch's files are written before any rank goes on
         summary = {
             "best_epoch": self.best_epoch,
             f"best_val_{select}": self.best_score,
@@ -279,13 +345,15 @@ class Trainer:
         }
         if cfg.optim.average_last:
             summary["averaged"] = self._write_averaged(cfg.optim.average_last, select)
-        atomic_write_text(self.run_dir / "summary.json", json.dumps(summary, indent=2))
+        if self.is_main:
+            atomic_write_text(self.run_dir / "summary.json", json.dumps(summary, indent=2))
+        distributed.barrier()
         return summary
 
     def _plan_from_budget(self, first_epoch_s: float, budget_s: float) -> None:
         """Fit the LR schedule to the budget: as many epochs as the first one's time allows (at most optim.epochs)."""
         fits = int(budget_s * 0.97 // max(first_epoch_s, 1e-6))  # 3% slack for slower epochs
-        self.planned_epochs = max(1, min(self.cfg.optim.epochs, fits))
+        self.planned_epochs = distributed.broadcast_object(max(1, min(self.cfg.optim.epochs, fits)))
         if self.progress:
             print(
                 f"epoch 1 took {first_epoch_s:.0f} s: the schedule runs {self.planned_epochs} epochs within "
@@ -298,9 +366,10 @@ class Trainer:
         dirs = sorted((self.run_dir / "checkpoints").glob("epoch-*"))[-n:]
         epochs = [int(d.name.split("-")[1]) for d in dirs]
         self.model.load_state_dict(average_state_dicts([read_weights(d / "model.safetensors")[0] for d in dirs]))
-        val = self.task.evaluate().metrics
+        _, val = self._validate()
         info = {"epochs": epochs, f"val_{select}": val.get(select)}
-        save_weights(self.model, self.run_dir / "averaged.safetensors", self.cfg, info)
+        if self.is_main:
+            save_weights(self.model, self.run_dir / "averaged.safetensors", self.cfg, info)
         if self.progress:
             print(f"averaged epochs {epochs}: val {select} {val.get(select):.2f}", file=sys.stderr)
         return info
