@@ -387,8 +387,12 @@ def main() -> None:
     ap.add_argument("--compare-no-batching", action="store_true", help="repeat the load test with --max-batch 1")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--out", default="serve_load")
-    ap.add_argument("--capacity-curve", default=None, metavar="N,N,...",
-                    help="measure the capacity curve at these client counts (e.g. 1,8,32,64) instead")
+    ap.add_argument(
+        "--capacity-curve",
+        default=None,
+        metavar="N,N,...",
+        help="measure the capacity curve at these client counts (e.g. 1,8,32,64) instead",
+    )
     ap.add_argument("--capacity-seconds", type=float, default=30, help="seconds per capacity point")
     ap.add_argument("--max-queue-ms", type=int, default=1000, help="the server's admission bound (capacity curve)")
     ap.add_argument("--retry-wait-ms", type=float, default=100, help="a client's pause after a 503 (capacity curve)")
@@ -398,10 +402,16 @@ def main() -> None:
     if args.capacity_curve:
         result = capacity_curve(index_dir, args)
         out = args.out if args.out != "serve_load" else "serve_capacity"
-        write_result(out, {"args": {k: v for k, v in vars(args).items() if not k.startswith("_")},
-                           "index": getattr(args, "_index_info", {"path": str(index_dir)}), **result,
-                           "load_average_at_end": os.getloadavg(),
-                           "note": "client and server share the machine; latency is measured by the client"})
+        write_result(
+            out,
+            {
+                "args": {k: v for k, v in vars(args).items() if not k.startswith("_")},
+                "index": getattr(args, "_index_info", {"path": str(index_dir)}),
+                **result,
+                "load_average_at_end": os.getloadavg(),
+                "note": "client and server share the machine; latency is measured by the client",
+            },
+        )
         return
     queries = load_queries(max(args.requests, 100))
     runs = []

@@ -20,9 +20,21 @@ from sbir.cli import main
 
 SHAPES = ("circle", "square", "triangle", "cross", "star", "bar")
 TRAIN_ARGS = [
-    "--image-size", "64", "--batch-size", "8", "--workers", "0", "--no-progress", "--seed", "0",
-    "--set", "model.pretrained=false", "model.embed_dim=32", "optim.samples_per_class=2",
-    "optim.warmup_epochs=0.5", "optim.lr=0.003",
+    "--image-size",
+    "64",
+    "--batch-size",
+    "8",
+    "--workers",
+    "0",
+    "--no-progress",
+    "--seed",
+    "0",
+    "--set",
+    "model.pretrained=false",
+    "model.embed_dim=32",
+    "optim.samples_per_class=2",
+    "optim.warmup_epochs=0.5",
+    "optim.lr=0.003",
 ]
 
 
@@ -63,8 +75,9 @@ def _draw(kind: str, rng: np.random.Generator, photo: bool, size: int = 64) -> I
     return img
 
 
-def make_category_dataset(root: Path, classes, n_photos: int = 6, n_sketches: int = 6, seed: int = 0,
-                          split: str | None = None) -> Path:
+def make_category_dataset(
+    root: Path, classes, n_photos: int = 6, n_sketches: int = 6, seed: int = 0, split: str | None = None
+) -> Path:
     """``root[/split]/photos/<class>/*.png`` + ``sketches/<class>/*.png``."""
     rng = np.random.default_rng(seed)
     base = root / split if split else root
@@ -94,8 +107,21 @@ def other_data(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def category_run(train_data: Path, tmp_path_factory) -> Path:
     run = tmp_path_factory.mktemp("runs") / "cat"
-    rc = main(["train", "--task", "category", "--data", str(train_data), "--out", str(run), "--epochs", "2",
-               *TRAIN_ARGS, "eval.hash_bits=[32]"])
+    rc = main(
+        [
+            "train",
+            "--task",
+            "category",
+            "--data",
+            str(train_data),
+            "--out",
+            str(run),
+            "--epochs",
+            "2",
+            *TRAIN_ARGS,
+            "eval.hash_bits=[32]",
+        ]
+    )
     assert rc == 0
     return run
 
@@ -124,8 +150,17 @@ def _embed(model, paths, domain: str, size: int, flip: bool = False) -> torch.Te
 
 
 def test_category_train_outputs(category_run: Path):
-    for name in ("config.yaml", "split.json", "metrics.csv", "acc.png", "best.safetensors", "last.json",
-                 "summary.json", "val_retrieval.png", "hash32.safetensors"):
+    for name in (
+        "config.yaml",
+        "split.json",
+        "metrics.csv",
+        "acc.png",
+        "best.safetensors",
+        "last.json",
+        "summary.json",
+        "val_retrieval.png",
+        "hash32.safetensors",
+    ):
         assert (category_run / name).is_file(), name
     rows = _metrics_csv(category_run)
     assert len(rows) == 2
@@ -158,11 +193,35 @@ def test_eval_on_other_dataset_matches_independent_computation(category_run: Pat
     from sbir.engine.inference import load_model
 
     out = category_run / "eval-other"
-    assert main(["eval", str(category_run), "--data", str(other_data), "--split", "test", "--flip-tta",
-                 "--out", str(out), "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                "eval",
+                str(category_run),
+                "--data",
+                str(other_data),
+                "--split",
+                "test",
+                "--flip-tta",
+                "--out",
+                str(out),
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     m = json.loads((out / "metrics.json").read_text())
-    for key in ("map@all", "map@200", "p@100", "p@200", "map@all_voc", "map@200_voc", "p@100_zse",
-                "map@all_hash32", "p@100_hash32"):
+    for key in (
+        "map@all",
+        "map@200",
+        "p@100",
+        "p@200",
+        "map@all_voc",
+        "map@200_voc",
+        "p@100_zse",
+        "map@all_hash32",
+        "p@100_hash32",
+    ):
         assert key in m, key
     assert m["n_queries"] == 12 and m["n_gallery"] == 15 and m["distance"] == "euclidean"
     assert m["flip"] == "pairings"
@@ -225,9 +284,25 @@ def test_zeroshot_trains_on_seen_classes_only(tmp_path: Path):
 
     data = make_category_dataset(tmp_path / "zs", SHAPES, n_photos=4, n_sketches=4, seed=3)
     run = tmp_path / "zs_run"
-    rc = main(["train", "--task", "zeroshot", "--unseen", "star,bar", "--data", str(data), "--out", str(run),
-               "--epochs", "1", *TRAIN_ARGS, "data.val_fraction=0.5", "optim.samples_per_class=4",
-               "loss.name=cosface"])
+    rc = main(
+        [
+            "train",
+            "--task",
+            "zeroshot",
+            "--unseen",
+            "star,bar",
+            "--data",
+            str(data),
+            "--out",
+            str(run),
+            "--epochs",
+            "1",
+            *TRAIN_ARGS,
+            "data.val_fraction=0.5",
+            "optim.samples_per_class=4",
+            "loss.name=cosface",
+        ]
+    )
     assert rc == 0
     split = json.loads((run / "split.json").read_text())
     assert split["unseen_classes"] == ["bar", "star"] and split["class_disjoint"] is True
@@ -256,8 +331,22 @@ def test_zeroshot_trains_on_seen_classes_only(tmp_path: Path):
 def test_bad_inputs_are_one_line_errors(tmp_path: Path, capsys):
     def train(data: Path, task: str = "category", flags=(), sets=()) -> str:
         capsys.readouterr()
-        rc = main(["train", "--task", task, "--data", str(data), "--out", str(tmp_path / "r"), "--epochs", "1",
-                   *flags, *TRAIN_ARGS, *sets])
+        rc = main(
+            [
+                "train",
+                "--task",
+                task,
+                "--data",
+                str(data),
+                "--out",
+                str(tmp_path / "r"),
+                "--epochs",
+                "1",
+                *flags,
+                *TRAIN_ARGS,
+                *sets,
+            ]
+        )
         err = capsys.readouterr().err
         assert rc == 2 and "Traceback" not in err and err.startswith("error: "), err
         assert not (tmp_path / "r" / "last.json").exists()

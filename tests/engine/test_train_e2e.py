@@ -17,8 +17,18 @@ from safetensors.torch import load_file
 from sbir.cli import main
 
 TRAIN_ARGS = [
-    "--image-size", "64", "--batch-size", "8", "--workers", "0", "--no-progress", "--seed", "3",
-    "--set", "model.embed_dim=64", "optim.warmup_epochs=0.5",
+    "--image-size",
+    "64",
+    "--batch-size",
+    "8",
+    "--workers",
+    "0",
+    "--no-progress",
+    "--seed",
+    "3",
+    "--set",
+    "model.embed_dim=64",
+    "optim.warmup_epochs=0.5",
 ]
 
 
@@ -63,8 +73,21 @@ def test_train_eval_outputs(tiny_paired_dataset: Path, tmp_path: Path, capsys):
 # frozen keeps the whole test to about 50 s on 2 idle CPU cores.
 HELD_OUT_PHOTOS = 40
 BEAT_ARGS = [
-    "--image-size", "96", "--batch-size", "16", "--epochs", "6", "--workers", "0", "--no-progress",
-    "--seed", "0", "--set", "model.embed_dim=64", "model.freeze_stages=3", "optim.lr=0.003",
+    "--image-size",
+    "96",
+    "--batch-size",
+    "16",
+    "--epochs",
+    "6",
+    "--workers",
+    "0",
+    "--no-progress",
+    "--seed",
+    "0",
+    "--set",
+    "model.embed_dim=64",
+    "model.freeze_stages=3",
+    "optim.lr=0.003",
     "optim.warmup_epochs=0.5",
 ]
 
@@ -75,14 +98,35 @@ def test_training_beats_untrained_model_on_held_out_pairs(tmp_path: Path):
     (what ``sbir demo`` prints as "before training"). Test photos are never seen in training or selection."""
     from sbir.data.synthetic import generate_paired_dataset
 
-    data = generate_paired_dataset(tmp_path / "data", n_train_photos=120, n_test_photos=HELD_OUT_PHOTOS,
-                                   sketches_per_photo=2, image_size=96, seed=1, progress=False)
+    data = generate_paired_dataset(
+        tmp_path / "data",
+        n_train_photos=120,
+        n_test_photos=HELD_OUT_PHOTOS,
+        sketches_per_photo=2,
+        image_size=96,
+        seed=1,
+        progress=False,
+    )
     run = tmp_path / "run"
     assert main(["train", "--data", str(data), "--out", str(run), *BEAT_ARGS]) == 0
     assert main(["eval", str(run), "--split", "test", "--no-progress"]) == 0
     trained = json.loads((run / "eval-test" / "metrics.json").read_text())
-    assert main(["eval", "pretrained", "--data", str(data), "--split", "test", "--out", str(tmp_path / "base"),
-                 "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                "eval",
+                "pretrained",
+                "--data",
+                str(data),
+                "--split",
+                "test",
+                "--out",
+                str(tmp_path / "base"),
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     base = json.loads((tmp_path / "base" / "metrics.json").read_text())
 
     # Held out: the evaluated photos are the test photos, none of which is in the validation split.
@@ -92,9 +136,11 @@ def test_training_beats_untrained_model_on_held_out_pairs(tmp_path: Path):
     for m in (trained, base):
         assert m["n_gallery"] == HELD_OUT_PHOTOS and m["n_queries"] == 2 * HELD_OUT_PHOTOS
     t_ranks, b_ranks = np.array(trained["ranks"]), np.array(base["ranks"])
-    summary = (f"trained acc@1/5/10 {trained['acc@1']:.1f}/{trained['acc@5']:.1f}/{trained['acc@10']:.1f} "
-               f"mean rank {t_ranks.mean():.2f}; untrained {base['acc@1']:.1f}/{base['acc@5']:.1f}/"
-               f"{base['acc@10']:.1f} mean rank {b_ranks.mean():.2f}")
+    summary = (
+        f"trained acc@1/5/10 {trained['acc@1']:.1f}/{trained['acc@5']:.1f}/{trained['acc@10']:.1f} "
+        f"mean rank {t_ranks.mean():.2f}; untrained {base['acc@1']:.1f}/{base['acc@5']:.1f}/"
+        f"{base['acc@10']:.1f} mean rank {b_ranks.mean():.2f}"
+    )
     print(summary)
     # Measured on this recipe (mean rank trained / untrained, acc@10 trained vs untrained): 7.8 / 14.3 and
     # 73.8 vs 43.8 with --seed 0; 11.4 / 14.3 and 60.0 vs 43.8 with --seed 1. The margins leave room:
@@ -109,8 +155,19 @@ def test_resume_after_kill_matches_uninterrupted(tiny_paired_dataset: Path, tmp_
     assert _train(tiny_paired_dataset, ref, epochs) == 0
 
     run = tmp_path / "killed"
-    cmd = [sys.executable, "-m", "sbir.cli", "train", "--data", str(tiny_paired_dataset), "--out", str(run),
-           "--epochs", str(epochs), *TRAIN_ARGS]
+    cmd = [
+        sys.executable,
+        "-m",
+        "sbir.cli",
+        "train",
+        "--data",
+        str(tiny_paired_dataset),
+        "--out",
+        str(run),
+        "--epochs",
+        str(epochs),
+        *TRAIN_ARGS,
+    ]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.time() + 300
     try:

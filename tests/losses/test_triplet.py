@@ -136,11 +136,13 @@ def test_triplet_gradient_pulls_positive_and_pushes_hardest_negative():
     their own photos and satisfy the margin."""
     a, b = math.radians(60), math.radians(50)
     e = torch.eye(3, dtype=torch.float64)
-    p = torch.stack([
-        math.cos(a) * e[0] + math.sin(a) * e[1],
-        math.cos(b) * e[0] + math.sin(b) * e[2],
-        F.normalize(-e[0] - e[1] - e[2], dim=0),
-    ])
+    p = torch.stack(
+        [
+            math.cos(a) * e[0] + math.sin(a) * e[1],
+            math.cos(b) * e[0] + math.sin(b) * e[2],
+            F.normalize(-e[0] - e[1] - e[2], dim=0),
+        ]
+    )
     s = torch.stack([e[0], p[1], p[2]])
     s.requires_grad_()
     p.requires_grad_()
