@@ -17,6 +17,10 @@ index uses: ``Hubness.fit`` + ``Hubness.scores``) it reports
 * accuracy: ``p@10`` and ``map@all`` (class-level relevance;
   ``sbir.metrics.category``).
 
+With the statistics shipped for the model (see below) it also reports
+``center+shipped_stats`` and ``csls+shipped_stats``: what ``sbir index build``
+does without ``--sketch-stats``.
+
 ``--write-default`` also writes the sketch statistics shipped with sbir for the
 model and size (``src/sbir/index/stats/<model>@<size>.npz``): sketches of the
 Sketchy classes outside ``sketchy_unseen21`` and Quick, Draw! drawings of
@@ -42,7 +46,14 @@ from sbir.data.records import FileRef  # noqa: E402
 from sbir.data.zeroshot import load_class_list, normalize_class_name  # noqa: E402
 from sbir.engine.embed import embed_images  # noqa: E402
 from sbir.engine.inference import load_model  # noqa: E402
-from sbir.index.hubness import HUBNESS_CHOICES, Hubness, SketchStats, save_default_stats  # noqa: E402
+from sbir.index.hubness import (  # noqa: E402
+    HUBNESS_CHOICES,
+    Hubness,
+    SketchStats,
+    default_stats_path,
+    load_default_stats,
+    save_default_stats,
+)
 from sbir.metrics.category import average_precision, precision_at_k  # noqa: E402
 
 
@@ -148,6 +159,15 @@ def main() -> None:
         methods[method] = {**hub_stats(scores), **accuracy(scores, q_labels, g_labels)}
         if hub.csls:
             methods[method]["r_g_mean"] = round(float(hub.r_g.mean()), 4)
+    shipped = load_default_stats(model_id, size)
+    if shipped is not None and not args.write_default:  # what `sbir index build` uses without --sketch-stats
+        for method in ("center", "csls"):
+            hub = Hubness.fit(method, g, shipped)
+            scores = hub.scores(q, g)
+            methods[f"{method}+shipped_stats"] = {**hub_stats(scores), **accuracy(scores, q_labels, g_labels)}
+        payload_shipped = {"path": rel(default_stats_path(model_id, size)), "source": shipped.source}
+    else:
+        payload_shipped = None
     best = max(methods, key=lambda m: (methods[m]["map@all"], -methods[m]["top10_hub_share"]))
     payload = {
         "command": "python benchmarks/hubness.py " + " ".join(sys.argv[1:]),
@@ -161,6 +181,7 @@ def main() -> None:
         "csls_k": Hubness().k,
         "methods": methods,
         "best_by_map": best,
+        "shipped_stats": payload_shipped,
         "embed_seconds": round(embed_s, 1),
         "total_seconds": round(time.perf_counter() - t0, 1),
     }
