@@ -177,6 +177,17 @@ def test_build_search_update_with_a_model(tmp_path, gallery, stats_dir, tiny_che
     single = json.loads(capsys.readouterr().out)
     assert [r["id"] for r in single["results"]] == [h.id for h in api[0][:2]]
 
+    # sbir serve's service (unchanged) searches through Index.search_many: the same ranking
+    from sbir.serve.service import SearchService
+
+    svc = SearchService.from_index_dir(out)
+    try:
+        served = svc.search_image(Image.open(queries[1]).convert("RGB"), 3).hits
+    finally:
+        svc.close()
+    assert [h.id for h in served] == [h.id for h in api[1]]
+    np.testing.assert_allclose([h.score for h in served], [h.score for h in api[1]], atol=1e-4)
+
     assert cli(["index", "info", str(out), "--json"]) == 0
     info = json.loads(capsys.readouterr().out)
     assert info["hubness"]["method"] == "csls" and info["hubness"]["stat_sketches"] == 8
