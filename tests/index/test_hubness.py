@@ -228,3 +228,44 @@ def test_center_helper_normalises():
     v = center(np.array([[3.0, 4.0], [1.0, 1.0]], np.float32), np.array([1.0, 1.0], np.float32))
     np.testing.assert_allclose(v[0], [0.5547002, 0.8320503], atol=1e-6)
     assert np.isfinite(v).all()
+
+
+def test_explicit_hubness_with_a_trained_run_uses_its_training_sketches(tmp_path, gallery):
+    """No --sketch-stats, no shipped statistics: the run's train split (split.json replayed) is the set."""
+    import torch
+
+    from sbir.config import ModelConfig, TrainConfig
+    from sbir.data.policies import prepare_splits
+    from sbir.engine.checkpoint import save_weights
+    from sbir.index.builder import build_index
+    from sbir.models.fgsbir import build_model
+
+    data = tmp_path / "fg"
+    for i in range(8):
+        (data / "trainB").mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", (32, 32), (30 * i, 20, 200 - 20 * i)).save(data / "trainB" / f"{i:05d}.png")
+    sk = write_sketches(tmp_path / "sk", 16)
+    (data / "trainA").mkdir()
+    for j, p in enumerate(sk):
+        p.rename(data / "trainA" / f"{j // 2:05d}_{j % 2 + 1:02d}.png")
+    cfg = TrainConfig(
+        model=ModelConfig(
+            backbone="test_efficientnet", pretrained=False, shared_encoder=True, head="linear", embed_dim=32
+        )
+    )
+    cfg.data.image_size = 48
+    cfg.data.path = str(data)
+    run = tmp_path / "run"
+    run.mkdir()
+    _, train, val = prepare_splits(cfg, run, None, False, "photo")  # writes run/split.json
+    torch.manual_seed(0)
+    save_weights(build_model(cfg.model), run / "best.safetensors", cfg)
+
+    kw = {"progress": False, "num_workers": 0}
+    rep = build_index(gallery, str(run / "best.safetensors"), tmp_path / "default", **kw)
+    assert rep.hubness == "none"  # trained runs are not corrected unless asked
+    rep = build_index(gallery, str(run / "best.safetensors"), tmp_path / "idx", hubness="center", **kw)
+    idx = Index.open(tmp_path / "idx")
+    assert rep.hubness == "center" and "training sketches" in idx.model.hubness_source
+    assert len(idx.hubness.sketch_vectors) == len(train.sketches) < 16  # validation sketches left out
+    assert len(val.sketches) > 0

@@ -34,7 +34,7 @@ from tqdm.auto import tqdm
 from sbir.data.image_io import is_image_file
 from sbir.data.records import FileRef
 from sbir.engine.embed import embed_images
-from sbir.errors import DataError
+from sbir.errors import DataError, SbirError
 from sbir.index.faiss_ops import AUTO_THRESHOLD, build_faiss, resolve_approx
 from sbir.index.hubness import (
     CSLS_K,
@@ -44,7 +44,9 @@ from sbir.index.hubness import (
     SketchStats,
     check_method,
     embed_sketch_dir,
+    embed_sketch_refs,
     load_default_stats,
+    subsample,
 )
 from sbir.index.model import (
     load_encoder_for_index,
@@ -435,7 +437,9 @@ def build_index(
     size = int(image_size or cfg.data.image_size)
     spec = "pretrained" if model_spec is None else str(model_spec)
     rt = runtime_fields(enc)
-    method, stats, hub_note = _hubness_setup(hubness, sketch_stats, model, cfg, model_id, size, batch_size, progress)
+    method, stats, hub_note = _hubness_setup(
+        hubness, sketch_stats, model, cfg, model_id, size, batch_size, progress, path
+    )
     with write_lock(out):
         report = _sync(
             out,
@@ -464,10 +468,47 @@ def build_index(
     return report
 
 
+def run_training_sketches(cfg, weights_path: str | None) -> tuple[list, str] | None:
+    """The training sketches of a trained run (its ``split.json`` replayed on ``data.path``), or None.
+
+    The train split only: never the validation split, the unseen classes or a held-out test split.
+    """
+    from sbir.data.policies import prepare_splits
+    from sbir.data.splits import load_split_record
+    from sbir.engine.tasks import task_spec
+
+    if weights_path is None or not cfg.data.path:
+        return None
+    run_dir = Path(weights_path) if Path(weights_path).is_dir() else Path(weights_path).parent
+    if not (run_dir / "split.json").is_file() or not Path(cfg.data.path).is_dir():
+        return None
+    try:
+        record = load_split_record(run_dir / "split.json")
+        _, train, _ = prepare_splits(cfg, run_dir, record, False, task_spec(cfg).split_policy)
+    except SbirError:
+        return None
+    refs = [sk.image for sk in train.sketches]
+    return (refs, f"training sketches of {run_dir} on {Path(cfg.data.path).resolve()}") if refs else None
+
+
 def _hubness_setup(
-    hubness: str | None, sketch_stats, model, cfg, model_id: str, size: int, batch_size: int, progress: bool
+    hubness: str | None,
+    sketch_stats,
+    model,
+    cfg,
+    model_id: str,
+    size: int,
+    batch_size: int,
+    progress: bool,
+    weights_path: str | None = None,
 ) -> tuple[str, SketchStats | None, str]:
-    """(method, sketch statistics or None, a note for the user) for a new index."""
+    """(method, sketch statistics or None, a note for the user) for a new index.
+
+    Sketch statistics: ``--sketch-stats DIR``; else the ones shipped for the model and size; else, for an
+    explicit ``--hubness center|csls`` with a trained run, the run's training sketches. Without an explicit
+    choice an index gets :data:`DEFAULT_HUBNESS` only with given or shipped statistics (trained runs keep
+    ``none`` by default: they rank exactly as ``sbir eval`` does).
+    """
     metric, normalize = metric_for(model, cfg)
     if metric != "ip":
         if hubness in ("center", "csls"):
@@ -490,6 +531,20 @@ def _hubness_setup(
         )
     else:
         stats = load_default_stats(model_id, size)
+    if stats is None and hubness is not None:
+        found = run_training_sketches(cfg, weights_path)
+        if found is not None:
+            refs, where = found
+            stats = embed_sketch_refs(
+                subsample(refs),
+                where,
+                model,
+                size,
+                bool(cfg.eval.flip_tta),
+                lambda z: postprocess(z, ModelInfo("", "", None, {}, z.shape[1], size, False, normalize=normalize)),
+                batch_size=batch_size,
+                progress=progress,
+            )
     method = hubness or DEFAULT_HUBNESS
     if stats is None:
         if hubness is not None:

@@ -19,10 +19,15 @@ sketch. Two corrections, chosen with ``sbir index build --hubness``:
   score is ``2 cos(q, g) - r_g``.
 
 The sketch statistics set is, in order of preference, the sketch images of
-``--sketch-stats DIR`` given at build time, or the default shipped with sbir
+``--sketch-stats DIR`` given at build time, the default shipped with sbir
 for the model and image size (``sbir/index/stats/<model>@<size>.npz``, from
 Sketchy sketches of the classes outside ``sketchy_unseen21`` and Quick, Draw!
-drawings; see ``benchmarks/hubness.py --write-default``). Its embeddings are
+drawings; see ``benchmarks/hubness.py --write-default``), or, for a trained
+run and an explicit ``--hubness center|csls``, the run's training sketches
+(its ``split.json`` replayed on ``data.path``: never validation, unseen or
+test sketches). Without ``--hubness`` an index is corrected (``csls``) only
+with given or shipped statistics; trained runs keep ``none`` by default, so
+they rank exactly as ``sbir eval`` does. Its embeddings are
 stored in the index, so an update re-estimates ``mean_photo`` and ``r_g``
 without the sketches. Corrections need cosine indexes (metric ``ip``).
 
@@ -280,7 +285,6 @@ def embed_sketch_dir(
 ) -> SketchStats:
     """Embed the sketch images under ``folder`` (recursively, at most :data:`MAX_STAT_SKETCHES`) with ``model``."""
     from sbir.data.records import FileRef
-    from sbir.engine.embed import embed_images
     from sbir.index.builder import scan_gallery
 
     folder = Path(folder)
@@ -291,10 +295,19 @@ def embed_sketch_dir(
         raise HubnessError(
             f"--sketch-stats {folder} holds {len(files)} image(s); give a folder with at least a few dozen sketches"
         )
-    files = subsample(files)
+    refs = [FileRef(f.abspath) for f in subsample(files)]
+    return embed_sketch_refs(refs, str(folder.resolve()), model, image_size, flip_tta, post, batch_size, progress)
+
+
+def embed_sketch_refs(
+    refs: list, where: str, model, image_size: int, flip_tta: bool, post, batch_size: int = 32, progress=False
+) -> SketchStats:
+    """Embed sketch image refs (:mod:`sbir.data.records`) as a statistics set described by ``where``."""
+    from sbir.engine.embed import embed_images
+
     res = embed_images(
         model,
-        [FileRef(f.abspath) for f in files],
+        refs,
         "sketch",
         image_size,
         batch_size=batch_size,
@@ -305,5 +318,5 @@ def embed_sketch_dir(
         desc="embed sketch statistics",
     )
     if len(res.indices) < 2:
-        raise HubnessError(f"--sketch-stats {folder}: fewer than 2 of its images could be read")
-    return SketchStats(post(res.embeddings), f"{folder.resolve()} ({len(res.indices)} sketches)")
+        raise HubnessError(f"sketch statistics from {where}: fewer than 2 of its images could be read")
+    return SketchStats(post(res.embeddings), f"{where} ({len(res.indices)} sketches)")
