@@ -113,7 +113,7 @@ class Hubness:
     k: int = CSLS_K
     photo_mean: np.ndarray | None = None  # (D,)
     sketch_mean: np.ndarray | None = None  # (D,)
-    sketch_vectors: np.ndarray | None = None  # (M, D) raw statistics set, for re-estimating r_g on update
+    sketch_vectors: np.ndarray | None = None  # (M, D) raw statistics set (float16 values), for updates
     r_g: np.ndarray | None = None  # (N,) csls: mean cosine of each centred photo to its k nearest centred sketches
 
     @property
@@ -133,7 +133,9 @@ class Hubness:
         if sketches is None or not len(sketches.vectors):
             raise HubnessError(f"--hubness {method} needs sketch statistics: pass --sketch-stats DIR of sketch images")
         photos = np.asarray(photos, dtype=np.float32)
-        sk = np.asarray(sketches.vectors, dtype=np.float32)
+        # stored as float16 (half the size of a generation's hubness.npz): fit on the stored values, so a
+        # build and a later update (which re-reads them) use the same statistics
+        sk = np.asarray(sketches.vectors, dtype=np.float16).astype(np.float32)
         if photos.ndim != 2 or sk.ndim != 2 or (len(photos) and sk.shape[1] != photos.shape[1]):
             raise HubnessError(
                 f"sketch statistics are {sk.shape[1] if sk.ndim == 2 else '?'}-d but the photos are "
@@ -199,7 +201,7 @@ class Hubness:
 
     def to_bytes(self) -> bytes:
         arrays = {
-            k: np.asarray(getattr(self, k), dtype=np.float32)
+            k: np.asarray(getattr(self, k), dtype=np.float16 if k == "sketch_vectors" else np.float32)
             for k in ("photo_mean", "sketch_mean", "sketch_vectors", "r_g")
             if getattr(self, k) is not None
         }
