@@ -222,7 +222,8 @@ def add_index_commands(subparsers) -> None:
         epilog=(
             "examples:\n"
             "  sbir index build photos/ --model runs/shoes --out shoes.idx\n"
-            "  sbir index build photos/ --model pretrained --out demo.idx --approx hnsw"
+            "  sbir index build photos/ --model pretrained --out demo.idx --approx hnsw\n"
+            "  sbir index build photos/ --model runs/zs --out zs.idx --hubness csls --sketch-stats my_sketches/"
         ),
     )
     b.add_argument("photos", metavar="PHOTOS_DIR", help="folder of gallery photos (searched recursively)")
