@@ -23,7 +23,7 @@ import sys
 import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -33,12 +33,25 @@ from tqdm.auto import tqdm
 from sbir.data.image_io import is_image_file
 from sbir.data.records import FileRef
 from sbir.engine.embed import embed_images
-from sbir.errors import DataError
+from sbir.errors import DataError, SbirError
 from sbir.fileio import sha256_file
 from sbir.index.faiss_ops import AUTO_THRESHOLD, build_faiss, resolve_approx
+from sbir.index.hubness import (
+    CSLS_K,
+    DEFAULT_HUBNESS,
+    Hubness,
+    HubnessError,
+    SketchStats,
+    check_method,
+    embed_sketch_dir,
+    embed_sketch_refs,
+    load_default_stats,
+    subsample,
+)
 from sbir.index.model import (
     load_encoder_for_index,
     load_index_encoder,
+    metric_for,
     model_info,
     postprocess,
     runtime_fields,
@@ -49,6 +62,7 @@ from sbir.index.store import (
     Entry,
     Index,
     IndexStoreError,
+    ModelInfo,
     ModelMismatchError,
     is_index_dir,
     write_generation,
@@ -85,6 +99,8 @@ class SyncReport:
     embed_seconds: float = 0.0
     runtime: str = "torch"  # the encoder's runtime (sbir.engine.runtime)
     runtime_note: str = ""  # why that runtime (e.g. "torch (auto: no export ...)")
+    hubness: str = "none"  # the hubness correction of the written generation (sbir.index.hubness)
+    hubness_note: str = ""  # where its sketch statistics came from, or why there is none
 
     @property
     def written(self) -> bool:
@@ -196,6 +212,7 @@ def _sync(
     progress: bool,
     force_write: bool,
     jpeg_draft: bool = False,
+    hub_fn=None,
 ) -> SyncReport:
     t0 = time.perf_counter()
     index_dir = Path(index_dir)
@@ -330,7 +347,8 @@ def _sync(
         report.seconds = time.perf_counter() - t0
         return report
     params = dict(old.searcher.params) if old is not None and old.kind == kind else None
-    findex, used = build_faiss(vectors, kind, params, metric=info.metric)
+    hub = hub_fn(vectors) if hub_fn is not None else Hubness("none")
+    findex, used = build_faiss(hub.faiss_vectors(vectors), kind, params, metric=info.metric)
     report.generation = write_generation(
         index_dir,
         gallery,
@@ -342,7 +360,9 @@ def _sync(
         used,
         requested=approx,
         extra={"approx_threshold": approx_threshold, "skipped": [{"path": p, "reason": r} for p, r in skipped]},
+        hubness=hub,
     )
+    report.hubness = hub.method
     report.seconds = time.perf_counter() - t0
     return report
 
@@ -362,6 +382,8 @@ def build_index(
     preloaded: tuple | None = None,
     runtime: str = "auto",
     jpeg_draft: bool = False,
+    hubness: str | None = None,
+    sketch_stats: str | os.PathLike | None = None,
 ) -> SyncReport:
     """Embed every image under ``photos_dir`` with ``model_spec`` into a new index at ``out_dir``.
 
@@ -370,6 +392,9 @@ def build_index(
     ``runtime``: ``auto`` (the fastest exported runtime, else torch), ``torch``, ``onnx``, ``onnx-int8``,
     ``openvino``, ``openvino-int8`` (:func:`sbir.engine.runtime.pick_runtime`); recorded in the index.
     ``jpeg_draft``: decode JPEGs at reduced scale (recorded; updates do the same).
+    ``hubness``: ``none``, ``center`` or ``csls`` (:mod:`sbir.index.hubness`); None = :data:`DEFAULT_HUBNESS`
+    when sketch statistics exist (``sketch_stats``, a folder of sketch images, or the default shipped for
+    the model and image size) and the index is a cosine one, else ``none``. Recorded; updates keep it.
     """
     gallery = Path(photos_dir)
     out = Path(out_dir)
@@ -391,6 +416,12 @@ def build_index(
         )
     if image_size is not None and image_size < 32:
         raise IndexStoreError(f"--image-size must be >= 32, got {image_size}")
+    if hubness is not None:
+        check_method(hubness)
+        if hubness == "none" and sketch_stats is not None:
+            raise HubnessError("--sketch-stats is used only with --hubness center or csls; drop one of them")
+    if sketch_stats is not None and not Path(sketch_stats).is_dir():
+        raise HubnessError(f"--sketch-stats {sketch_stats} is not a folder; pass a folder of sketch images")
     enc, cfg, model_id, path, note = load_encoder_for_index(
         model_spec, runtime, device=device, image_size=image_size, preloaded=preloaded
     )
@@ -398,13 +429,19 @@ def build_index(
     size = int(image_size or cfg.data.image_size)
     spec = "pretrained" if model_spec is None else str(model_spec)
     rt = runtime_fields(enc)
+    method, stats, hub_note = _hubness_setup(
+        hubness, sketch_stats, model, cfg, model_id, size, batch_size, progress, path
+    )
     with write_lock(out):
         report = _sync(
             out,
             gallery,
             model,
-            lambda dim: model_info(
-                spec, path, cfg, model_id, dim, size, model=model, runtime=rt, jpeg_draft=jpeg_draft
+            lambda dim: replace(
+                model_info(spec, path, cfg, model_id, dim, size, model=model, runtime=rt, jpeg_draft=jpeg_draft),
+                hubness=method,
+                hubness_k=CSLS_K,
+                hubness_source=stats.source if stats is not None else "",
             ),
             None,
             approx,
@@ -416,9 +453,99 @@ def build_index(
             progress,
             force_write=True,
             jpeg_draft=jpeg_draft,
+            hub_fn=lambda v: Hubness.fit(method, v, stats),
         )
     report.runtime, report.runtime_note = enc.runtime, note
+    report.hubness_note = hub_note
     return report
+
+
+def run_training_sketches(cfg, weights_path: str | None) -> tuple[list, str] | None:
+    """The training sketches of a trained run (its ``split.json`` replayed on ``data.path``), or None.
+
+    The train split only: never the validation split, the unseen classes or a held-out test split.
+    """
+    from sbir.data.policies import prepare_splits
+    from sbir.data.splits import load_split_record
+    from sbir.engine.tasks import task_spec
+
+    if weights_path is None or not cfg.data.path:
+        return None
+    run_dir = Path(weights_path) if Path(weights_path).is_dir() else Path(weights_path).parent
+    if not (run_dir / "split.json").is_file() or not Path(cfg.data.path).is_dir():
+        return None
+    try:
+        record = load_split_record(run_dir / "split.json")
+        _, train, _ = prepare_splits(cfg, run_dir, record, False, task_spec(cfg).split_policy)
+    except SbirError:
+        return None
+    refs = [sk.image for sk in train.sketches]
+    return (refs, f"training sketches of {run_dir} on {Path(cfg.data.path).resolve()}") if refs else None
+
+
+def _hubness_setup(
+    hubness: str | None,
+    sketch_stats,
+    model,
+    cfg,
+    model_id: str,
+    size: int,
+    batch_size: int,
+    progress: bool,
+    weights_path: str | None = None,
+) -> tuple[str, SketchStats | None, str]:
+    """(method, sketch statistics or None, a note for the user) for a new index.
+
+    Sketch statistics: ``--sketch-stats DIR``; else the ones shipped for the model and size; else, for an
+    explicit ``--hubness center|csls`` with a trained run, the run's training sketches. Without an explicit
+    choice an index gets :data:`DEFAULT_HUBNESS` only with given or shipped statistics (trained runs keep
+    ``none`` by default: they rank exactly as ``sbir eval`` does).
+    """
+    metric, normalize = metric_for(model, cfg)
+    if metric != "ip":
+        if hubness in ("center", "csls"):
+            raise HubnessError(
+                f"--hubness {hubness} needs a cosine index, but model {model_id} ranks by euclidean distance "
+                "(its run tests with eval.distance euclidean); use --hubness none"
+            )
+        return "none", None, "none (euclidean index)"
+    if hubness == "none":
+        return "none", None, "none (--hubness none)"
+    if sketch_stats is not None:
+        stats = embed_sketch_dir(
+            sketch_stats,
+            model,
+            size,
+            bool(cfg.eval.flip_tta),
+            lambda z: postprocess(z, ModelInfo("", "", None, {}, z.shape[1], size, False, normalize=normalize)),
+            batch_size=batch_size,
+            progress=progress,
+        )
+    else:
+        stats = load_default_stats(model_id, size)
+    if stats is None and hubness is not None:
+        found = run_training_sketches(cfg, weights_path)
+        if found is not None:
+            refs, where = found
+            stats = embed_sketch_refs(
+                subsample(refs),
+                where,
+                model,
+                size,
+                bool(cfg.eval.flip_tta),
+                lambda z: postprocess(z, ModelInfo("", "", None, {}, z.shape[1], size, False, normalize=normalize)),
+                batch_size=batch_size,
+                progress=progress,
+            )
+    method = hubness or DEFAULT_HUBNESS
+    if stats is None:
+        if hubness is not None:
+            raise HubnessError(
+                f"--hubness {hubness} needs sketch statistics and sbir ships none for {model_id} at {size} px; "
+                "pass --sketch-stats DIR (a folder of sketches like your queries, e.g. the run's training sketches)"
+            )
+        return "none", None, f"none (no sketch statistics for {model_id} at {size} px; pass --sketch-stats DIR)"
+    return method, stats, f"{method} (sketch statistics: {stats.source})"
 
 
 def update_index(
@@ -475,6 +602,9 @@ def update_index(
             progress,
             force_write=False,
             jpeg_draft=rec.jpeg_draft,
+            hub_fn=old.hubness.refit,
         )
     report.runtime, report.runtime_note = rt_name, f"{rt_name} (recorded in the index)"
+    report.hubness = rec.hubness
+    report.hubness_note = f"{rec.hubness} (recorded in the index; photo statistics re-estimated)"
     return report

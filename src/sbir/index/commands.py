@@ -16,6 +16,7 @@ from pathlib import Path
 from sbir.engine.runtime import RUNTIME_CHOICES
 from sbir.errors import SbirError
 from sbir.index.faiss_ops import APPROX_CHOICES, AUTO_THRESHOLD
+from sbir.index.hubness import DEFAULT_HUBNESS, HUBNESS_CHOICES
 
 _FMT = argparse.RawDescriptionHelpFormatter
 DEFAULT_K = 10
@@ -34,6 +35,8 @@ def _print_report(report, as_json: bool, verb: str) -> None:
         print(f"warning: skipped {path}: {reason}", file=sys.stderr)
     if report.runtime_note:
         print(f"runtime: {report.runtime_note}", file=sys.stderr)
+    if report.hubness_note:
+        print(f"hubness: {report.hubness_note}", file=sys.stderr)
     if as_json:
         print(json.dumps(report.to_dict(), indent=2))
         return
@@ -75,6 +78,8 @@ def cmd_build(args: argparse.Namespace) -> int:
         overwrite=args.overwrite,
         runtime=args.runtime,
         jpeg_draft=args.jpeg_draft,
+        hubness=args.hubness,
+        sketch_stats=args.sketch_stats,
         **_embed_kwargs(args),
     )
     _print_report(report, args.json, "built")
@@ -111,6 +116,19 @@ def load_query_image(path: str | Path, size: int = 256):
     return load_query(path, size=size)[0]
 
 
+def _hit_dicts(hits, index) -> list[dict]:
+    return [
+        {
+            "rank": h.rank,
+            "id": h.id,
+            "score": round(h.score, 6),
+            "path": h.path,
+            "abs_path": str(index.gallery / h.path),
+        }
+        for h in hits
+    ]
+
+
 def cmd_search(args: argparse.Namespace) -> int:
     from sbir.data.query import load_query
     from sbir.index.model import QueryEncoder
@@ -120,47 +138,47 @@ def cmd_search(args: argparse.Namespace) -> int:
         raise SbirError(f"-k must be >= 1, got {args.k}")
     t0 = time.perf_counter()
     index = Index.open(args.index, ef_search=args.ef_search, nprobe=args.nprobe)
-    img, k_file = load_query(args.sketch)
-    k = args.k or k_file or DEFAULT_K
+    queries = [load_query(path) for path in args.sketch]  # (image, k from a strokes file or None)
+    ks = [args.k or k_file or DEFAULT_K for _, k_file in queries]
     encoder = QueryEncoder.for_index(index, override=args.model, device=args.device, runtime=args.runtime)
     t1 = time.perf_counter()
-    q = encoder.encode([img])[0]
+    q = encoder.encode([img for img, _ in queries])  # one batch for all sketches
     t2 = time.perf_counter()
     rerank_k = 0 if args.no_rerank else encoder.rerank_k  # a checkpoint with a trained re-ranker (model.rerank)
-    hits = index.search(q, max(k, rerank_k), model_id=encoder.model_id)
-    if rerank_k:
-        hits = encoder.rerank(img, hits, index)[:k]
+    all_hits = index.search_many(q, max(max(ks), rerank_k), model_id=encoder.model_id)
+    results = []
+    for (img, _), k, hits in zip(queries, ks, all_hits, strict=True):
+        if rerank_k:
+            hits = encoder.rerank(img, hits, index)
+        results.append(hits[:k])
     t3 = time.perf_counter()
+    timings = {
+        "load": round((t1 - t0) * 1e3, 2),
+        "embed": round((t2 - t1) * 1e3, 2),
+        "search": round((t3 - t2) * 1e3, 2),
+    }
     if args.json:
-        out = {
-            "query": str(args.sketch),
-            "index": str(args.index),
-            "model_id": encoder.model_id,
-            "k": k,
-            "results": [
-                {
-                    "rank": h.rank,
-                    "id": h.id,
-                    "score": round(h.score, 6),
-                    "path": h.path,
-                    "abs_path": str(index.gallery / h.path),
-                }
-                for h in hits
-            ],
-            "timings_ms": {
-                "load": round((t1 - t0) * 1e3, 2),
-                "embed": round((t2 - t1) * 1e3, 2),
-                "search": round((t3 - t2) * 1e3, 2),
-            },
-        }
+        head = {"index": str(args.index), "model_id": encoder.model_id, "hubness": index.hubness.method}
+        if len(args.sketch) == 1:  # the single-sketch shape scripts already parse
+            out = {"query": str(args.sketch[0]), **head, "k": ks[0], "results": _hit_dicts(results[0], index)}
+        else:
+            out = {
+                **head,
+                "queries": [
+                    {"query": str(path), "k": k, "results": _hit_dicts(hits, index)}
+                    for path, k, hits in zip(args.sketch, ks, results, strict=True)
+                ],
+            }
+        out["timings_ms"] = timings
         print(json.dumps(out, indent=2))
     else:
-        print(
-            f"# {_plural(len(hits), 'result')} for {args.sketch} in {index.gallery} "
-            f"({_plural(len(index), 'image')}, {_kind(index.kind)})"
-        )
-        for h in hits:
-            print(f"{h.rank:>3}  {h.score:.4f}  {index.gallery / h.path}")
+        for path, hits in zip(args.sketch, results, strict=True):
+            print(
+                f"# {_plural(len(hits), 'result')} for {path} in {index.gallery} "
+                f"({_plural(len(index), 'image')}, {_kind(index.kind)})"
+            )
+            for h in hits:
+                print(f"{h.rank:>3}  {h.score:.4f}  {index.gallery / h.path}")
     return 0
 
 
@@ -204,7 +222,8 @@ def add_index_commands(subparsers) -> None:
         epilog=(
             "examples:\n"
             "  sbir index build photos/ --model runs/shoes --out shoes.idx\n"
-            "  sbir index build photos/ --model pretrained --out demo.idx --approx hnsw"
+            "  sbir index build photos/ --model pretrained --out demo.idx --approx hnsw\n"
+            "  sbir index build photos/ --model runs/zs --out zs.idx --hubness csls --sketch-stats my_sketches/"
         ),
     )
     b.add_argument("photos", metavar="PHOTOS_DIR", help="folder of gallery photos (searched recursively)")
@@ -237,6 +256,20 @@ def add_index_commands(subparsers) -> None:
         "else torch (default auto)",
     )
     b.add_argument("--jpeg-draft", action="store_true", help="decode JPEGs at reduced scale (faster; recorded)")
+    b.add_argument(
+        "--hubness",
+        choices=HUBNESS_CHOICES,
+        default=None,
+        help="hubness correction (recorded; updates keep it): center = subtract the mean photo / mean sketch "
+        "embedding, csls = center + cross-domain local scaling, none. Default: "
+        f"{DEFAULT_HUBNESS} when sketch statistics exist (--sketch-stats, or shipped for the model), else none",
+    )
+    b.add_argument(
+        "--sketch-stats",
+        default=None,
+        metavar="DIR",
+        help="folder of sketch images (like the queries) to estimate the sketch statistics from",
+    )
     _common_embed_args(b)
     b.set_defaults(func=cmd_build)
 
@@ -273,10 +306,19 @@ def add_index_commands(subparsers) -> None:
             '"canvas": {"width": W, "height": H}, "stroke_width": 3} (only strokes is required), a bare\n'
             "list of strokes, or a Quick, Draw! record; the same format and limits as the REST API."
         ),
-        epilog="example:\n  sbir search shoes.idx my_sketch.png -k 10 --json",
+        epilog=(
+            "examples:\n  sbir search shoes.idx my_sketch.png -k 10 --json\n"
+            "  sbir search shoes.idx a.png b.png --json   # one result list per sketch"
+        ),
     )
     s.add_argument("index", metavar="INDEX_DIR", help="index folder made by 'sbir index build'")
-    s.add_argument("sketch", metavar="SKETCH", help="sketch image (png, jpg, ...) or strokes .json")
+    s.add_argument(
+        "sketch",
+        metavar="SKETCH",
+        nargs="+",
+        help="sketch image (png, jpg, ...) or strokes .json; several are embedded in one batch, and --json "
+        "then prints {'queries': [{'query', 'k', 'results'}, ...]}",
+    )
     s.add_argument("-k", type=int, default=None, help=f"number of results (default: the file's k, else {DEFAULT_K})")
     s.add_argument("--json", action="store_true", help="print results as JSON")
     add_query_model_args(s)

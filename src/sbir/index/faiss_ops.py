@@ -159,6 +159,12 @@ class Searcher:
     # 10k x 512 search 15x slower (15 ms instead of 1 ms, benchmarks/index_search.py).
     threads: int | None = 1
     metric: str = "ip"
+    # Hubness correction (sbir.index.hubness): ``center`` is the photo mean subtracted from the raw ``vectors``
+    # (re-normalised) when re-ranking, ``bias`` (N,) is added to ``scale * q.v``; the FAISS index then holds
+    # ``[v, bias]`` and queries are searched as ``[scale * q, 1]``.
+    center: np.ndarray | None = None
+    bias: np.ndarray | None = None
+    scale: float = 1.0
 
     @property
     def ntotal(self) -> int:
@@ -175,6 +181,11 @@ class Searcher:
         finally:
             faiss.omp_set_num_threads(before)
 
+    def _faiss_queries(self, q: np.ndarray) -> np.ndarray:
+        if self.bias is None:
+            return q
+        return np.ascontiguousarray(np.hstack([self.scale * q, np.ones((len(q), 1), np.float32)]), dtype=np.float32)
+
     def _search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         q = np.ascontiguousarray(queries, dtype=np.float32)
         if q.ndim == 1:
@@ -185,7 +196,7 @@ class Searcher:
             return np.full((len(q), k), -np.inf, np.float32), np.full((len(q), k), -1, np.int64)
         if self.kind == "ivfpq" and self.vectors is not None and int(self.params.get("rerank", 0)) > 1:
             fetch = min(n, max(kk * int(self.params["rerank"]), kk))
-            _, cand = self.index.search(q, fetch)
+            _, cand = self.index.search(self._faiss_queries(q), fetch)
             scores = np.full((len(q), kk), -np.inf, np.float32)
             ids = np.full((len(q), kk), -1, np.int64)
             for i in range(len(q)):
@@ -194,15 +205,20 @@ class Searcher:
                     continue
                 c = np.sort(c)
                 cand_vecs = np.asarray(self.vectors[c], dtype=np.float32)
+                if self.center is not None:
+                    cand_vecs = cand_vecs - self.center
+                    cand_vecs /= np.maximum(np.linalg.norm(cand_vecs, axis=1, keepdims=True), 1e-12)
                 if self.metric == "ip":
-                    s = cand_vecs @ q[i]
+                    s = self.scale * (cand_vecs @ q[i])
+                    if self.bias is not None:
+                        s = s + self.bias[c]
                 else:
                     s = -np.linalg.norm(cand_vecs - q[i], axis=1)
                 order = np.argsort(-s, kind="stable")[:kk]
                 scores[i, : len(order)] = s[order]
                 ids[i, : len(order)] = c[order]
         else:
-            scores, ids = self.index.search(q, kk)
+            scores, ids = self.index.search(self._faiss_queries(q), kk)
             if self.metric == "l2":  # FAISS returns squared distances, smallest first
                 scores = -np.sqrt(np.maximum(scores, 0))
         if kk < k:

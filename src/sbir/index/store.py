@@ -9,7 +9,9 @@ Layout of an index folder::
         vectors.npy           raw float32 (N, D) L2-normalised photo embeddings
         manifest.json         gallery root, entries [{path, size, mtime_ns, sha256}], index kind/params
         model.json            model_id, the spec as given, its absolute path, the full config,
-                              image size and flip TTA used for the embeddings
+                              image size and flip TTA used for the embeddings, the hubness correction
+        hubness.npz           hubness statistics (photo / sketch means, the sketch statistics set's
+                              embeddings, csls penalties r_g); only with --hubness center|csls
       gen-000002/             the previous generation (kept for readers that are still loading)
       .lock                   held (flock) by the one process writing
       thumbs/                 thumbnail cache of ``sbir serve`` (disposable)
@@ -20,6 +22,11 @@ every file, renames the folder to ``gen-NNNNNN`` and only then replaces
 leaves ``CURRENT`` naming a complete generation: the previous index, or the new
 one once the pointer was swapped. Leftovers of killed writes are removed by the
 next write.
+
+``vectors.npy`` holds the model's (post-processed) photo embeddings; with a
+hubness correction (:mod:`sbir.index.hubness`) ``index.faiss`` holds the
+corrected vectors (centred; for csls with a last column ``-r_g``) and
+:meth:`Index.search_many` corrects the raw query embeddings before searching.
 
 Ids are positions in the manifest of one generation; they change when the
 gallery changes (results also carry the relative path).
@@ -47,6 +54,7 @@ import numpy as np
 from sbir.errors import SbirError
 from sbir.fileio import atomic_write_text, fsync_dir
 from sbir.index.faiss_ops import Searcher, configure
+from sbir.index.hubness import STATS_FILE, Hubness
 
 FORMAT_TAG = "sbir-index-v1"
 POINTER = "CURRENT"
@@ -110,6 +118,11 @@ class ModelInfo:
     encoder_id: str = ""
     export_dir: str | None = None
     jpeg_draft: bool = False
+    # Hubness correction (sbir.index.hubness): none | center | csls, csls's k, and where the sketch
+    # statistics came from; the arrays are in the generation's hubness.npz.
+    hubness: str = "none"
+    hubness_k: int = 10
+    hubness_source: str = ""
 
     @property
     def load_spec(self) -> str:
@@ -168,6 +181,16 @@ def write_lock(index_dir: Path) -> Iterator[None]:
 # ---------------------------------------------------------------- reading
 
 
+def searcher_hubness(hub: Hubness) -> dict[str, Any]:
+    """Searcher keyword arguments for a hubness correction (photo centring, csls bias ``-r_g`` and scale 2)."""
+    if not hub.active:
+        return {}
+    out: dict[str, Any] = {"center": hub.photo_mean}
+    if hub.csls:
+        out.update(bias=-hub.r_g, scale=2.0)
+    return out
+
+
 def is_index_dir(path: Path) -> bool:
     return (Path(path) / POINTER).is_file()
 
@@ -224,6 +247,7 @@ class Index:
         vectors: np.ndarray,
         searcher: Searcher,
         meta: dict[str, Any],
+        hubness: Hubness | None = None,
     ):
         self.root = Path(root)
         self.generation = generation
@@ -233,6 +257,7 @@ class Index:
         self.vectors = vectors
         self.searcher = searcher
         self.meta = meta
+        self.hubness = hubness or Hubness("none")
 
     # -------------------------------------------------------------- loading
 
@@ -284,13 +309,15 @@ class Index:
             params["nprobe"] = int(nprobe)
         findex = configure(findex, kind, params)
         n = len(entries)
-        if vectors.shape != (n, model.dim) or findex.ntotal != n or findex.d != model.dim:
+        hub = Hubness.load(gdir / STATS_FILE, model.hubness, model.hubness_k, n, model.dim)
+        faiss_dim = model.dim + (1 if hub.csls else 0)
+        if vectors.shape != (n, model.dim) or findex.ntotal != n or findex.d != faiss_dim:
             raise IndexStoreError(
                 f"{gdir} is inconsistent ({n} manifest entries, vectors {tuple(vectors.shape)}, "
                 f"FAISS {findex.ntotal}x{findex.d}, model dim {model.dim}); rebuild with 'sbir index build --overwrite'"
             )
-        searcher = Searcher(findex, kind, params, vectors, metric=model.metric)
-        return cls(index_dir, gen, Path(manifest["gallery"]), entries, model, vectors, searcher, manifest)
+        searcher = Searcher(findex, kind, params, vectors, metric=model.metric, **searcher_hubness(hub))
+        return cls(index_dir, gen, Path(manifest["gallery"]), entries, model, vectors, searcher, manifest, hub)
 
     # -------------------------------------------------------------- queries
 
@@ -318,7 +345,11 @@ class Index:
             )
 
     def search_many(self, queries: np.ndarray, k: int = 10, *, model_id: str) -> list[list[Hit]]:
-        """Top-``k`` hits for each row of ``queries`` (Q, D); refuses embeddings of another model."""
+        """Top-``k`` hits for each row of ``queries`` (Q, D); refuses embeddings of another model.
+
+        ``queries`` are the query encoder's embeddings; the index's hubness correction (sketch centring,
+        csls scores ``2 cos - r_g``) is applied here, so every caller ranks the same way.
+        """
         self.check_model(model_id)
         q = np.asarray(queries, dtype=np.float32)
         if q.ndim == 1:
@@ -329,7 +360,7 @@ class Index:
             )
         if not isinstance(k, int) or k < 1:
             raise IndexStoreError(f"k must be a positive integer, got {k!r}")
-        scores, ids = self.searcher.search(q, k)
+        scores, ids = self.searcher.search(self.hubness.queries(q), k)
         out = []
         for srow, irow in zip(scores, ids, strict=False):
             hits = [
@@ -387,6 +418,7 @@ class Index:
             "image_size": self.model.image_size,
             "flip_tta": self.model.flip_tta,
             "metric": "cosine" if self.model.metric == "ip" else "euclidean",
+            "hubness": self.hubness.summary() | ({"source": self.model.hubness_source} if self.hubness.active else {}),
             "created": self.meta.get("created"),
             "disk_bytes": disk,
         }
@@ -431,6 +463,7 @@ def write_generation(
     requested: str,
     extra: dict[str, Any] | None = None,
     keep_previous: bool = True,
+    hubness: Hubness | None = None,
 ) -> str:
     """Write a complete new generation and atomically make it current. Caller holds :func:`write_lock`."""
     index_dir = Path(index_dir)
@@ -456,6 +489,11 @@ def write_generation(
         faiss.write_index(findex, str(tmp / "index.faiss"))
         _fsync_file(tmp / "index.faiss")
         _stage("after-faiss")
+        if hubness is not None and hubness.active:
+            with open(tmp / STATS_FILE, "wb") as fh:
+                fh.write(hubness.to_bytes())
+                fh.flush()
+                os.fsync(fh.fileno())
         manifest = {
             "format": FORMAT_TAG,
             "gallery": str(Path(gallery).resolve()),
