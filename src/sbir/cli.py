@@ -139,6 +139,7 @@ def cmd_train(args: argparse.Namespace) -> int:
             return _launch_torchrun(args)
     main_rank = os.environ.get("RANK", "0") == "0"
     progress = not args.no_progress
+    finished = False
     try:
         if args.resume:
             trainer = Trainer(None, args.resume, resume=True, progress=progress)  # type: ignore[arg-type]
@@ -156,8 +157,9 @@ def cmd_train(args: argparse.Namespace) -> int:
             if main_rank:
                 print(f"run folder: {out}", file=sys.stderr)
         summary = trainer.fit()
+        finished = True
     finally:
-        distributed.cleanup()
+        distributed.cleanup(synchronize=finished)
     if main_rank:
         sel = trainer.cfg.select_metric
         print(f"best epoch {summary['best_epoch']}: val {sel} = {summary[f'best_val_{sel}']:.2f}")

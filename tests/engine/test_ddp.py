@@ -131,6 +131,7 @@ def _gathered_ntxent_worker(rank: int, world: int, port: int, inputs: dict, out_
             Path(out_dir) / f"rank{rank}.pt",
         )
     finally:
+        dist.barrier()  # both ranks are done communicating before either tears down
         dist.destroy_process_group()
 
 

@@ -106,8 +106,12 @@ def setup(device: str) -> torch.device | None:
     return dev
 
 
-def cleanup() -> None:
+def cleanup(synchronize: bool = True) -> None:
+    """Tear the process group down; after a normal end, first wait for every rank (gloo aborts a process
+    whose peer tears down mid-communication). After an error, do not wait: the others may never arrive."""
     if dist.is_available() and dist.is_initialized():
+        if synchronize:
+            dist.barrier()
         dist.destroy_process_group()
 
 
