@@ -15,6 +15,15 @@ reports, for the same checkpoint, the embedding's Acc@K beside the re-ranked
 Acc@K (``rerank_acc@K``: the top ``model.rerank_top_k`` photos re-ordered);
 results go to ``fg_qmul_v1-rerank.json`` unless ``--tag`` says otherwise.
 
+``--cv K`` cross-validates instead (``sbir cv``: K folds by photo of each category's
+training split; every fold selects its epoch on a validation split carved from the
+other folds and is tested once on its held-out fold) and reports the mean and
+standard deviation of Acc@1/5/10 (and %corr) over folds, with the training time,
+in ``fg_qmul_v1-cv[-<tag>].json``. This is how recipes are compared: adopt a change
+only when it wins by more than the spread, pooled over the categories.
+
+    python benchmarks/fg_qmul_v1.py --cv 5                # the recipe, cross-validated
+
 Writes ``benchmarks/results/fg_qmul_v1[-<tag>].json``. The test splits are not
 used here (they are not in ../shared/data); evaluate them with ``sbir eval``.
 """
@@ -60,7 +69,10 @@ def main(argv=None) -> int:
         help="do not train: evaluate these finished or interrupted run folders (best validation epoch "
         "so far) on their recorded validation split, beside the ImageNet baseline",
     )
+    ap.add_argument("--cv", type=int, metavar="K", help="cross-validate with K folds by photo instead")
     args = ap.parse_args(argv)
+    if args.cv:
+        return cross_validate_categories(args, argv)
     if args.rerank:
         args.set = ["model.rerank=true", *args.set]
         args.tag = args.tag or "rerank"
@@ -136,6 +148,63 @@ def main(argv=None) -> int:
             "split": "validation carved from the training split (data.val_fraction, data.split_seed)",
         },
     )
+    return 0
+
+
+def _baseline_on_folds(cfg, folds: int) -> dict:
+    """The off-the-shelf ImageNet features on the same held-out folds: mean and std of Acc@K."""
+    import statistics
+
+    from sbir.data.formats import load_dataset
+    from sbir.data.splits import hold_out_fold
+    from sbir.engine.evaluate import evaluate_finegrained
+    from sbir.engine.inference import load_model
+
+    base, base_cfg, _ = load_model("pretrained")
+    base_cfg.data.image_size = cfg.data.image_size
+    train = load_dataset(cfg.data.path, cfg.data.format).split("train")
+    per_fold = []
+    for fold in range(folds):
+        _, held_out, _ = hold_out_fold(train, folds, fold, cfg.data.split_seed)
+        m = evaluate_finegrained(base, base_cfg, held_out, progress=False).metrics
+        per_fold.append({k: m[k] for k in ("acc@1", "acc@5", "acc@10", "%corr") if k in m})
+    out: dict = {"per_fold": per_fold}
+    for k in per_fold[0]:
+        values = [r[k] for r in per_fold]
+        out[f"{k}_mean"], out[f"{k}_std"] = statistics.mean(values), statistics.stdev(values)
+    return out
+
+
+def cross_validate_categories(args, argv) -> int:
+    """``--cv K``: :func:`sbir.engine.cv.cross_validate` per category; mean and std of the fold test metrics."""
+    from sbir.config import load_config, to_dict
+    from sbir.engine.cv import cross_validate
+
+    if args.rerank:
+        args.set = ["model.rerank=true", *args.set]
+        args.tag = args.tag or "rerank"
+    results = {}
+    for cat in args.categories:
+        data = SHARED_DATA / "qmul_v1" / cat
+        cfg = load_config(args.config, [f"data.path={data}", *resolve_overrides(args.set)])
+        out = Path(args.runs) / f"cv{args.cv}-{cat}{('-' + args.tag) if args.tag else ''}"
+        t0 = time.time()
+        report = cross_validate(cfg, out, folds=args.cv, progress=not args.no_progress)
+        entry = {k: v for k, v in report.items() if k != "task"}
+        entry.update(cv_dir=portable_path(out), wall_s=round(time.time() - t0, 1))
+        if not args.no_baseline:
+            entry["imagenet_baseline"] = _baseline_on_folds(cfg, args.cv)
+        entry.update(command=command_line(__file__, argv), date=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
+        results[cat] = entry
+        base = entry.get("imagenet_baseline", {})
+        print(
+            f"{cat}: {args.cv}-fold acc@1 {report['acc@1_mean']:.1f} +- {report['acc@1_std']:.1f}  "
+            f"acc@10 {report['acc@10_mean']:.1f} +- {report['acc@10_std']:.1f}  "
+            f"(ImageNet features acc@1 {base.get('acc@1_mean', float('nan')):.1f})",
+            file=sys.stderr,
+        )
+    name = "fg_qmul_v1-cv" + (f"-{args.tag}" if args.tag else "")
+    write_result(name, {"config": to_dict(cfg), "overrides": args.set, "folds": args.cv, "results": results})
     return 0
 
 
