@@ -132,27 +132,14 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_server(index_dir: Path, max_batch: int, device: str) -> tuple[subprocess.Popen, str]:
+def start_server(
+    index_dir: Path, max_batch: int, device: str, extra: tuple[str, ...] = ()
+) -> tuple[subprocess.Popen, str]:
+    """``sbir serve`` on a free port (``extra``: more flags); returns once /healthz answers."""
     port = free_port()
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "sbir.cli",
-            "serve",
-            str(index_dir),
-            "--port",
-            str(port),
-            "--max-batch",
-            str(max_batch),
-            "--device",
-            device,
-            "--log-level",
-            "warning",
-            "--no-access-log",
-        ],
-        cwd=REPO_ROOT,
-    )
+    cmd = [sys.executable, "-m", "sbir.cli", "serve", str(index_dir), "--port", str(port)]
+    cmd += ["--max-batch", str(max_batch), "--device", device, "--log-level", "warning", "--no-access-log", *extra]
+    proc = subprocess.Popen(cmd, cwd=REPO_ROOT)
     url = f"http://127.0.0.1:{port}"
     deadline = time.time() + 300
     while time.time() < deadline:
@@ -263,24 +250,7 @@ async def run_single(url: str, queries, n: int, k: int) -> dict:
 
 def start_capacity_server(index_dir: Path, args) -> tuple[subprocess.Popen, str]:
     """``sbir serve`` with the admission limit (``--max-queue-ms``)."""
-    port = free_port()
-    cmd = [sys.executable, "-m", "sbir.cli", "serve", str(index_dir), "--port", str(port)]
-    cmd += ["--max-batch", str(args.max_batch), "--max-queue-ms", str(args.max_queue_ms), "--device", args.device]
-    cmd += ["--log-level", "warning", "--no-access-log"]
-    proc = subprocess.Popen(cmd, cwd=REPO_ROOT)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 300
-    while time.time() < deadline:
-        if proc.poll() is not None:
-            sys.exit(f"error: sbir serve exited with {proc.returncode}")
-        try:
-            if httpx.get(url + "/healthz", timeout=2).status_code == 200:
-                return proc, url
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.5)
-    proc.kill()
-    sys.exit("error: sbir serve did not start within 300 s")
+    return start_server(index_dir, args.max_batch, args.device, ("--max-queue-ms", str(args.max_queue_ms)))
 
 
 def summarise_capacity(results: list, wall: float, clients: int) -> dict:
