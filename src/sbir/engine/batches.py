@@ -7,6 +7,7 @@ from pathlib import Path
 from torch.utils.data import DataLoader
 
 from sbir.data.policies import prepare_splits
+from sbir.data.transforms import train_transform
 from sbir.errors import DataError
 
 
@@ -53,6 +54,12 @@ class SplitTask(SampledBatchesMixin):
             cfg, self.run_dir, split_record, progress, spec.split_policy
         )
         self.last_evaluation = None
+
+    def train_transforms(self) -> tuple:
+        """The training augmentation of sketches and of photos, normalised for ``self.model``."""
+        size, aug = self.cfg.data.image_size, self.cfg.augment
+        mean, std = self.model.mean, self.model.std
+        return train_transform(size, mean, std, aug, "sketch"), train_transform(size, mean, std, aug, "photo")
 
     def training_classes(self) -> list[str]:
         """The sorted classes of the training sketches; DataError when there are fewer than 2."""

@@ -31,7 +31,6 @@ from typing import Any
 import torch
 
 from sbir.config import TrainConfig
-from sbir.data.transforms import train_transform
 from sbir.engine.batches import SplitTask
 from sbir.engine.evaluate import evaluate_category
 from sbir.engine.tasks import TaskSpec, build_criterion, build_model, register_task
@@ -84,13 +83,10 @@ class CategoryTask(SplitTask):
             )
         cfg.model.num_classes = len(self.classes)  # recorded in config.yaml and every checkpoint
         self.model = build_model(cfg)
-        size = cfg.data.image_size
-        mean, std = self.model.mean, self.model.std
         self.pairs = CategoryPairs(
             self.train_split,
             self.classes,
-            train_transform(size, mean, std, cfg.augment, "sketch"),
-            train_transform(size, mean, std, cfg.augment, "photo"),
+            *self.train_transforms(),
             seed=cfg.seed,
         )
         self.sampler = spec.make_sampler(self)

@@ -32,7 +32,6 @@ from pathlib import Path
 import torch
 
 from sbir.config import TrainConfig
-from sbir.data.transforms import train_transform
 from sbir.engine.batches import SplitTask
 from sbir.engine.category import MAIN_KEYS, class_balanced_sampler
 from sbir.engine.evaluate import evaluate_category, evaluate_finegrained
@@ -60,13 +59,10 @@ class ClipPromptTask(SplitTask):
                 f"data.image_size is {cfg.data.image_size} but CLIP model {self.model.clip_name} takes "
                 f"{self.model.image_size} px images: pass --image-size {self.model.image_size}"
             )
-        size = cfg.data.image_size
-        mean, std = self.model.mean, self.model.std
         self.pairs = TripletPairs(
             self.train_split,
             self.classes,
-            train_transform(size, mean, std, cfg.augment, "sketch"),
-            train_transform(size, mean, std, cfg.augment, "photo"),
+            *self.train_transforms(),
             seed=cfg.seed,
             fine_grained=self.fine_grained,
         )

@@ -17,7 +17,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from sbir.config import TrainConfig
-from sbir.data.transforms import train_transform
 from sbir.engine.batches import SplitTask
 from sbir.engine.distributed import gather_batch
 from sbir.engine.evaluate import evaluate_finegrained
@@ -84,12 +83,9 @@ class FineGrainedTask(SplitTask):
                 else [[] for _ in self.train_split.sketches]
             )
         self.model = build_model(cfg)
-        size = cfg.data.image_size
-        mean, std = self.model.mean, self.model.std
         self.pairs = FineGrainedPairs(
             self.train_split,
-            train_transform(size, mean, std, cfg.augment, "sketch"),
-            train_transform(size, mean, std, cfg.augment, "photo"),
+            *self.train_transforms(),
             two_views=True,
             negatives=negatives,
             hard_ratio=cfg.data.annotation_negatives,
