@@ -303,7 +303,7 @@ def write_retrieval_grid(
     if n == 0 or len(ev.gallery) == 0:
         return None
     rows = np.linspace(0, len(ev.queries) - 1, n).round().astype(int)
-    if getattr(ev, "scores", None) is not None:
+    if ev.scores is not None:
         scores = np.asarray(ev.scores)[rows]
     else:
         _, scores = next(
