@@ -204,6 +204,7 @@ def cross_validate_categories(args, argv) -> int:
             file=sys.stderr,
         )
     name = "fg_qmul_v1-cv" + (f"-{args.tag}" if args.tag else "")
+    results = merge_previous(name, results, to_dict(cfg))  # categories run earlier with the same recipe
     write_result(name, {"config": to_dict(cfg), "overrides": args.set, "folds": args.cv, "results": results})
     return 0
 
