@@ -70,6 +70,11 @@ def main(argv=None) -> int:
         "so far) on their recorded validation split, beside the ImageNet baseline",
     )
     ap.add_argument("--cv", type=int, metavar="K", help="cross-validate with K folds by photo instead")
+    ap.add_argument(
+        "--multiview",
+        action="store_true",
+        help="with --cv: also test every fold's checkpoint with 10-view testing (eval.multiview; no retraining)",
+    )
     args = ap.parse_args(argv)
     if args.cv:
         return cross_validate_categories(args, argv)
@@ -151,9 +156,31 @@ def main(argv=None) -> int:
     return 0
 
 
+def _fold_stats(per_fold: list[dict]) -> dict:
+    """Per-fold metrics with their mean and (sample) standard deviation over folds."""
+    import statistics
+
+    out: dict = {"per_fold": per_fold}
+    for k in per_fold[0]:
+        values = [r[k] for r in per_fold]
+        out[f"{k}_mean"], out[f"{k}_std"] = statistics.mean(values), statistics.stdev(values)
+    return out
+
+
+def _multiview_on_folds(cv_dir: Path, folds: int) -> dict:
+    """Each fold's best checkpoint tested again on its held-out fold with 10-view testing."""
+    from sbir.engine.evaluate import evaluate_run
+
+    per_fold = []
+    for fold in range(folds):
+        run = cv_dir / f"fold-{fold}"
+        m, _ = evaluate_run(run, split="test", multiview=True, progress=False, out_dir=run / "eval-multiview")
+        per_fold.append({k: m[k] for k in ("acc@1", "acc@5", "acc@10", "%corr") if k in m})
+    return _fold_stats(per_fold)
+
+
 def _baseline_on_folds(cfg, folds: int) -> dict:
     """The off-the-shelf ImageNet features on the same held-out folds: mean and std of Acc@K."""
-    import statistics
 
     from sbir.data.formats import load_dataset
     from sbir.data.splits import hold_out_fold
@@ -168,11 +195,7 @@ def _baseline_on_folds(cfg, folds: int) -> dict:
         _, held_out, _ = hold_out_fold(train, folds, fold, cfg.data.split_seed)
         m = evaluate_finegrained(base, base_cfg, held_out, progress=False).metrics
         per_fold.append({k: m[k] for k in ("acc@1", "acc@5", "acc@10", "%corr") if k in m})
-    out: dict = {"per_fold": per_fold}
-    for k in per_fold[0]:
-        values = [r[k] for r in per_fold]
-        out[f"{k}_mean"], out[f"{k}_std"] = statistics.mean(values), statistics.stdev(values)
-    return out
+    return _fold_stats(per_fold)
 
 
 def cross_validate_categories(args, argv) -> int:
@@ -192,6 +215,8 @@ def cross_validate_categories(args, argv) -> int:
         report = cross_validate(cfg, out, folds=args.cv, progress=not args.no_progress)
         entry = {k: v for k, v in report.items() if k != "task"}
         entry.update(cv_dir=portable_path(out), wall_s=round(time.time() - t0, 1))
+        if args.multiview:
+            entry["multiview"] = _multiview_on_folds(out, args.cv)
         if not args.no_baseline:
             entry["imagenet_baseline"] = _baseline_on_folds(cfg, args.cv)
         entry.update(command=command_line(__file__, argv), date=time.strftime("%Y-%m-%dT%H:%M:%S%z"))

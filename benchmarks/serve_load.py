@@ -84,6 +84,7 @@ def ensure_index(args) -> Path:
     work = Path(args.workdir)
     gallery = work / f"gallery-{args.gallery_size}"
     suffix = "" if args.model == "pretrained" else "-" + Path(args.model.rstrip("/")).name
+    suffix += "" if args.runtime == "auto" else f"-{args.runtime}"
     index_dir = work / f"index-{args.gallery_size}{suffix}"
     if not gallery.is_dir():
         make_gallery(Path(args.photos), gallery, args.gallery_size)
@@ -92,7 +93,7 @@ def ensure_index(args) -> Path:
         rep = update_index(index_dir, progress=False)
         how = "reused (updated)"
     else:
-        rep = build_index(gallery, args.model, index_dir, progress=True, device=args.device)
+        rep = build_index(gallery, args.model, index_dir, progress=True, device=args.device, runtime=args.runtime)
         how = "built"
     index = Index.open(index_dir)
     args._index_info = {
@@ -104,6 +105,7 @@ def ensure_index(args) -> Path:
         "kind": index.kind,
         "model_id": index.model_id,
         "image_size": index.model.image_size,
+        "runtime": index.info().get("runtime"),
     }
     print(f"index {index_dir}: {args._index_info}", file=sys.stderr, flush=True)
     return index_dir
@@ -346,6 +348,12 @@ def main() -> None:
         "--model",
         default="pretrained",
         help="model the index is built with: 'pretrained' (224 px ImageNet features) or a run folder",
+    )
+    ap.add_argument(
+        "--runtime",
+        default="auto",
+        help="embedding runtime of the index, which the server then uses too: auto, torch, onnx, onnx-int8, "
+        "openvino (an exported runtime needs `sbir export RUN` first)",
     )
     ap.add_argument("--index", type=resolve_path, default=None, help="use this existing index instead of building one")
     ap.add_argument("--clients", type=int, default=50)

@@ -111,3 +111,40 @@ def test_index_search_reranks_the_top_k_only(rerank_run, tiny_paired_dataset: Pa
     assert main(["search", str(idx), str(sketch), "-k", "6", "--json", "--no-rerank"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert [r["id"] for r in out["results"]] == [h.id for h in plain[:6]]
+
+
+def test_serve_reranks_the_top_k_unless_told_not_to(rerank_run, tiny_paired_dataset: Path, tmp_path):
+    from fastapi.testclient import TestClient
+
+    from sbir.data.image_io import load_image
+    from sbir.serve.app import app_from_index_dir
+    from sbir.serve.service import ServeSettings
+
+    run, _ = rerank_run
+    idx = tmp_path / "idx"
+    gallery = tiny_paired_dataset / "testB"
+    args = ["index", "build", str(gallery), "--model", str(run), "--out", str(idx), "--workers", "0", "--no-progress"]
+    assert main(args) == 0
+    sketch = sorted((tiny_paired_dataset / "testA").iterdir())[0]
+    ids = {}
+    for rerank in (True, False):
+        app = app_from_index_dir(idx, settings=ServeSettings(rerank=rerank))
+        with TestClient(app) as client:
+            r = client.post("/api/search?k=6", files={"file": ("s.png", sketch.read_bytes(), "image/png")})
+            assert r.status_code == 200, r.text
+            ids[rerank] = [h["id"] for h in r.json()["results"]]
+            assert (r.json()["timings_ms"]["rerank"] > 0) == rerank
+        service = app.state.service
+    enc, index = service.encoder, service.index
+    img = load_image(sketch)
+    plain = index.search(enc.encode([img])[0], 8, model_id=enc.model_id)
+    assert ids[False] == [h.id for h in plain[:6]]
+    assert ids[True] == [h.id for h in enc.rerank(img, plain, index)[:6]]
+
+
+def test_serve_settings_refuse_a_non_boolean_rerank():
+    from sbir.errors import ConfigError
+    from sbir.serve.service import ServeSettings
+
+    with pytest.raises(ConfigError, match="rerank"):
+        ServeSettings(rerank=1)

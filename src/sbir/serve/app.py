@@ -89,6 +89,7 @@ class Timings(BaseModel):
     queue: float = Field(description="waiting for the model, ms")
     embed: float = Field(description="embedding the batch this query ran in, ms")
     search: float = Field(description="nearest-neighbour search, ms")
+    rerank: float = Field(0.0, description="re-scoring the top hits with the token re-ranker (0 without one), ms")
     total: float = Field(description="whole request as seen by the server, ms")
 
 
@@ -457,6 +458,7 @@ def create_app(
                 queue=round(tm["queue"], 3),
                 embed=round(tm["embed"], 3),
                 search=round(tm["search"], 3),
+                rerank=round(tm["rerank"], 3),
                 total=round((t2 - t0) * 1e3, 3),
             ),
         )

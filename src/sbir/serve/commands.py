@@ -51,6 +51,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         default_k=min(10, args.max_k),
         max_batch=args.max_batch,
         max_queue_ms=args.max_queue_ms,
+        rerank=not args.no_rerank,
     )
     app = app_from_index_dir(
         args.index,
@@ -132,6 +133,11 @@ def add_serve_command(subparsers) -> None:
         choices=RUNTIME_CHOICES,
         default=None,
         help="query encoder runtime; must be the index's runtime (default: it)",
+    )
+    p.add_argument(
+        "--no-rerank",
+        action="store_true",
+        help="skip the checkpoint's token re-ranker (model.rerank) if it has one (default: re-rank the top hits)",
     )
     p.add_argument(
         "--cors-origin",

@@ -74,10 +74,16 @@ class ServeSettings:
     max_queue: int = 1024  # queries waiting for the model; beyond this a request gets 503
     max_queue_ms: int = 1000  # refuse (503) a query whose estimated response time exceeds this
     max_batch_queries: int = 64  # sketches in one POST /api/search/batch
+    # Re-score each query's top hits with the checkpoint's token re-ranker (model.rerank), when it has one.
+    rerank: bool = True
 
     def __post_init__(self) -> None:
         minimum = {"thumb_cache": 0, "thumb_size": 16}
+        if not isinstance(self.rerank, bool):
+            raise ConfigError(f"ServeSettings.rerank must be true or false, got {self.rerank!r}")
         for f in fields(self):
+            if f.name == "rerank":
+                continue
             v = getattr(self, f.name)
             lo = minimum.get(f.name, 1)
             if isinstance(v, bool) or not isinstance(v, int):
@@ -291,17 +297,21 @@ class SearchService:
         try:
             vecs = self.encoder.encode([j.image for j in jobs])
             t1 = time.perf_counter()
-            kmax = max(j.k for j in jobs)
+            rerank_k = self.encoder.rerank_k if self.settings.rerank else 0
+            kmax = max(max(j.k for j in jobs), rerank_k)
             index = self.index  # one generation for the whole batch
             hits = index.search_many(vecs, kmax, model_id=self.encoder.model_id)
             t2 = time.perf_counter()
+            if rerank_k:
+                hits = [self.encoder.rerank(j.image, h, index) for j, h in zip(jobs, hits, strict=True)]
+            t3 = time.perf_counter()
         except BaseException as exc:  # noqa: BLE001 - hand every error to the waiting requests
             self._busy_since = None
             for j in jobs:
                 if not j.future.done():
                     j.future.set_exception(exc)
             return
-        took = t2 - t0
+        took = t3 - t0
         per = took / len(jobs)
         self._batch_s = took if self._batch_s is None else 0.7 * self._batch_s + 0.3 * took
         self._query_s = per if self._query_s is None else 0.7 * self._query_s + 0.3 * per
@@ -322,6 +332,7 @@ class SearchService:
                         "queue": (t0 - j.enqueued) * 1e3,
                         "embed": (t1 - t0) * 1e3,
                         "search": (t2 - t1) * 1e3,
+                        "rerank": (t3 - t2) * 1e3,
                         "batch": float(len(jobs)),
                     },
                     index.generation,
