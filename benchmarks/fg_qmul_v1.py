@@ -228,6 +228,8 @@ def cross_validate_categories(args, argv) -> int:
             f"(ImageNet features acc@1 {base.get('acc@1_mean', float('nan')):.1f})",
             file=sys.stderr,
         )
+        if "rerank_acc@1_mean" in report:
+            print(f"{cat}: re-ranked acc@1 {report['rerank_acc@1_mean']:.1f} +- {report['rerank_acc@1_std']:.1f}")
     name = "fg_qmul_v1-cv" + (f"-{args.tag}" if args.tag else "")
     results = merge_previous(name, results, to_dict(cfg))  # categories run earlier with the same recipe
     write_result(name, {"config": to_dict(cfg), "overrides": args.set, "folds": args.cv, "results": results})

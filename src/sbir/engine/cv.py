@@ -56,7 +56,8 @@ def cross_validate(cfg: TrainConfig, out_dir: str | Path, folds: int = DEFAULT_F
             trainer = Trainer(None if resume else fold_cfg, run_dir, resume=resume, progress=progress)
             summary = trainer.fit()
         metrics, _ = evaluate_run(run_dir, split="test", progress=False)
-        row = {k: metrics[k] for k in keys if k in metrics}
+        # A run with a token re-ranker (model.rerank) is also scored re-ranked: rerank_acc@K.
+        row = {k: metrics[k] for k in (*keys, *(f"rerank_{k}" for k in keys)) if k in metrics}
         row.update(
             fold=fold,
             n_queries=metrics.get("n_queries"),
@@ -66,7 +67,7 @@ def cross_validate(cfg: TrainConfig, out_dir: str | Path, folds: int = DEFAULT_F
         )
         per_fold.append(row)
     report: dict[str, Any] = {"folds": folds, "task": cfg.task, "per_fold": per_fold}
-    for k in keys:
+    for k in (*keys, *(f"rerank_{k}" for k in keys)):
         values = [r[k] for r in per_fold if k in r]
         if values:
             report[f"{k}_mean"], report[f"{k}_std"] = _mean_std(values)
