@@ -123,3 +123,14 @@ def test_help_does_not_import_torch():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_refused_training_leaves_no_empty_run_folder(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    _run_error(capsys, ["train", "--data", str(tmp_path / "nope"), "--no-progress"])
+    _run_error(capsys, ["train", "--data", str(tmp_path / "nope"), "--out", "mine", "--no-progress"])
+    assert not list((tmp_path / "runs").glob("*")) and not (tmp_path / "mine").exists()
+    kept = tmp_path / "kept"
+    kept.mkdir()
+    _run_error(capsys, ["train", "--data", str(tmp_path / "nope"), "--out", str(kept), "--no-progress"])
+    assert kept.is_dir()  # a folder the user made is never removed

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import sys
 import time
 from collections.abc import Sequence
@@ -127,6 +128,18 @@ def _launch_torchrun(args: argparse.Namespace) -> int:
     return subprocess.run(cmd, env=os.environ.copy()).returncode
 
 
+def _new_trainer(trainer_class, cfg, out: Path, progress: bool):
+    """The Trainer of a new run in ``out``; if it refuses the config or data, the folder it made is removed
+    again (only when this call created it and nothing was written into it), so a typo leaves no litter."""
+    existed = out.exists()
+    try:
+        return trainer_class(cfg, out, progress=progress)
+    except BaseException:
+        if not existed and out.is_dir() and not any(p.is_file() for p in out.rglob("*")):
+            shutil.rmtree(out, ignore_errors=True)
+        raise
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from sbir.config import load_config
     from sbir.engine import distributed
@@ -153,7 +166,7 @@ def cmd_train(args: argparse.Namespace) -> int:
             if args.out is None and distributed.env_world_size() > 1:
                 raise SbirError("under torchrun every process must write to the same folder: pass --out RUN_DIR")
             out = Path(args.out) if args.out else Path("runs") / f"{time.strftime('%Y%m%d-%H%M%S')}-{cfg.task}"
-            trainer = Trainer(cfg, out, progress=progress)
+            trainer = _new_trainer(Trainer, cfg, out, progress)
             if main_rank:
                 print(f"run folder: {out}", file=sys.stderr)
         summary = trainer.fit()
