@@ -71,11 +71,18 @@ def main(argv=None) -> int:
     )
     ap.add_argument("--cv", type=int, metavar="K", help="cross-validate with K folds by photo instead")
     ap.add_argument(
+        "--table",
+        action="store_true",
+        help="do not train: build the ablation table from the --cv results files (fg_qmul_v1-ablation.json)",
+    )
+    ap.add_argument(
         "--multiview",
         action="store_true",
         help="with --cv: also test every fold's checkpoint with 10-view testing (eval.multiview; no retraining)",
     )
     args = ap.parse_args(argv)
+    if args.table:
+        return ablation_table()
     if args.cv:
         return cross_validate_categories(args, argv)
     if args.rerank:
@@ -233,6 +240,86 @@ def cross_validate_categories(args, argv) -> int:
     name = "fg_qmul_v1-cv" + (f"-{args.tag}" if args.tag else "")
     results = merge_previous(name, results, to_dict(cfg))  # categories run earlier with the same recipe
     write_result(name, {"config": to_dict(cfg), "overrides": args.set, "folds": args.cv, "results": results})
+    return 0
+
+
+# The ablation table's rows: (option, results file of its --cv run, where its metrics are in each category's
+# entry: "" = the entry itself, "multiview" / "imagenet_baseline" = that sub-dict, "rerank_" = the re-ranked keys).
+ABLATION_ROWS = (
+    ("ImageNet Lite0 features, untrained", "fg_qmul_v1-cv", "imagenet_baseline"),
+    ("recipe (configs/fg_qmul_v1.yaml)", "fg_qmul_v1-cv", ""),
+    ("+ multi-view testing (eval.multiview)", "fg_qmul_v1-cv", "multiview"),
+    ("+ token re-ranker (model.rerank), embedding only", "fg_qmul_v1-cv-rerank", ""),
+    ("+ token re-ranker (model.rerank), re-ranked", "fg_qmul_v1-cv-rerank", "rerank_"),
+    ("+ topology term (loss.weight_topology=1)", "fg_qmul_v1-cv-topology", ""),
+    ("+ annotated negatives (loss.weight_negative_triplet=1)", "fg_qmul_v1-cv-negtriplet", ""),
+)
+REFERENCE_ROW = 1  # the recipe every option is compared with
+
+
+def _row_stats(entry: dict, where: str) -> dict | None:
+    """Acc@1 mean/std/variance over folds and mean training seconds per fold of one category's entry."""
+    if where in ("multiview", "imagenet_baseline"):
+        sub = entry.get(where)
+        key = "acc@1"
+    else:
+        sub, key = entry, f"{where}acc@1"
+    if not sub or f"{key}_mean" not in sub:
+        return None
+    folds = [f for f in entry.get("per_fold", []) if "train_seconds" in f]
+    train_s = sum(f["train_seconds"] for f in folds) / len(folds) if folds and where != "imagenet_baseline" else 0.0
+    return {"mean": sub[f"{key}_mean"], "std": sub[f"{key}_std"], "train_s_per_fold": round(train_s, 1)}
+
+
+def ablation_table() -> int:
+    """``--table``: one row per option with its cross-validated Acc@1 per category and training time, the
+    difference to the recipe pooled over the categories both have, and whether it beats the pooled spread."""
+    import json
+    import math
+
+    from _common import RESULTS_DIR
+
+    rows = []
+    for label, name, where in ABLATION_ROWS:
+        path = RESULTS_DIR / f"{name}.json"
+        results = json.loads(path.read_text())["results"] if path.exists() else {}
+        cats = {c: _row_stats(results[c], where) for c in CATEGORIES if c in results}
+        rows.append(
+            {
+                "option": label,
+                "source": f"benchmarks/results/{name}.json",
+                "where": where or "acc@1",
+                "categories": {c: v for c, v in cats.items() if v},
+            }
+        )
+    ref = rows[REFERENCE_ROW]["categories"]
+    for row in rows:
+        common = [c for c in CATEGORIES if c in row["categories"] and c in ref]
+        if not common or row is rows[REFERENCE_ROW] or row is rows[0]:  # rows[0]: the untrained reference
+            continue
+        delta = sum(row["categories"][c]["mean"] - ref[c]["mean"] for c in common) / len(common)
+        # The recipe's spread over folds, pooled over the same categories (root of the mean variance).
+        spread = math.sqrt(sum(ref[c]["std"] ** 2 for c in common) / len(common))
+        row.update(delta_acc1=round(delta, 2), pooled_std=round(spread, 2), pooled_over=common, wins=delta > spread)
+    lines = [
+        "| 5-fold CV, Acc@1 (mean +- std) | shoes | chairs | handbags | train min/fold | vs recipe (pooled) |",
+        "|---|---|---|---|---|---|",
+    ]
+    for row in rows:
+        cells = []
+        for c in CATEGORIES:
+            v = row["categories"].get(c)
+            cells.append(f"{v['mean']:.1f} +- {v['std']:.1f}" if v else "not run")
+        times = [v["train_s_per_fold"] for v in row["categories"].values() if v["train_s_per_fold"]]
+        minutes = f"{sum(times) / len(times) / 60:.1f}" if times else "-"  # no training of its own
+        verdict = ""
+        if "delta_acc1" in row:
+            verdict = f"{row['delta_acc1']:+.1f} (spread {row['pooled_std']:.1f}): " + (
+                "adopt" if row["wins"] else "not adopted"
+            )
+        lines.append(f"| {row['option']} | {' | '.join(cells)} | {minutes} | {verdict} |")
+    print("\n".join(lines))
+    write_result("fg_qmul_v1-ablation", {"rows": rows, "markdown": lines})
     return 0
 
 
