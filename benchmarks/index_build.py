@@ -39,6 +39,13 @@ def main() -> None:
     ap.add_argument("--model", default="pretrained")
     ap.add_argument("--limit", type=int, default=None, help="use only the first N photos (sorted paths)")
     ap.add_argument("--workers", type=int, nargs="+", default=[2], help="decoding worker processes to compare")
+    ap.add_argument(
+        "--runtimes",
+        nargs="+",
+        default=["torch"],
+        help="embedding runtimes to compare (torch, onnx, onnx-int8, openvino: exported ones need "
+        "`sbir export RUN` first); each builds its own index, the first one is also timed for updates",
+    )
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--image-size", type=int, default=None)
     ap.add_argument(
@@ -64,36 +71,39 @@ def main() -> None:
         pre = load_model(args.model)
         load_s = time.perf_counter() - t0
         runs = []
-        for workers in args.workers:
-            out = work / f"index-w{workers}"
-            rep = build_index(
-                gallery,
-                args.model,
-                out,
-                image_size=args.image_size,
-                batch_size=args.batch_size,
-                num_workers=workers,
-                progress=False,
-                preloaded=pre,
-            )
-            runs.append(
-                {
-                    "workers": workers,
-                    "images": rep.images,
-                    "embedded": rep.embedded,
-                    "skipped": len(rep.skipped),
-                    "total_s": round(rep.seconds, 2),
-                    "embed_s": round(rep.embed_seconds, 2),
-                    "embed_images_per_s": round(rep.images_per_s, 1),
-                    "end_to_end_images_per_s": round(rep.images / rep.seconds, 1),
-                }
-            )
-            print(runs[-1], file=sys.stderr, flush=True)
-        last = work / f"index-w{args.workers[-1]}"
+        for runtime in args.runtimes:
+            for workers in args.workers:
+                out = work / f"index-{runtime}-w{workers}"
+                rep = build_index(
+                    gallery,
+                    args.model,
+                    out,
+                    image_size=args.image_size,
+                    batch_size=args.batch_size,
+                    num_workers=workers,
+                    progress=False,
+                    preloaded=pre if runtime == "torch" else None,
+                    runtime=runtime,
+                )
+                runs.append(
+                    {
+                        "runtime": Index.open(out).info().get("runtime"),
+                        "workers": workers,
+                        "images": rep.images,
+                        "embedded": rep.embedded,
+                        "skipped": len(rep.skipped),
+                        "total_s": round(rep.seconds, 2),
+                        "embed_s": round(rep.embed_seconds, 2),
+                        "embed_images_per_s": round(rep.images_per_s, 1),
+                        "end_to_end_images_per_s": round(rep.images / rep.seconds, 1),
+                    }
+                )
+                print(runs[-1], file=sys.stderr, flush=True)
+        last = work / f"index-{args.runtimes[0]}-w{args.workers[-1]}"
         index = Index.open(last)
         # update with nothing changed: stat every file, no new generation
         t0 = time.perf_counter()
-        noop = update_index(last, progress=False, preloaded=pre)
+        noop = update_index(last, progress=False, preloaded=pre if args.runtimes[0] == "torch" else None)
         noop_s = time.perf_counter() - t0
         assert not noop.written
         update = None
@@ -102,7 +112,7 @@ def main() -> None:
             for p in touched:
                 os.utime(p)
             t0 = time.perf_counter()
-            rep = update_index(last, progress=False, preloaded=pre)
+            rep = update_index(last, progress=False, preloaded=pre if args.runtimes[0] == "torch" else None)
             update = {
                 "touched": len(touched),
                 "seconds": round(time.perf_counter() - t0, 2),
