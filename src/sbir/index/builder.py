@@ -465,7 +465,7 @@ def build_index(
             raise HubnessError("--sketch-stats is used only with --hubness center or csls; drop one of them")
     if sketch_stats is not None and not Path(sketch_stats).is_dir():
         raise HubnessError(f"--sketch-stats {sketch_stats} is not a folder; pass a folder of sketch images")
-    _check_ray_workers(ray, ray_workers)
+    _check_ray(ray, ray_workers)
     enc, cfg, model_id, path, note = load_encoder_for_index(
         model_spec, runtime, device=device, image_size=image_size, preloaded=preloaded
     )
@@ -514,11 +514,16 @@ def build_index(
     return report
 
 
-def _check_ray_workers(ray: str | None, ray_workers: int | None) -> None:
+def _check_ray(ray: str | None, ray_workers: int | None) -> None:
+    """Refuse bad Ray options, and a missing Ray, before any model is loaded."""
     if ray_workers is not None and ray_workers < 1:
         raise SbirError(f"--ray-workers must be >= 1, got {ray_workers}")
     if ray_workers is not None and ray is None:
         raise SbirError("--ray-workers sets the number of Ray actors; add --ray (or drop --ray-workers)")
+    if ray is not None:
+        from sbir.index.ray_embed import import_ray
+
+        import_ray()
 
 
 def _ray_embed_fn(
@@ -648,7 +653,7 @@ def update_index(
     is started (or joined) only when there is something to embed.
     """
     index_dir = Path(index_dir)
-    _check_ray_workers(ray, ray_workers)
+    _check_ray(ray, ray_workers)
     with write_lock(index_dir):
         old = Index.open(index_dir)
         gallery = Path(photos_dir) if photos_dir is not None else old.gallery
