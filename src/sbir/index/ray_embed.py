@@ -24,6 +24,7 @@ import contextlib
 import logging
 import os
 import signal
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -196,26 +197,32 @@ def embed_files_ray(
     """
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = progress
+    if not progress:
+        logging.getLogger("ray.data").setLevel(logging.WARNING)  # no "Starting execution ..." lines either
     n_actors = max(1, min(workers or cluster_cpus(ray), len(paths)))
     items = [{"id": i, "path": str(p)} for i, p in enumerate(paths)]
     ds = ray.data.from_items(items, override_num_blocks=max(1, min(len(items) // batch_size, 4 * n_actors)))
-    out = ds.map_batches(
-        PhotoEmbedder,
-        fn_constructor_kwargs={
-            "load": load,
-            "image_size": image_size,
-            "flip_tta": flip_tta,
-            "jpeg_draft": jpeg_draft,
-            "fault_marker": os.environ.get(FAULT_ENV) or None,
-        },
-        batch_size=batch_size,
-        batch_format="numpy",
-        concurrency=n_actors,
-        num_cpus=1,
-        num_gpus=1 if str(device).startswith("cuda") else 0,
-        max_restarts=MAX_RESTARTS,
-        max_task_retries=MAX_TASK_RETRIES,
-    )
+    with warnings.catch_warnings():
+        # Ray >= 2.5x defaults to unlimited restarts and warns that passing them is deprecated; an explicit
+        # bound still matters: a photo that crashes every worker must fail the build, not loop forever.
+        warnings.filterwarnings("ignore", message=".*ray_remote_args.*", category=DeprecationWarning)
+        out = ds.map_batches(
+            PhotoEmbedder,
+            fn_constructor_kwargs={
+                "load": load,
+                "image_size": image_size,
+                "flip_tta": flip_tta,
+                "jpeg_draft": jpeg_draft,
+                "fault_marker": os.environ.get(FAULT_ENV) or None,
+            },
+            batch_size=batch_size,
+            batch_format="numpy",
+            compute=ray.data.ActorPoolStrategy(size=n_actors),
+            num_cpus=1,
+            num_gpus=1 if str(device).startswith("cuda") else 0,
+            max_restarts=MAX_RESTARTS,
+            max_task_retries=MAX_TASK_RETRIES,
+        )
     batches = list(out.iter_batches(batch_size=None, batch_format="numpy"))
     return _collect(batches, len(paths))
 
