@@ -66,6 +66,23 @@ def assert_same_index(got: Index, want: Index) -> None:
     np.testing.assert_allclose(np.asarray(got.vectors), np.asarray(want.vectors), atol=1e-5, rtol=0)
 
 
+# first in the module: the shared cluster below is not started yet
+def test_no_cluster_at_the_address_is_one_clear_error(gallery, tmp_path, monkeypatch):
+    """``--ray auto`` with no running cluster: an SbirError naming 'ray start', not a Ray traceback."""
+    pytest.importorskip("ray.data")
+    import ray
+
+    from sbir.errors import SbirError
+    from sbir.index.ray_embed import ray_session
+
+    if ray.is_initialized():
+        pytest.skip("a Ray session is already running in this process")
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    with pytest.raises(SbirError, match="ray start --head"), ray_session("auto"):
+        pass
+    assert not ray.is_initialized()
+
+
 @pytest.mark.slow
 def test_ray_build_equals_local_build(ray_cluster, ray_gallery, local_index, cli, tmp_path, capsys):
     index = ray_build(cli, ray_gallery, tmp_path / "idx")

@@ -480,7 +480,7 @@ def build_index(
     if ray is not None:
         from sbir.index.ray_embed import load_spec_model
 
-        load = partial(load_spec_model, path or spec, enc.runtime, device, size, model_id)
+        load = partial(load_spec_model, path or spec, enc.runtime, device, image_size, model_id)
         embed_fn = _ray_embed_fn(
             ray, load, size, bool(cfg.eval.flip_tta), batch_size, jpeg_draft, ray_workers, device, progress
         )

@@ -80,7 +80,7 @@ def ray_session(address: str | None = LOCAL, num_cpus: int | None = None) -> Ite
         yield ray
         return
     if address:
-        ray.init(address=address, logging_level=logging.WARNING, log_to_driver=True)
+        _connect(ray, address)
     else:
         os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # a throw-away local cluster reports nothing
         pythonpath = os.pathsep.join(p for p in (_sbir_source_root(), os.environ.get("PYTHONPATH", "")) if p)
@@ -94,6 +94,17 @@ def ray_session(address: str | None = LOCAL, num_cpus: int | None = None) -> Ite
         yield ray
     finally:
         ray.shutdown()
+
+
+def _connect(ray, address: str) -> None:
+    """Join the cluster at ``address``; a cluster that is not there is the user's to fix, in one line."""
+    try:
+        ray.init(address=address, logging_level=logging.WARNING)
+    except ConnectionError as exc:
+        raise SbirError(
+            f"--ray {address}: no Ray cluster there ({str(exc).splitlines()[0]}); start one with 'ray start --head' "
+            "on the head node, or pass --ray alone to start a local cluster for this command"
+        ) from None
 
 
 def cluster_cpus(ray) -> int:
