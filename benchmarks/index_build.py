@@ -9,10 +9,16 @@ excluded and reported separately). Then times ``sbir index update`` with
 nothing changed (stat-only check of every file) and after touching 1% of the
 files (re-hash, reuse vectors, rewrite).
 
+``--ray-workers N ...`` also builds the same gallery with ``--ray`` (Ray Data
+actors on a local cluster of N CPUs, :mod:`sbir.index.ray_embed`) and reports
+its photos/s next to the local build's, the cluster start separately, and the
+largest difference between the Ray and the local vectors.
+
 Prints JSON and writes ``benchmarks/results/index_build.json``. Usage::
 
     python benchmarks/index_build.py                    # all 3,125 photos, workers 2
     python benchmarks/index_build.py --limit 500 --workers 0 2
+    python benchmarks/index_build.py --limit 600 --workers 2 --ray-workers 2 --out index_build-ray
 """
 
 from __future__ import annotations
@@ -26,11 +32,53 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from _common import SHARED_DATA, resolve_path, write_result  # noqa: E402
 
 from sbir.engine.inference import load_model  # noqa: E402
 from sbir.index import Index, build_index, update_index  # noqa: E402
+
+
+def run_record(rep, **fields) -> dict:
+    """One build's throughput: embedding stage and end to end (model loading in the driver excluded)."""
+    return {
+        **fields,
+        "images": rep.images,
+        "embedded": rep.embedded,
+        "skipped": len(rep.skipped),
+        "total_s": round(rep.seconds, 2),
+        "embed_s": round(rep.embed_seconds, 2),
+        "embed_images_per_s": round(rep.images_per_s, 1),
+        "end_to_end_images_per_s": round(rep.images / rep.seconds, 1),
+    }
+
+
+def ray_run(gallery: Path, out: Path, args, n: int, pre, reference: Index) -> dict:
+    """Build with Ray Data on a fresh local cluster of ``n`` CPUs (``n`` actors, one model load each)."""
+    from sbir.index.ray_embed import ray_session
+
+    t0 = time.perf_counter()
+    with ray_session("", num_cpus=n):
+        start_s = time.perf_counter() - t0
+        rep = build_index(
+            gallery,
+            args.model,
+            out,
+            image_size=args.image_size,
+            batch_size=args.batch_size,
+            progress=False,
+            preloaded=pre,
+            ray="",
+            ray_workers=n,
+        )
+    diff = float(np.max(np.abs(np.asarray(Index.open(out).vectors) - np.asarray(reference.vectors))))
+    record = run_record(rep, executor="ray", ray_workers=n)
+    # embed_s includes starting the actors and loading the model in each; the cluster start is apart
+    record["ray_cluster_start_s"] = round(start_s, 2)
+    record["end_to_end_with_cluster_start_images_per_s"] = round(rep.images / (rep.seconds + start_s), 1)
+    record["max_abs_diff_vs_local"] = diff
+    return record
 
 
 def main() -> None:
@@ -45,6 +93,9 @@ def main() -> None:
         default=["torch"],
         help="embedding runtimes to compare (torch, onnx, onnx-int8, openvino: exported ones need "
         "`sbir export RUN` first); each builds its own index, the first one is also timed for updates",
+    )
+    ap.add_argument(
+        "--ray-workers", type=int, nargs="*", default=[], help="also build with --ray on a local cluster of N CPUs"
     )
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--image-size", type=int, default=None)
@@ -85,22 +136,14 @@ def main() -> None:
                     preloaded=pre if runtime == "torch" else None,
                     runtime=runtime,
                 )
-                runs.append(
-                    {
-                        "runtime": Index.open(out).info().get("runtime"),
-                        "workers": workers,
-                        "images": rep.images,
-                        "embedded": rep.embedded,
-                        "skipped": len(rep.skipped),
-                        "total_s": round(rep.seconds, 2),
-                        "embed_s": round(rep.embed_seconds, 2),
-                        "embed_images_per_s": round(rep.images_per_s, 1),
-                        "end_to_end_images_per_s": round(rep.images / rep.seconds, 1),
-                    }
-                )
+                record = run_record(rep, executor="local", workers=workers)
+                runs.append({"runtime": Index.open(out).info().get("runtime"), **record})
                 print(runs[-1], file=sys.stderr, flush=True)
         last = work / f"index-{args.runtimes[0]}-w{args.workers[-1]}"
         index = Index.open(last)
+        for n in args.ray_workers:
+            runs.append(ray_run(gallery, work / f"index-ray{n}", args, n, pre, index))
+            print(runs[-1], file=sys.stderr, flush=True)
         # update with nothing changed: stat every file, no new generation
         t0 = time.perf_counter()
         noop = update_index(last, progress=False, preloaded=pre if args.runtimes[0] == "torch" else None)

@@ -14,6 +14,10 @@ they never stop the build. Hidden files and folders (``.name``), symbolic
 links to folders, and file links that point outside the gallery are skipped
 too. Every write goes through :func:`sbir.index.store.write_generation`, so a
 killed build or update leaves the previous index intact.
+
+With ``ray`` (``--ray [ADDRESS]``) the decode-and-embed step runs on a Ray
+cluster (:mod:`sbir.index.ray_embed`); scanning, hashing and writing stay here,
+so the manifest and the reuse rules are the same.
 """
 
 from __future__ import annotations
@@ -21,9 +25,10 @@ from __future__ import annotations
 import os
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field, replace
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +37,7 @@ from tqdm.auto import tqdm
 
 from sbir.data.image_io import is_image_file
 from sbir.data.records import FileRef
-from sbir.engine.embed import embed_images
+from sbir.engine.embed import EmbedResult, embed_images
 from sbir.errors import DataError, SbirError
 from sbir.fileio import sha256_file
 from sbir.index.faiss_ops import AUTO_THRESHOLD, build_faiss, resolve_approx
@@ -69,6 +74,8 @@ from sbir.index.store import (
     write_lock,
 )
 
+EmbedFn = Callable[[list[Path]], EmbedResult]  # photo paths -> vectors (positions in the list)
+
 
 @dataclass
 class FileStat:
@@ -101,6 +108,7 @@ class SyncReport:
     runtime_note: str = ""  # why that runtime (e.g. "torch (auto: no export ...)")
     hubness: str = "none"  # the hubness correction of the written generation (sbir.index.hubness)
     hubness_note: str = ""  # where its sketch statistics came from, or why there is none
+    ray: str | None = None  # None: embedded in this process; else the --ray address ("" = a local cluster)
 
     @property
     def written(self) -> bool:
@@ -197,6 +205,32 @@ def default_workers() -> int:
     return min(4, os.cpu_count() or 1)
 
 
+def _embed_local(
+    model,
+    paths: list[Path],
+    image_size: int,
+    batch_size: int,
+    flip_tta: bool,
+    num_workers: int,
+    progress: bool,
+    jpeg_draft: bool,
+) -> EmbedResult:
+    """Embed photos in this process (decoding in DataLoader workers); unreadable files are reported."""
+    return embed_images(
+        model,
+        [FileRef(p) for p in paths],
+        "photo",
+        image_size,
+        batch_size=batch_size,
+        flip_tta=flip_tta,
+        num_workers=num_workers,
+        progress=progress,
+        skip_errors=True,
+        desc="embed photos",
+        jpeg_draft=jpeg_draft,
+    )
+
+
 def _sync(
     index_dir: Path,
     gallery: Path,
@@ -213,7 +247,12 @@ def _sync(
     force_write: bool,
     jpeg_draft: bool = False,
     hub_fn=None,
+    embed_fn: EmbedFn | None = None,
 ) -> SyncReport:
+    """Bring the index at ``index_dir`` in line with ``gallery`` (a build is a sync from ``old=None``).
+
+    ``embed_fn`` (paths -> :class:`EmbedResult`) replaces the in-process embedding, e.g. by Ray's.
+    """
     t0 = time.perf_counter()
     index_dir = Path(index_dir)
     files, skipped = scan_gallery(gallery, exclude=[index_dir])
@@ -265,19 +304,18 @@ def _sync(
     reps = sorted(to_embed.items(), key=lambda kv: kv[1].path)
     if reps:
         t_embed = time.perf_counter()
-        res = embed_images(
-            model,
-            [FileRef(f.abspath) for _, f in reps],
-            "photo",
-            image_size,
-            batch_size=batch_size,
-            flip_tta=flip_tta,
-            num_workers=num_workers if len(reps) > batch_size else 0,
-            progress=progress,
-            skip_errors=True,
-            desc="embed photos",
-            jpeg_draft=jpeg_draft,
-        )
+        if embed_fn is None:
+            embed_fn = partial(
+                _embed_local,
+                model,
+                image_size=image_size,
+                batch_size=batch_size,
+                flip_tta=flip_tta,
+                num_workers=num_workers if len(reps) > batch_size else 0,
+                progress=progress,
+                jpeg_draft=jpeg_draft,
+            )
+        res = embed_fn([f.abspath for _, f in reps])
         report.embed_seconds = time.perf_counter() - t_embed
         report.embedded = len(res.indices)
         embeddings = postprocess(res.embeddings, info_fn(res.embeddings.shape[1]))
@@ -384,6 +422,8 @@ def build_index(
     jpeg_draft: bool = False,
     hubness: str | None = None,
     sketch_stats: str | os.PathLike | None = None,
+    ray: str | None = None,
+    ray_workers: int | None = None,
 ) -> SyncReport:
     """Embed every image under ``photos_dir`` with ``model_spec`` into a new index at ``out_dir``.
 
@@ -395,6 +435,9 @@ def build_index(
     ``hubness``: ``none``, ``center`` or ``csls`` (:mod:`sbir.index.hubness`); None = :data:`DEFAULT_HUBNESS`
     when sketch statistics exist (``sketch_stats``, a folder of sketch images, or the default shipped for
     the model and image size) and the index is a cosine one, else ``none``. Recorded; updates keep it.
+    ``ray``: embed on Ray (:mod:`sbir.index.ray_embed`): ``""`` starts a local cluster, ``auto`` or
+    ``ray://host:10001`` joins one; ``ray_workers`` actors (default: one per cluster CPU) each load the
+    model by its spec (``preloaded`` is then used only here, for the record). None: embed in this process.
     """
     gallery = Path(photos_dir)
     out = Path(out_dir)
@@ -422,6 +465,7 @@ def build_index(
             raise HubnessError("--sketch-stats is used only with --hubness center or csls; drop one of them")
     if sketch_stats is not None and not Path(sketch_stats).is_dir():
         raise HubnessError(f"--sketch-stats {sketch_stats} is not a folder; pass a folder of sketch images")
+    _check_ray(ray, ray_workers)
     enc, cfg, model_id, path, note = load_encoder_for_index(
         model_spec, runtime, device=device, image_size=image_size, preloaded=preloaded
     )
@@ -432,6 +476,14 @@ def build_index(
     method, stats, hub_note = _hubness_setup(
         hubness, sketch_stats, model, cfg, model_id, size, batch_size, progress, path
     )
+    embed_fn = None
+    if ray is not None:
+        from sbir.index.ray_embed import load_spec_model
+
+        load = partial(load_spec_model, path or spec, enc.runtime, device, image_size, model_id)
+        embed_fn = _ray_embed_fn(
+            ray, load, size, bool(cfg.eval.flip_tta), batch_size, jpeg_draft, ray_workers, device, progress
+        )
     with write_lock(out):
         report = _sync(
             out,
@@ -454,10 +506,41 @@ def build_index(
             force_write=True,
             jpeg_draft=jpeg_draft,
             hub_fn=lambda v: Hubness.fit(method, v, stats),
+            embed_fn=embed_fn,
         )
     report.runtime, report.runtime_note = enc.runtime, note
+    report.ray = ray
     report.hubness_note = hub_note
     return report
+
+
+def _check_ray(ray: str | None, ray_workers: int | None) -> None:
+    """Refuse bad Ray options, and a missing Ray, before any model is loaded."""
+    if ray_workers is not None and ray_workers < 1:
+        raise SbirError(f"--ray-workers must be >= 1, got {ray_workers}")
+    if ray_workers is not None and ray is None:
+        raise SbirError("--ray-workers sets the number of Ray actors; add --ray (or drop --ray-workers)")
+    if ray is not None:
+        from sbir.index.ray_embed import import_ray
+
+        import_ray()
+
+
+def _ray_embed_fn(
+    address: str,
+    load,
+    image_size: int,
+    flip_tta: bool,
+    batch_size: int,
+    jpeg_draft: bool,
+    workers: int | None,
+    device: str,
+    progress: bool,
+) -> EmbedFn:
+    """The Ray embedding step (imported here: Ray is an optional extra and slow to import)."""
+    from sbir.index.ray_embed import ray_embed_fn
+
+    return ray_embed_fn(address, load, image_size, flip_tta, batch_size, jpeg_draft, workers, device, progress)
 
 
 def run_training_sketches(cfg, weights_path: str | None) -> tuple[list, str] | None:
@@ -560,12 +643,17 @@ def update_index(
     progress: bool = True,
     preloaded: tuple | None = None,
     runtime: str | None = None,
+    ray: str | None = None,
+    ray_workers: int | None = None,
 ) -> SyncReport:
     """Bring ``index_dir`` up to date with its gallery (or ``photos_dir``, which re-roots it).
 
     Photos are embedded on the runtime the index records; ``runtime`` naming another is refused.
+    ``ray``/``ray_workers``: embed the new and changed photos on Ray, as in :func:`build_index`; the cluster
+    is started (or joined) only when there is something to embed.
     """
     index_dir = Path(index_dir)
+    _check_ray(ray, ray_workers)
     with write_lock(index_dir):
         old = Index.open(index_dir)
         gallery = Path(photos_dir) if photos_dir is not None else old.gallery
@@ -587,6 +675,14 @@ def update_index(
         else:
             enc, cfg, model_id = load_index_encoder(rec, override=model_override, device=device, runtime=runtime)
             model, rt_name = enc.as_model(), enc.runtime
+        embed_fn = None
+        if ray is not None:
+            from sbir.index.ray_embed import load_record_model
+
+            load = partial(load_record_model, rec, model_override, device, runtime)
+            embed_fn = _ray_embed_fn(
+                ray, load, rec.image_size, rec.flip_tta, batch_size, rec.jpeg_draft, ray_workers, device, progress
+            )
         report = _sync(
             index_dir,
             gallery,
@@ -603,7 +699,9 @@ def update_index(
             force_write=False,
             jpeg_draft=rec.jpeg_draft,
             hub_fn=old.hubness.refit,
+            embed_fn=embed_fn,
         )
+    report.ray = ray
     report.runtime, report.runtime_note = rt_name, f"{rt_name} (recorded in the index)"
     report.hubness = rec.hubness
     report.hubness_note = f"{rec.hubness} (recorded in the index; photo statistics re-estimated)"

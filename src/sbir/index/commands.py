@@ -37,6 +37,8 @@ def _print_report(report, as_json: bool, verb: str) -> None:
         print(f"runtime: {report.runtime_note}", file=sys.stderr)
     if report.hubness_note:
         print(f"hubness: {report.hubness_note}", file=sys.stderr)
+    if report.ray is not None and report.embedded:
+        print(f"embedded on Ray ({report.ray or 'local cluster'})", file=sys.stderr)
     if as_json:
         print(json.dumps(report.to_dict(), indent=2))
         return
@@ -64,6 +66,8 @@ def _embed_kwargs(args: argparse.Namespace) -> dict:
         "num_workers": args.workers,
         "device": args.device,
         "progress": not args.no_progress,
+        "ray": args.ray,
+        "ray_workers": args.ray_workers,
     }
 
 
@@ -190,6 +194,23 @@ def _common_embed_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="cpu", help="torch device: cpu, cuda, cuda:N (default cpu)")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
+    p.add_argument(
+        "--ray",
+        nargs="?",
+        const="",
+        default=None,
+        metavar="ADDRESS",
+        help="decode and embed on Ray Data actors that each load the model once (pip install 'sbir[scale]'): "
+        "alone, on a local cluster started for this command; with ADDRESS (auto, ray://head:10001), on that "
+        "cluster, whose nodes must see the photos under the same path. Put --ray after PHOTOS_DIR/INDEX_DIR",
+    )
+    p.add_argument(
+        "--ray-workers",
+        type=int,
+        default=None,
+        metavar="N",
+        help="with --ray: number of embedding actors, one CPU each (default: one per CPU of the cluster)",
+    )
 
 
 def add_query_model_args(p: argparse.ArgumentParser) -> None:
@@ -223,7 +244,9 @@ def add_index_commands(subparsers) -> None:
             "examples:\n"
             "  sbir index build photos/ --model runs/shoes --out shoes.idx\n"
             "  sbir index build photos/ --model pretrained --out demo.idx --approx hnsw\n"
-            "  sbir index build photos/ --model runs/zs --out zs.idx --hubness csls --sketch-stats my_sketches/"
+            "  sbir index build photos/ --model runs/zs --out zs.idx --hubness csls --sketch-stats my_sketches/\n"
+            "  sbir index build photos/ --model runs/shoes --out shoes.idx --ray --ray-workers 8\n"
+            "  sbir index build /shared/photos --model /shared/runs/shoes --out /shared/shoes.idx --ray auto"
         ),
     )
     b.add_argument("photos", metavar="PHOTOS_DIR", help="folder of gallery photos (searched recursively)")
