@@ -88,6 +88,9 @@ class ModelConfig:
     backbone: str = "efficientnet_lite0"
     pretrained: bool = True
     weights_path: str | None = None  # local weights file (.safetensors, .pth; ViTs also big_vision .npz)
+    # Start the backbone(s) from another run's (a run folder or an sbir .safetensors), e.g. a sketch-domain
+    # pretraining run (sbir train --task pretrain): backbones only, loaded strictly; heads stay fresh.
+    init_from: str | None = None
     # Extra keyword arguments of the timm constructor, e.g. {img_size: 64, depth: 2} for a small ViT.
     backbone_kwargs: dict[str, Any] = field(default_factory=dict)
     shared_encoder: bool = False  # ARNet: separate sketch and photo encoders
@@ -128,6 +131,10 @@ class ModelConfig:
             raise ConfigError(
                 f"model.rerank_dim ({self.rerank_dim}) must be >= 8 and divisible by model.rerank_heads "
                 f"({self.rerank_heads})"
+            )
+        if self.init_from is not None and (not isinstance(self.init_from, str) or not self.init_from.strip()):
+            raise ConfigError(
+                f"model.init_from must be a run folder or a .safetensors file (or unset), got {self.init_from!r}"
             )
         if self.rerank_top_k < 2:
             raise ConfigError(f"model.rerank_top_k must be >= 2, got {self.rerank_top_k}")

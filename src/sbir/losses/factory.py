@@ -21,6 +21,8 @@ Kinds:
 * ``clip``: CLIP prompt learning (:mod:`sbir.losses.clip_prompt`); ``forward(batch) -> (loss, parts)``
   on a dict of prompted-encoder embeddings, the class weights being frozen text embeddings
   (``set_class_embeddings``).
+* ``logits``: plain classification (sketch-domain pretraining, :mod:`sbir.losses.classify`);
+  ``forward(logits, labels) -> loss`` on the model's own classifier's (B, C) logits, ``predict(logits)``.
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ from torch import nn
 from sbir.config import LossConfig
 from sbir.errors import ConfigError
 
-KINDS = ("pairs", "classes", "clip")
+KINDS = ("pairs", "classes", "clip", "logits")
 DISTANCES = ("cosine", "euclidean", "angular")
 
 
