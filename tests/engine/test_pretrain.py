@@ -175,3 +175,13 @@ def test_pretrain_without_data_sources_is_a_clear_error(tmp_path: Path):
     (tmp_path / "x" / "a.txt").write_text("hi")
     with pytest.raises(DataError, match="holds no pretraining data"):
         discover_sources(tmp_path)
+
+
+def test_resume_replays_the_recorded_split(pretrain_run: Path, monkeypatch):
+    from sbir.engine.trainer import Trainer
+
+    monkeypatch.setenv("SBIR_CACHE_DIR", str(pretrain_run.parent / "cache"))
+    trainer = Trainer(None, pretrain_run, resume=True, progress=False)  # type: ignore[arg-type]
+    split = json.loads((pretrain_run / "split.json").read_text())
+    assert sorted(it.id for it in trainer.task.val_items) == split["val_ids"]
+    assert trainer.start_epoch == 2 and trainer.cfg.model.num_classes == 3

@@ -43,7 +43,6 @@ from torch.utils.data import Dataset as TorchDataset
 
 from sbir.config import TrainConfig
 from sbir.data.records import FileRef
-from sbir.data.splits import load_split_record
 from sbir.engine.batches import SampledBatchesMixin
 from sbir.engine.evaluate import Evaluation
 from sbir.engine.tasks import TaskSpec, build_criterion, build_model, register_task
@@ -229,8 +228,6 @@ class PretrainTask(SampledBatchesMixin):
         classes, items, counts = load_items(self.sources, cfg.data.image_size, progress)
         if len(classes) < 2:
             raise DataError(f"{cfg.data.path} holds images of {len(classes)} class(es); classification needs 2+")
-        if split_record is None and (self.run_dir / "split.json").is_file():
-            split_record = load_split_record(self.run_dir / "split.json")  # a DDP rank other than 0
         if split_record is None:
             val_ids = carve_validation(items, cfg.data.val_fraction, cfg.data.split_seed)
             record = {
