@@ -113,3 +113,17 @@ def test_training_with_the_meta_update(tiny_paired_dataset: Path, tmp_path: Path
     with open(run / "metrics.csv") as fh:
         row = next(csv.DictReader(fh))
     assert float(row["train_topology"]) > 0 and float(row["train_loss"]) > 0
+
+
+def test_meta_update_refuses_several_processes(tmp_path: Path, monkeypatch):
+    from sbir.config import TrainConfig
+    from sbir.engine import distributed
+    from sbir.engine.tasks import build_task
+
+    monkeypatch.setattr(distributed, "world_size", lambda: 2)
+    cfg = TrainConfig()
+    cfg.loss.weight_topology = 1.0
+    cfg.loss.topology_meta = True
+    with pytest.raises(ConfigError, match="one process") as err:
+        build_task(cfg, tmp_path)
+    assert "\n" not in str(err.value)

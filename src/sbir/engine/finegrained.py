@@ -74,6 +74,11 @@ class FineGrainedTask(SplitTask):
     ):
         from sbir.data.pairs import FineGrainedPairs, annotated_negatives
 
+        if cfg.loss.topology_meta and distributed.world_size() > 1:
+            raise ConfigError(
+                "loss.topology_meta takes its gradients outside DistributedDataParallel: train it in one process "
+                "(drop --nproc) or set loss.topology_meta=false"
+            )
         super().__init__(spec, cfg, run_dir, progress, split_record)
         self.criterion = build_criterion(cfg)
         negatives = None
@@ -107,11 +112,6 @@ class FineGrainedTask(SplitTask):
         )
         # loss.topology_meta: the trainer calls train_step instead of one backward of compute_loss.
         self.train_step = self._topology_meta_step if cfg.loss.topology_meta else None
-        if cfg.loss.topology_meta and distributed.world_size() > 1:
-            raise ConfigError(
-                "loss.topology_meta takes its gradients outside DistributedDataParallel: train it in one process "
-                "(drop --nproc) or set loss.topology_meta=false"
-            )
 
     def _trainable(self) -> list[torch.Tensor]:
         seen: set[int] = set()
