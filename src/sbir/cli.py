@@ -77,7 +77,10 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
     """The training settings shared by ``sbir train`` and ``sbir cv``."""
     _add_common_data_args(p)
     p.add_argument("--config", help="YAML config file (see configs/)")
-    p.add_argument("--task", help="finegrained (default), category or zeroshot (any registered task)")
+    p.add_argument(
+        "--task",
+        help="finegrained (default), category, zeroshot or pretrain (sketch-domain pretraining; any registered task)",
+    )
     p.add_argument("--method", help="the task's method when it has several, e.g. clip-prompt (zero-shot CLIP prompts)")
     p.add_argument("--epochs", type=int)
     p.add_argument("--batch-size", type=int)

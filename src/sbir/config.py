@@ -88,6 +88,9 @@ class ModelConfig:
     backbone: str = "efficientnet_lite0"
     pretrained: bool = True
     weights_path: str | None = None  # local weights file (.safetensors, .pth; ViTs also big_vision .npz)
+    # Start the backbone(s) from another run's (a run folder or an sbir .safetensors), e.g. a sketch-domain
+    # pretraining run (sbir train --task pretrain): backbones only, loaded strictly; heads stay fresh.
+    init_from: str | None = None
     # Extra keyword arguments of the timm constructor, e.g. {img_size: 64, depth: 2} for a small ViT.
     backbone_kwargs: dict[str, Any] = field(default_factory=dict)
     shared_encoder: bool = False  # ARNet: separate sketch and photo encoders
@@ -128,6 +131,10 @@ class ModelConfig:
             raise ConfigError(
                 f"model.rerank_dim ({self.rerank_dim}) must be >= 8 and divisible by model.rerank_heads "
                 f"({self.rerank_heads})"
+            )
+        if self.init_from is not None and (not isinstance(self.init_from, str) or not self.init_from.strip()):
+            raise ConfigError(
+                f"model.init_from must be a run folder or a .safetensors file (or unset), got {self.init_from!r}"
             )
         if self.rerank_top_k < 2:
             raise ConfigError(f"model.rerank_top_k must be >= 2, got {self.rerank_top_k}")
@@ -181,6 +188,11 @@ class LossConfig:
     weight_topology: float | None = None
     topology_margin: float | None = None
     topology_pairs: int | None = None
+    # Apply the topology term as the paper does, as a first-order meta update (sbir.losses.topology.
+    # first_order_meta_step): its gradient is taken after a virtual SGD step of topology_meta_lr (unset: optim.lr)
+    # along the retrieval loss's gradient. One process only (not with --nproc > 1).
+    topology_meta: bool = False
+    topology_meta_lr: float | None = None
     # Fine-grained: a triplet term on explicit negative photos (data.annotation_negatives decides how they are
     # drawn), added with this weight (unset/0: off); its margin is loss.triplet_margin.
     weight_negative_triplet: float | None = None
@@ -202,6 +214,10 @@ class LossConfig:
             raise ConfigError(f"loss.temperature must be > 0, got {self.temperature}")
         if self.topology_pairs is not None and self.topology_pairs < 1:
             raise ConfigError(f"loss.topology_pairs must be >= 1, got {self.topology_pairs}")
+        if self.topology_meta and not self.weight_topology:
+            raise ConfigError("loss.topology_meta applies the topology term: set loss.weight_topology > 0 with it")
+        if self.topology_meta_lr is not None and self.topology_meta_lr <= 0:
+            raise ConfigError(f"loss.topology_meta_lr must be > 0 (or unset for optim.lr), got {self.topology_meta_lr}")
         if self.patch_grid is not None and self.patch_grid < 2:
             raise ConfigError(f"loss.patch_grid must be >= 2 (or unset), got {self.patch_grid}")
         for k in (

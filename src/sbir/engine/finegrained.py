@@ -17,10 +17,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from sbir.config import TrainConfig
+from sbir.engine import distributed
 from sbir.engine.batches import SplitTask
 from sbir.engine.distributed import gather_batch
 from sbir.engine.evaluate import evaluate_finegrained
 from sbir.engine.tasks import TaskSpec, build_criterion, build_model, register_task
+from sbir.errors import ConfigError
 from sbir.losses.rerank import rerank_loss
 
 # Training sets up to this many images are decoded into memory once.
@@ -72,6 +74,11 @@ class FineGrainedTask(SplitTask):
     ):
         from sbir.data.pairs import FineGrainedPairs, annotated_negatives
 
+        if cfg.loss.topology_meta and distributed.world_size() > 1:
+            raise ConfigError(
+                "loss.topology_meta takes its gradients outside DistributedDataParallel: train it in one process "
+                "(drop --nproc) or set loss.topology_meta=false"
+            )
         super().__init__(spec, cfg, run_dir, progress, split_record)
         self.criterion = build_criterion(cfg)
         negatives = None
@@ -103,6 +110,61 @@ class FineGrainedTask(SplitTask):
             if getattr(self.criterion, "topology", None) is not None
             else None
         )
+        # loss.topology_meta: the trainer calls train_step instead of one backward of compute_loss.
+        self.train_step = self._topology_meta_step if cfg.loss.topology_meta else None
+
+    def _trainable(self) -> list[torch.Tensor]:
+        seen: set[int] = set()
+        out = []
+        for p in [*self.model.parameters(), *self.criterion.parameters()]:
+            if p.requires_grad and id(p) not in seen:
+                seen.add(id(p))
+                out.append(p)
+        return out
+
+    def topology_loss(self, batch: dict, device: torch.device) -> torch.Tensor:
+        """The topology term of the batch's first views under the model's current parameters."""
+        embs = gather_batch(
+            {
+                "sketch": self.model.embed(batch["sketch"].to(device, non_blocking=True), "sketch"),
+                "photo": self.model.embed(batch["photo"].to(device, non_blocking=True), "photo"),
+                "groups": batch["group"].to(device),
+            }
+        )
+        g = embs["groups"].cpu()
+        return self.criterion.topology(embs["sketch"], embs["photo"], self.ref_photo_dist[g][:, g].to(device))
+
+    def _topology_meta_step(self, batch: dict, device: torch.device, scaler) -> tuple[torch.Tensor, dict]:
+        """``loss.topology_meta``: the first-order meta update (:func:`sbir.losses.topology.first_order_meta_step`).
+
+        Leaves ``g + w h`` in ``.grad`` (scaled like ``scaler.scale(loss).backward()``); the trainer clips and steps.
+        The forward at the virtual parameters must not count twice in BatchNorm's running statistics, so the
+        model's buffers are restored after it. Returns the retrieval loss plus ``w`` times the topology loss at
+        the virtual parameters (comparable with the plain sum), and the parts.
+        """
+        from sbir.losses.topology import first_order_meta_step
+
+        loss, parts = self.compute_loss(batch, device)
+        if not torch.isfinite(loss):
+            return loss, parts
+        buffers = [(b, b.detach().clone()) for b in self.model.buffers()]
+        cfg = self.cfg
+        w = float(cfg.loss.weight_topology)
+        try:
+            topo = first_order_meta_step(
+                self._trainable(),
+                loss,
+                lambda: self.topology_loss(batch, device),
+                lr=cfg.loss.topology_meta_lr or cfg.optim.lr,
+                weight=w,
+                scale=scaler.get_scale() if scaler.is_enabled() else 1.0,
+            )
+        finally:
+            with torch.no_grad():
+                for b, saved in buffers:
+                    b.copy_(saved)
+        parts = {**parts, "topology": float(topo)}
+        return loss.detach() + w * topo, parts
 
     def compute_loss(self, batch: dict, device: torch.device):
         model = self.model

@@ -37,7 +37,12 @@ from sbir.config import TrainConfig
 from sbir.errors import ConfigError
 
 # Modules that register tasks (imported on the first lookup).
-TASK_MODULES = ("sbir.engine.finegrained", "sbir.engine.category", "sbir.engine.clip_prompt")
+TASK_MODULES = (
+    "sbir.engine.finegrained",
+    "sbir.engine.category",
+    "sbir.engine.clip_prompt",
+    "sbir.engine.pretrain",
+)
 
 
 @dataclass(frozen=True)
@@ -181,11 +186,19 @@ def resolve_flip_mode(cfg: TrainConfig) -> str:
 
 
 def build_model(cfg: TrainConfig, pretrained: bool | None = None) -> nn.Module:
-    """The model ``cfg``'s task trains (``pretrained`` overrides ``cfg.model.pretrained``)."""
+    """The model ``cfg``'s task trains (``pretrained`` overrides ``cfg.model.pretrained``), its backbone(s)
+    loaded from ``cfg.model.init_from`` when set (:mod:`sbir.engine.init_from`) unless ``pretrained`` is False."""
     from sbir.models import create_model
 
     spec = task_spec(cfg)
-    return create_model(spec.model, cfg.model, pretrained=pretrained, **spec.model_kwargs(cfg, loss_spec(cfg)))
+    model = create_model(spec.model, cfg.model, pretrained=pretrained, **spec.model_kwargs(cfg, loss_spec(cfg)))
+    # model.init_from replaces the backbone's initial weights (ImageNet or random) when training starts;
+    # pretrained=False means the caller loads trained weights over everything (inference), so it is skipped.
+    if cfg.model.init_from and pretrained is not False:
+        from sbir.engine.init_from import load_backbone_weights
+
+        load_backbone_weights(model, cfg.model.init_from)
+    return model
 
 
 def build_criterion(cfg: TrainConfig, num_classes: int | None = None, embed_dim: int | None = None) -> nn.Module:

@@ -66,6 +66,12 @@ class Task(Protocol):
 
     def on_best(self, run_dir: Path) -> None: ...  # after best.safetensors is written
 
+    # Optional (attribute; None or absent: one backward of compute_loss): train_step(batch, device, scaler)
+    # -> (loss, parts) computes the loss and leaves the (scaler-scaled) gradients in .grad itself, for updates
+    # that are not one backward of one loss, e.g. the topology term's first-order meta update
+    # (loss.topology_meta, sbir.engine.finegrained). The trainer zeroes the gradients before it, then clips and
+    # steps as usual. Single-process only: the task refuses it under torchrun.
+
 
 def seed_everything(seed: int) -> None:
     random.seed(seed)
@@ -232,18 +238,25 @@ class Trainer:
             leave=False,
         )
         step_log = os.environ.get(STEP_LOG_ENV)
+        train_step = getattr(self.task, "train_step", None)
         for batch in self.task.train_batches(epoch):
-            with torch.autocast(device_type=self.device.type, dtype=torch.float16, enabled=self.use_amp):
-                if self.ddp is not None:
-                    loss, parts = self.ddp(batch, self.device)
-                else:
-                    loss, parts = self.task.compute_loss(batch, self.device)
+            if train_step is not None:
+                self.optimizer.zero_grad(set_to_none=True)
+                with torch.autocast(device_type=self.device.type, dtype=torch.float16, enabled=self.use_amp):
+                    loss, parts = train_step(batch, self.device, self.scaler)
+            else:
+                with torch.autocast(device_type=self.device.type, dtype=torch.float16, enabled=self.use_amp):
+                    if self.ddp is not None:
+                        loss, parts = self.ddp(batch, self.device)
+                    else:
+                        loss, parts = self.task.compute_loss(batch, self.device)
             if not torch.isfinite(loss):
                 raise FloatingPointError(
                     f"loss became {loss.item()} at epoch {epoch}; lower optim.lr or check the data"
                 )
-            self.optimizer.zero_grad(set_to_none=True)
-            self.scaler.scale(loss).backward()
+            if train_step is None:
+                self.optimizer.zero_grad(set_to_none=True)
+                self.scaler.scale(loss).backward()
             if self.cfg.optim.grad_clip > 0:
                 self.scaler.unscale_(self.optimizer)
                 torch.nn.utils.clip_grad_norm_(

@@ -10,6 +10,7 @@ imported; a new loss is its own file plus one import line here.
 from sbir.losses.factory import FineGrainedLoss, build_loss, get_loss_spec, list_losses, register_loss
 
 # The loss modules: importing each registers its losses.
+from sbir.losses.classify import CrossEntropyLoss  # isort: skip
 from sbir.losses.clip_prompt import ClipPromptLoss  # isort: skip
 from sbir.losses.cosface import CosFaceLoss  # isort: skip
 from sbir.losses.mems import MEMSLoss  # isort: skip
@@ -19,6 +20,7 @@ from sbir.losses.triplet import HardTripletLoss  # isort: skip
 __all__ = [
     "ClipPromptLoss",
     "CosFaceLoss",
+    "CrossEntropyLoss",
     "CrossModalNTXent",
     "DoubleSiameseNTXent",
     "FineGrainedLoss",

@@ -21,6 +21,8 @@ Kinds:
 * ``clip``: CLIP prompt learning (:mod:`sbir.losses.clip_prompt`); ``forward(batch) -> (loss, parts)``
   on a dict of prompted-encoder embeddings, the class weights being frozen text embeddings
   (``set_class_embeddings``).
+* ``logits``: plain classification (sketch-domain pretraining, :mod:`sbir.losses.classify`);
+  ``forward(logits, labels) -> loss`` on the model's own classifier's (B, C) logits, ``predict(logits)``.
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ from torch import nn
 from sbir.config import LossConfig
 from sbir.errors import ConfigError
 
-KINDS = ("pairs", "classes", "clip")
+KINDS = ("pairs", "classes", "clip", "logits")
 DISTANCES = ("cosine", "euclidean", "angular")
 
 
@@ -115,6 +117,7 @@ def build_loss(
             **set_values(cfg, "topology_margin", "topology_pairs", prefix="topology_")
         )
         loss.weight_topology = float(cfg.weight_topology)
+        loss.topology_meta = bool(cfg.topology_meta)
     if cfg.weight_negative_triplet:
         from sbir.losses.triplet import NegativeTripletLoss
 
@@ -149,6 +152,8 @@ class FineGrainedLoss(nn.Module):
         # Optional neighbourhood-topology term (sbir.losses.topology); needs batch["ref_photo_dist"].
         self.topology = topology
         self.weight_topology = float(weight_topology)
+        # loss.topology_meta: forward leaves the term out; the task's first-order meta step adds its gradient.
+        self.topology_meta = False
         # Optional triplet term with explicit (e.g. human-annotated) negatives; needs batch["negative"].
         self.negative_triplet: nn.Module | None = None
         self.weight_negative_triplet = 1.0
@@ -176,7 +181,7 @@ class FineGrainedLoss(nn.Module):
             trip = self.triplet(batch["sketch"], batch["photo"], groups)
             parts["triplet"] = float(trip.detach())
             total = trip if total is None else total + self.weight_triplet * trip
-        if self.topology is not None:
+        if self.topology is not None and not self.topology_meta:
             if batch.get("ref_photo_dist") is None:
                 raise ValueError(
                     "the topology term needs batch['ref_photo_dist'], the (B, B) pretrained photo distances"

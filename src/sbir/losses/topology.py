@@ -13,9 +13,23 @@ sketch-to-photo distance, anchor sketch ``s_i`` (photo ``p_i``) and pairs
 ``P_i`` holds ``pairs`` (K) pairs drawn at random from the batch (all pairs
 when ``pairs`` is None); pairs with equal ``D`` carry no order and are left
 out. The paper uses K = 10 and margin 0.01.
+
+First-order meta update (``loss.topology_meta``, :func:`first_order_meta_step`). The
+paper does not add the term to the retrieval loss ``L_main``; it asks that the
+topology hold *after* a step of retrieval learning. With parameters ``θ``,
+virtual learning rate ``α`` and topology weight ``w``::
+
+    g  = ∇_θ L_main(θ)
+    θ' = θ - α g                          (virtual SGD step; g taken as a constant)
+    h  = ∇_θ' L_topo(θ')                  (first order: no second derivatives through θ')
+    θ <- optimiser step with gradient  g + w h
+
+Without the option the term is simply added: gradient ``g + w ∇_θ L_topo(θ)``.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -73,4 +87,47 @@ class NeighbourhoodTopologyLoss(nn.Module):
         return f"margin={self.margin}, pairs={self.pairs}"
 
 
-__all__ = ["NeighbourhoodTopologyLoss"]
+def first_order_meta_step(
+    params: Sequence[torch.Tensor],
+    main_loss: torch.Tensor,
+    topology_loss: Callable[[], torch.Tensor],
+    lr: float,
+    weight: float,
+    scale: float = 1.0,
+) -> torch.Tensor:
+    """Leave ``g + weight * h`` (see the module docstring) in every parameter's ``.grad``; return ``L_topo(θ')``.
+
+    ``main_loss`` is ``L_main(θ)`` with its graph; ``topology_loss()`` computes ``L_topo`` with the
+    parameters as they are when it is called (it runs a fresh forward at ``θ'``). The parameters are
+    restored to ``θ`` before returning; only ``.grad`` changes. ``scale`` is a mixed-precision loss scale
+    (``GradScaler.get_scale()``): both gradients are taken of the scaled losses, so ``.grad`` is scaled
+    like a plain ``scaler.scale(loss).backward()`` and the optimiser step unscales it as usual; the virtual
+    step uses the unscaled ``g``. A non-finite ``g`` (an overflowing scale) skips the virtual step: the
+    scaler then skips the update anyway. Parameters a loss does not reach get a zero gradient from it.
+    """
+    params = [p for p in params if p.requires_grad]
+
+    def grads(loss: torch.Tensor) -> list[torch.Tensor]:
+        gs = torch.autograd.grad(loss * scale, params, allow_unused=True)
+        return [torch.zeros_like(p) if g is None else g for p, g in zip(params, gs, strict=True)]
+
+    g = grads(main_loss)
+    theta = [p.detach().clone() for p in params]
+    finite = all(bool(torch.isfinite(x).all()) for x in g)
+    try:
+        if finite:
+            with torch.no_grad():
+                for p, gi in zip(params, g, strict=True):
+                    p.sub_(gi, alpha=lr / scale)
+        topo = topology_loss()
+        h = grads(topo)
+    finally:
+        with torch.no_grad():
+            for p, t in zip(params, theta, strict=True):
+                p.copy_(t)
+    for p, gi, hi in zip(params, g, h, strict=True):
+        p.grad = gi + weight * hi
+    return topo.detach()
+
+
+__all__ = ["NeighbourhoodTopologyLoss", "first_order_meta_step"]

@@ -12,6 +12,6 @@ from sbir.models.registry import create_backbone, list_backbones, register_backb
 from sbir.models import efficientnet_lite, vit  # noqa: E402, F401  isort: skip
 
 # Method models (each registers its builder with register_model).
-from sbir.models import category, clip_prompt, fgsbir  # noqa: E402, F401  isort: skip
+from sbir.models import category, clip_prompt, fgsbir, sketch_classifier  # noqa: E402, F401  isort: skip
 
 __all__ = ["create_backbone", "create_model", "list_backbones", "list_models", "register_backbone", "register_model"]

@@ -110,6 +110,10 @@ class CategorySBIRModel(nn.Module):
         ]
         return [g for g in groups if g["params"]]
 
+    def backbone_encoders(self) -> dict[str, nn.Module]:
+        """The backbone ``model.init_from`` loads, by state-dict prefix (DASE parameters included)."""
+        return {"backbone": self.backbone}
+
     # ------------------------------------------------------------ forward
 
     def project(self, feats: torch.Tensor) -> torch.Tensor:

@@ -68,6 +68,10 @@ class SBIRModel(nn.Module):
             return self.photo_encoder
         raise ValueError(f"domain must be one of {DOMAINS}, got {domain!r}")
 
+    def backbone_encoders(self) -> dict[str, nn.Module]:
+        """The backbones ``model.init_from`` loads, by state-dict prefix (one shared module when tied)."""
+        return {"sketch_encoder": self.sketch_encoder, "photo_encoder": self.photo_encoder}
+
     def head(self, domain: str) -> nn.Module:
         return self.sketch_head if domain == "sketch" else self.photo_head
 

@@ -1,0 +1,119 @@
+"""``model.init_from``: start a model's backbone(s) from another run's, e.g. a sketch-domain pretraining run.
+
+The source is a run folder (its ``best.safetensors``) or an sbir ``.safetensors``
+checkpoint. Only backbones move: every model names its backbones by state-dict
+prefix (``backbone_encoders()``: ``encoder`` for the pretraining classifier,
+``sketch_encoder`` / ``photo_encoder`` for the fine-grained model, ``backbone`` for
+the category model); heads, classifiers and re-rankers keep their fresh
+initialisation. A target backbone takes the source backbone of the same name,
+else the source's only backbone (so a pretraining run's one encoder starts both
+fine-grained branches). The load is strict: the source must hold exactly the
+backbone's tensors with the same shapes, so a different ``model.backbone`` is a
+one-line :class:`~sbir.errors.CheckpointError` naming the first mismatch rather
+than a silently half-loaded network.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from sbir.engine.checkpoint import read_weights
+from sbir.errors import CheckpointError
+
+# State-dict prefixes of backbones in sbir checkpoints (see each model's backbone_encoders()).
+SOURCE_PREFIXES = ("encoder", "sketch_encoder", "photo_encoder", "backbone")
+
+
+def init_weights_file(spec: str | Path) -> Path:
+    """The checkpoint ``model.init_from`` names: a .safetensors file, or a run folder's best.safetensors."""
+    p = Path(spec).expanduser()
+    if p.is_dir():
+        if (p / "best.safetensors").is_file():
+            return p / "best.safetensors"
+        raise CheckpointError(
+            f"model.init_from {p} has no best.safetensors: not a run folder, or no epoch finished yet"
+        )
+    if p.is_file():
+        return p
+    raise CheckpointError(
+        f"model.init_from {p} does not exist: pass a run folder (e.g. of 'sbir train --task pretrain') "
+        "or a .safetensors checkpoint"
+    )
+
+
+def _source_backbones(tensors: dict[str, torch.Tensor]) -> dict[str, dict[str, torch.Tensor]]:
+    out: dict[str, dict[str, torch.Tensor]] = {}
+    for prefix in SOURCE_PREFIXES:
+        sub = {k[len(prefix) + 1 :]: v for k, v in tensors.items() if k.startswith(prefix + ".")}
+        if sub:
+            out[prefix] = sub
+    return out
+
+
+def _mismatch(target: dict[str, torch.Tensor], source: dict[str, torch.Tensor]) -> str | None:
+    """A one-clause description of how ``source`` fails to fit ``target``; None when it fits exactly."""
+    missing = [k for k in target if k not in source]
+    unexpected = [k for k in source if k not in target]
+    shapes = [k for k in target if k in source and tuple(target[k].shape) != tuple(source[k].shape)]
+    if not (missing or unexpected or shapes):
+        return None
+    parts = []
+    if missing:
+        parts.append(f"{len(missing)} missing (e.g. {missing[0]})")
+    if unexpected:
+        parts.append(f"{len(unexpected)} unexpected (e.g. {unexpected[0]})")
+    if shapes:
+        k = shapes[0]
+        parts.append(f"{len(shapes)} of another shape (e.g. {k} {tuple(source[k].shape)} vs {tuple(target[k].shape)})")
+    return ", ".join(parts)
+
+
+def load_backbone_weights(model: nn.Module, spec: str | Path) -> dict[str, str]:
+    """Load the backbone(s) of checkpoint ``spec`` into ``model``'s; returns ``{target prefix: source prefix}``."""
+    path = init_weights_file(spec)
+    tensors, meta = read_weights(path)
+    try:
+        src_backbone = json.loads(meta["config"])["model"]["backbone"]
+    except (ValueError, KeyError, TypeError):
+        src_backbone = "?"
+    targets = getattr(model, "backbone_encoders", None)
+    if targets is None:
+        raise CheckpointError(f"model.init_from is not supported by {type(model).__name__} (it names no backbones)")
+    sources = _source_backbones(tensors)
+    if not sources:
+        raise CheckpointError(
+            f"model.init_from {path}: the checkpoint holds no backbone ({', '.join(SOURCE_PREFIXES)})"
+        )
+    mapping: dict[str, str] = {}
+    loaded: set[int] = set()
+    for name, module in targets().items():
+        if name in sources:
+            src_name = name
+        elif len(sources) == 1:
+            src_name = next(iter(sources))
+        else:
+            raise CheckpointError(
+                f"model.init_from {path} holds backbones {sorted(sources)}; none is named {name!r} and there is "
+                "more than one to choose from"
+            )
+        mapping[name] = src_name
+        if id(module) in loaded:  # a shared encoder appears under two names
+            continue
+        own = module.state_dict()
+        problem = _mismatch(own, sources[src_name])
+        if problem is not None:
+            mine = getattr(getattr(model, "cfg", None), "backbone", "?")
+            raise CheckpointError(
+                f"model.init_from {path}: its {src_name} ({src_backbone}) does not fit this model's {name} "
+                f"({mine}): {problem}; pretrain with the same model.backbone"
+            )
+        module.load_state_dict({k: v.to(own[k].dtype) for k, v in sources[src_name].items()}, strict=True)
+        loaded.add(id(module))
+    return mapping
+
+
+__all__ = ["init_weights_file", "load_backbone_weights"]
