@@ -350,10 +350,13 @@ def main() -> None:
         help="model the index is built with: 'pretrained' (224 px ImageNet features) or a run folder",
     )
     ap.add_argument(
-        "--runtime",
-        default="auto",
+        "--runtimes",
+        nargs="+",
+        default=["auto"],
         help="embedding runtime of the index, which the server then uses too: auto, torch, onnx, onnx-int8, "
-        "openvino (an exported runtime needs `sbir export RUN` first)",
+        "openvino (an exported runtime needs `sbir export RUN` first). With --capacity-curve each runtime gets "
+        "its own index and curve in the same run (e.g. onnx torch: the eager baseline beside it); otherwise the "
+        "first is used",
     )
     ap.add_argument("--index", type=resolve_path, default=None, help="use this existing index instead of building one")
     ap.add_argument("--clients", type=int, default=50)
@@ -376,6 +379,23 @@ def main() -> None:
     ap.add_argument("--retry-wait-ms", type=float, default=100, help="a client's pause after a 503 (capacity curve)")
     args = ap.parse_args()
 
+    if args.capacity_curve and not args.index and len(args.runtimes) > 1:
+        per_runtime = {}
+        for runtime in args.runtimes:
+            args.runtime = runtime
+            index_dir = ensure_index(args)
+            per_runtime[runtime] = {"index": args._index_info, **capacity_curve(index_dir, args)}
+        write_result(
+            args.out if args.out != "serve_load" else "serve_capacity",
+            {
+                "args": {k: v for k, v in vars(args).items() if not k.startswith("_") and k != "runtime"},
+                "runtimes": per_runtime,
+                "load_average_at_end": os.getloadavg(),
+                "note": "client and server share the machine; latency is measured by the client",
+            },
+        )
+        return
+    args.runtime = args.runtimes[0]
     index_dir = Path(args.index) if args.index else ensure_index(args)
     if args.capacity_curve:
         result = capacity_curve(index_dir, args)
@@ -383,7 +403,7 @@ def main() -> None:
         write_result(
             out,
             {
-                "args": {k: v for k, v in vars(args).items() if not k.startswith("_")},
+                "args": {k: v for k, v in vars(args).items() if not k.startswith("_") and k != "runtime"},
                 "index": getattr(args, "_index_info", {"path": str(index_dir)}),
                 **result,
                 "load_average_at_end": os.getloadavg(),
