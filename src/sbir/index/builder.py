@@ -48,6 +48,7 @@ from sbir.index.hubness import (
     load_default_stats,
     subsample,
 )
+from sbir.index.milvus_store import StoreSpec, parse_store
 from sbir.index.model import (
     load_encoder_for_index,
     load_index_encoder,
@@ -213,6 +214,8 @@ def _sync(
     force_write: bool,
     jpeg_draft: bool = False,
     hub_fn=None,
+    store: StoreSpec | None = None,
+    overwrite: bool = False,
 ) -> SyncReport:
     t0 = time.perf_counter()
     index_dir = Path(index_dir)
@@ -348,7 +351,15 @@ def _sync(
         return report
     params = dict(old.searcher.params) if old is not None and old.kind == kind else None
     hub = hub_fn(vectors) if hub_fn is not None else Hubness("none")
-    findex, used = build_faiss(hub.faiss_vectors(vectors), kind, params, metric=info.metric)
+    extra: dict[str, Any] = {
+        "approx_threshold": approx_threshold,
+        "skipped": [{"path": p, "reason": r} for p, r in skipped],
+    }
+    if store is None:
+        findex, used = build_faiss(hub.faiss_vectors(vectors), kind, params, metric=info.metric)
+    else:
+        findex, used = None, _write_store_rows(store, entries, hub, vectors, info, kind, params, old, overwrite)
+        extra["store"] = store.record()
     report.generation = write_generation(
         index_dir,
         gallery,
@@ -359,12 +370,52 @@ def _sync(
         kind,
         used,
         requested=approx,
-        extra={"approx_threshold": approx_threshold, "skipped": [{"path": p, "reason": r} for p, r in skipped]},
+        extra=extra,
         hubness=hub,
     )
     report.hubness = hub.method
     report.seconds = time.perf_counter() - t0
     return report
+
+
+def _write_store_rows(
+    store: StoreSpec,
+    entries: list[Entry],
+    hub: Hubness,
+    vectors: np.ndarray,
+    info: ModelInfo,
+    kind: str,
+    params: dict[str, Any] | None,
+    old: Index | None,
+    overwrite: bool,
+) -> dict[str, Any]:
+    """Write the new generation's rows to its Milvus collection before the generation is published.
+
+    Only contents new to the index are upserted and only contents that left it are deleted, unless a
+    hubness correction re-centred every vector (then all rows are rewritten). Rows are keyed by content,
+    so a run killed here leaves the old generation current and a re-run converges to the same rows.
+    """
+    from sbir.index.milvus_store import milvus_params, write_rows
+
+    stored = hub.faiss_vectors(vectors)
+    used = milvus_params(kind, len(entries), int(stored.shape[1]), params)
+    old_shas = {e.sha256 for e in old.entries} if old is not None else set()
+    new_shas = {e.sha256 for e in entries}
+    write_rows(
+        store,
+        fresh=old is None,
+        overwrite=overwrite,
+        model_id=info.model_id,
+        metric=info.metric,
+        kind=kind,
+        params=used,
+        shas=[e.sha256 for e in entries],
+        paths=[e.path for e in entries],
+        vectors=stored,
+        upsert=None if old is None or hub.active else new_shas - old_shas,
+        delete=old_shas - new_shas,
+    )
+    return used
 
 
 def build_index(
@@ -384,8 +435,13 @@ def build_index(
     jpeg_draft: bool = False,
     hubness: str | None = None,
     sketch_stats: str | os.PathLike | None = None,
+    store: str | None = None,
 ) -> SyncReport:
     """Embed every image under ``photos_dir`` with ``model_spec`` into a new index at ``out_dir``.
+
+    ``store``: where the vectors are searched: None / ``faiss`` = ``index.faiss`` in the index folder;
+    ``milvus://HOST:PORT/COLLECTION`` or ``PATH.db`` (Milvus Lite) = a Milvus collection
+    (:mod:`sbir.index.milvus_store`; ``overwrite`` then replaces an existing collection too).
 
     ``preloaded``: ``(model, cfg, model_id)`` already returned by ``load_model(model_spec)``,
     to avoid loading it again (tests, notebooks); used by the torch runtime.
@@ -403,6 +459,7 @@ def build_index(
             f"photo folder {gallery} does not exist or is not a folder; pass the folder that holds your photos"
         )
     resolve_approx(approx, 0, approx_threshold)  # validate the name before loading anything
+    store_spec = parse_store(store)
     if out.exists() and not out.is_dir():
         raise IndexStoreError(f"--out {out} exists and is not a folder; choose a new folder for the index")
     if is_index_dir(out) and not overwrite:
@@ -454,6 +511,8 @@ def build_index(
             force_write=True,
             jpeg_draft=jpeg_draft,
             hub_fn=lambda v: Hubness.fit(method, v, stats),
+            store=store_spec,
+            overwrite=overwrite,
         )
     report.runtime, report.runtime_note = enc.runtime, note
     report.hubness_note = hub_note
@@ -603,6 +662,7 @@ def update_index(
             force_write=False,
             jpeg_draft=rec.jpeg_draft,
             hub_fn=old.hubness.refit,
+            store=StoreSpec.from_record(old.meta["store"]) if old.meta.get("store") else None,
         )
     report.runtime, report.runtime_note = rt_name, f"{rt_name} (recorded in the index)"
     report.hubness = rec.hubness
