@@ -400,8 +400,9 @@ def write_rows(
     gone = sorted(delete - set(shas))
     for s in range(0, len(gone), UPSERT_BATCH):
         _call(spec, "delete", client.delete, spec.collection, ids=gone[s : s + UPSERT_BATCH])
-    if not spec.lite:
-        _call(spec, "flush", client.flush, spec.collection)  # seal the segments: durable before the pointer swap
+    # Seal the segments: durable before the pointer swap, and searched through the index (Milvus Lite searches
+    # unsealed rows by brute force at ~0.5 s a query for 3000 x 512 on a busy 2-core machine, ~20 ms sealed).
+    _call(spec, "flush", client.flush, spec.collection)
 
 
 # ---------------------------------------------------------------- search
