@@ -147,6 +147,14 @@ def test_update_adds_and_deletes_rows(tmp_path, gallery, pretrained, lite_db):
     # nothing changed: no new generation, rows untouched
     assert not update_index(idx, preloaded=pretrained, progress=False, num_workers=0).written
     assert _rows(lite_db, coll) == 7
+    # another index kind rebuilds the collection's vector index (HNSW), same rows, same top hit
+    rep = update_index(idx, approx="hnsw", preloaded=pretrained, progress=False, num_workers=0)
+    assert rep.written and rep.kind == "hnsw" and _rows(lite_db, coll) == 7
+    hnsw = Index.open(idx, ef_search=32)
+    assert hnsw.kind == "hnsw" and hnsw.searcher.params["ef_search"] == 32
+    spec = StoreSpec(str(lite_db), coll)
+    assert client_for(spec).describe_index(coll, "vector")["index_type"] == "HNSW"
+    assert hnsw.search(np.asarray(hnsw.vectors[0]), 1, model_id=hnsw.model_id)[0].path == hnsw.entries[0].path
 
 
 def test_collection_of_another_model_is_refused(tmp_path, gallery, pretrained, lite_db, tiny_checkpoint):

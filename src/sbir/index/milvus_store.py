@@ -444,10 +444,10 @@ class MilvusSearcher:
     def ntotal(self) -> int:
         return self.n
 
-    def _search_params(self) -> dict[str, Any]:
+    def _search_params(self, limit: int) -> dict[str, Any]:
         p: dict[str, Any] = {}
         if self.kind == "hnsw" and "ef_search" in self.params:
-            p["ef"] = int(self.params["ef_search"])
+            p["ef"] = max(int(self.params["ef_search"]), limit)  # Milvus refuses an HNSW ef below the limit
         if self.kind == "ivfpq" and "nprobe" in self.params:
             p["nprobe"] = int(self.params["nprobe"])
         return {"metric_type": self.metric.upper(), "params": p}
@@ -465,8 +465,6 @@ class MilvusSearcher:
         if self.csls_scale is not None:
             q = np.hstack([self.csls_scale * q, np.ones((len(q), 1), np.float32)])
         limit = min(MAX_TOPK, kk + self.SLACK)
-        if self.kind == "hnsw":  # HNSW's candidate list must be at least the limit
-            limit = min(limit, max(int(self.params.get("ef_search", limit)), kk))
         res = _call(
             self.spec,
             "search",
@@ -474,7 +472,7 @@ class MilvusSearcher:
             self.spec.collection,
             data=q.tolist(),
             limit=limit,
-            search_params=self._search_params(),
+            search_params=self._search_params(limit),
             output_fields=[],
         )
         for row, hits in enumerate(res):
