@@ -183,7 +183,7 @@ def milvus_lite_rows(base: np.ndarray, queries: np.ndarray, truth: np.ndarray, a
     import milvus_lite
     import pymilvus
 
-    from sbir.index.milvus_store import MilvusSearcher, StoreSpec, close_clients, milvus_params, write_rows
+    from sbir.index.milvus_store import MilvusSearcher, StoreSpec, client_for, close_clients, milvus_params, write_rows
 
     n, dim = base.shape
     keys = [f"{i:012d}" for i in range(n)]  # the store's primary keys are content hashes; any unique string works
@@ -208,6 +208,8 @@ def milvus_lite_rows(base: np.ndarray, queries: np.ndarray, truth: np.ndarray, a
                 delete=set(),
             )
             entry: dict = {"params": params, "write_s": round(time.perf_counter() - t0, 2), "by_ef_search": []}
+            # what Milvus built (Milvus Lite 2.x has only FLAT: sbir falls back to it there)
+            entry["milvus_index_type"] = client_for(spec).describe_index(spec.collection, "vector")["index_type"]
             print(f"n={n} milvus-lite {label} write {entry['write_s']} s", file=sys.stderr, flush=True)
             for ef in args.ef_search if kind == "hnsw" else [None]:
                 p = {**params, "ef_search": ef} if ef else params

@@ -24,8 +24,8 @@ serving an older generation drops hits whose content is not in its manifest
 A hubness correction re-estimates its photo statistics on every update, which
 changes every stored vector, so such an update upserts every row.
 
-*Model.* The collection's properties record the model id, the vector dimension
-and the metric; opening or writing it with another model is refused with one
+*Model.* A metadata row (key ``sbir:meta``) records the model id, the vector
+dimension and the metric; opening or writing it with another model is refused with one
 line (:class:`~sbir.index.store.IndexStoreError`).
 
 *Milvus Lite* (``PATH.db``, the embedded Milvus from PyPI) runs the real Milvus
@@ -36,6 +36,7 @@ side; use a Milvus server for that). Lite ignores shards and replicas.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import threading
@@ -58,6 +59,7 @@ MAX_TOPK = 16384  # Milvus's limit on a search's limit
 UPSERT_BATCH = 2000  # rows per request: 2000 x 512 float32 = 4 MB, well under gRPC's 64 MB
 _NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,254}$")
 PROP_MODEL, PROP_DIM, PROP_METRIC, PROP_FORMAT = "sbir.model_id", "sbir.dim", "sbir.metric", "sbir.format"
+META_PK = "sbir:meta"  # primary key of the row that records model id, dimension and metric (not a SHA-256)
 FORMAT = "sbir-milvus-v1"
 # FAISS kind -> Milvus index type (scores of FLAT and HNSW are exact inner products, as in FAISS)
 MILVUS_INDEX = {"none": "FLAT", "hnsw": "HNSW", "ivfpq": "IVF_PQ"}
@@ -172,7 +174,7 @@ def store_arg(text: str) -> str:
     try:
         parse_store(text)
     except StoreError as exc:
-        raise argparse.ArgumentTypeError(str(exc).removeprefix(f"--store {text}: ")) from None
+        raise argparse.ArgumentTypeError(str(exc).removeprefix("--store ")) from None
     return text
 
 
@@ -212,13 +214,24 @@ def client_for(spec: StoreSpec):
 
 
 def close_clients() -> None:
-    """Close every cached client (tests; a Lite file is unlocked when its client closes)."""
+    """Close every cached client and stop this process's Milvus Lite servers, unlocking their files.
+
+    (pymilvus keeps a Lite server running after its client closes; another process, e.g. an
+    ``sbir index update`` started by a test, can open the file only once it is stopped.)
+    """
     with _CLIENTS_LOCK:
-        for c in _CLIENTS.values():
+        for uri, c in _CLIENTS.items():
             try:
                 c.close()
             except Exception:  # noqa: BLE001, S110 - closing is best effort
                 pass
+            if not uri.startswith(("http://", "https://")):
+                try:
+                    from milvus_lite.server_manager import server_manager_instance
+
+                    server_manager_instance.release_server(uri)
+                except (ImportError, AttributeError):  # another milvus-lite: its servers stop at exit
+                    pass
         _CLIENTS.clear()
 
 
@@ -243,8 +256,18 @@ def _call(spec: StoreSpec, what: str, fn, *args, **kwargs):
 
 
 def _props(client, spec: StoreSpec) -> dict[str, str]:
-    desc = _call(spec, "describe_collection", client.describe_collection, spec.collection)
-    return {str(k): str(v) for k, v in (desc.get("properties") or {}).items()}
+    """The collection's sbir record: the ``path`` field of its metadata row (empty if there is none).
+
+    A row rather than collection properties: Milvus Lite 2.5 (the C++ engine) has no collection
+    properties, and a row works on every Milvus. Its zero vector never becomes a hit: searches map
+    rows through the manifest, which has no such key.
+    """
+    _load(client, spec)
+    rows = _call(spec, "get", client.get, spec.collection, ids=[META_PK], output_fields=[PATH_FIELD])
+    try:
+        return {str(k): str(v) for k, v in json.loads(rows[0][PATH_FIELD]).items()}
+    except (IndexError, KeyError, TypeError, ValueError, AttributeError):
+        return {}
 
 
 def check_collection(client, spec: StoreSpec, model_id: str, dim: int, metric: str) -> None:
@@ -254,7 +277,7 @@ def check_collection(client, spec: StoreSpec, model_id: str, dim: int, metric: s
     props = _props(client, spec)
     if props.get(PROP_FORMAT) != FORMAT:
         raise IndexStoreError(
-            f"Milvus collection {spec.collection} at {spec.uri} was not written by sbir (no {PROP_FORMAT} property); "
+            f"Milvus collection {spec.collection} at {spec.uri} was not written by sbir (no {META_PK!r} row); "
             "choose another collection"
         )
     if props.get(PROP_MODEL) != model_id:
@@ -296,11 +319,14 @@ def _create(client, spec: StoreSpec, model_id: str, dim: int, metric: str, kind:
         client.create_collection,
         spec.collection,
         schema=schema,
-        index_params=_index_params(client, kind, params, metric),
         consistency_level="Strong",  # a search sees every write before it (updates swap the pointer after)
-        properties={PROP_FORMAT: FORMAT, PROP_MODEL: model_id, PROP_DIM: str(dim), PROP_METRIC: metric},
         **extra,
     )
+    _create_index(client, spec, kind, params, metric)
+    _load(client, spec)
+    meta = {PROP_FORMAT: FORMAT, PROP_MODEL: model_id, PROP_DIM: str(dim), PROP_METRIC: metric}
+    row = {PK_FIELD: META_PK, VEC_FIELD: [0.0] * dim, PATH_FIELD: json.dumps(meta)}
+    _call(spec, "insert", client.insert, spec.collection, [row])
 
 
 def _ensure_kind(client, spec: StoreSpec, kind: str, params: dict, metric: str) -> None:
@@ -308,9 +334,31 @@ def _ensure_kind(client, spec: StoreSpec, kind: str, params: dict, metric: str) 
     desc = _call(spec, "describe_index", client.describe_index, spec.collection, VEC_FIELD)
     if (desc or {}).get("index_type") == MILVUS_INDEX[kind]:
         return
+    if spec.lite and desc.get("index_type") == "FLAT" and _LITE_FLAT_ONLY.get(spec.uri):
+        return  # this Milvus Lite has only FLAT (see _create_index)
     _call(spec, "release_collection", client.release_collection, spec.collection)
     _call(spec, "drop_index", client.drop_index, spec.collection, VEC_FIELD)
-    _call(spec, "create_index", client.create_index, spec.collection, _index_params(client, kind, params, metric))
+    _create_index(client, spec, kind, params, metric)
+
+
+_LITE_FLAT_ONLY: dict[str, bool] = {}
+
+
+def _create_index(client, spec: StoreSpec, kind: str, params: dict, metric: str) -> None:
+    """Create the vector index of ``kind``; Milvus Lite 2.x, which has only FLAT / IVF_FLAT, gets FLAT.
+
+    (Milvus Lite 2.x runs the C++ engine "in local mode"; it refuses HNSW and IVF_PQ. The manifest
+    keeps the requested kind, so the same index moved to a server with ``--overwrite`` gets it.)
+    """
+    from sbir.index.store import IndexStoreError
+
+    try:
+        _call(spec, "create_index", client.create_index, spec.collection, _index_params(client, kind, params, metric))
+    except IndexStoreError as exc:
+        if not spec.lite or kind == "none" or "only support" not in str(exc):
+            raise
+        _LITE_FLAT_ONLY[spec.uri] = True
+        _call(spec, "create_index", client.create_index, spec.collection, _index_params(client, "none", {}, metric))
 
 
 def _load(client, spec: StoreSpec) -> None:
