@@ -116,6 +116,13 @@ def main() -> None:
         "--faiss", nargs="*", choices=("exact", "hnsw", "ivfpq"), default=["exact", "hnsw", "ivfpq"], help="FAISS kinds"
     )
     ap.add_argument("--milvus-lite", action="store_true", help="also measure the Milvus store in a Milvus Lite file")
+    ap.add_argument(
+        "--milvus-kinds",
+        nargs="+",
+        choices=("none", "hnsw"),
+        default=["none", "hnsw"],
+        help="Milvus index kinds (Milvus Lite 2.x builds FLAT for every kind)",
+    )
     ap.add_argument("--out", default="index_search")
     args = ap.parse_args()
 
@@ -190,6 +197,8 @@ def milvus_lite_rows(base: np.ndarray, queries: np.ndarray, truth: np.ndarray, a
     out: dict = {"pymilvus": pymilvus.__version__, "milvus_lite": milvus_lite.__version__}
     with tempfile.TemporaryDirectory(prefix="sbir-milvus-bench-") as tmp:
         for kind, label in (("none", "flat"), ("hnsw", "hnsw")):
+            if kind not in args.milvus_kinds:
+                continue
             spec = StoreSpec(str(Path(tmp) / "bench.db"), f"bench_{label}")
             params = milvus_params(kind, n, dim, None)
             t0 = time.perf_counter()

@@ -28,10 +28,12 @@ changes every stored vector, so such an update upserts every row.
 dimension and the metric; opening or writing it with another model is refused with one
 line (:class:`~sbir.index.store.IndexStoreError`).
 
-*Milvus Lite* (``PATH.db``, the embedded Milvus from PyPI) runs the real Milvus
-engine in the process that opens the file and locks it: one process at a time
-(``sbir serve`` and ``sbir index update`` of the same ``.db`` cannot run side by
-side; use a Milvus server for that). Lite ignores shards and replicas.
+*Milvus Lite* (``PATH.db``, the embedded Milvus from PyPI; 2.x runs the C++
+Milvus engine, 3.x is a Python re-implementation, both work) is started by the
+process that opens the file and locks it: one process at a time (``sbir serve``
+and ``sbir index update`` of the same ``.db`` cannot run side by side; use a
+Milvus server for that). Lite ignores shards and replicas; Lite 2.x builds only
+FLAT indexes.
 """
 
 from __future__ import annotations
