@@ -23,10 +23,18 @@ For every size the script measures, through :class:`sbir.index.faiss_ops.Searche
 * IVF-PQ with exact re-ranking of the candidates: train+add time, latency
   and recall@10 for several nprobe (and without re-ranking).
 
+With ``--milvus-lite`` it also measures the Milvus store (``sbir index build
+--store PATH.db``) on the same vectors: the rows are written through
+:func:`sbir.index.milvus_store.write_rows` into a Milvus Lite file (the real
+Milvus engine, embedded) and queried one at a time through
+:class:`sbir.index.milvus_store.MilvusSearcher`, as ``sbir search`` does: FLAT
+(``--approx none``) and HNSW with the same M / efConstruction and each efSearch.
+
 Prints JSON and writes ``benchmarks/results/index_search.json``. Usage::
 
     python benchmarks/index_search.py                       # 10k, 100k, 1M
     python benchmarks/index_search.py --sizes 10000 100000  # quicker
+    python benchmarks/index_search.py --sizes 100000 --faiss exact hnsw --milvus-lite --out index_search-milvus
 """
 
 from __future__ import annotations
@@ -104,6 +112,17 @@ def main() -> None:
     ap.add_argument("--skip-hnsw-above", type=int, default=None, help="skip HNSW for sizes above this (build time)")
     ap.add_argument("--threads", type=int, default=1, help="OpenMP threads per search (Searcher default: 1)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument(
+        "--faiss", nargs="*", choices=("exact", "hnsw", "ivfpq"), default=["exact", "hnsw", "ivfpq"], help="FAISS kinds"
+    )
+    ap.add_argument("--milvus-lite", action="store_true", help="also measure the Milvus store in a Milvus Lite file")
+    ap.add_argument(
+        "--milvus-kinds",
+        nargs="+",
+        choices=("none", "hnsw"),
+        default=["none", "hnsw"],
+        help="Milvus index kinds (Milvus Lite 2.x builds FLAT for every kind)",
+    )
     ap.add_argument("--out", default="index_search")
     args = ap.parse_args()
 
@@ -118,15 +137,16 @@ def main() -> None:
         row["generate_s"] = round(time.perf_counter() - t0, 2)
         truth = ground_truth(base, queries, args.k)
 
-        t0 = time.perf_counter()
-        flat, _ = build_faiss(base, "none")
-        row["exact"] = {"build_s": round(time.perf_counter() - t0, 3)}
-        stats, ids = latency(Searcher(flat, "none", threads=args.threads), queries, args.k)
-        row["exact"].update(stats, recall_at_10=recall_at(ids, truth))
-        del flat
-        print(f"n={n} exact {row['exact']}", file=sys.stderr, flush=True)
+        if "exact" in args.faiss:
+            t0 = time.perf_counter()
+            flat, _ = build_faiss(base, "none")
+            row["exact"] = {"build_s": round(time.perf_counter() - t0, 3)}
+            stats, ids = latency(Searcher(flat, "none", threads=args.threads), queries, args.k)
+            row["exact"].update(stats, recall_at_10=recall_at(ids, truth))
+            del flat
+            print(f"n={n} exact {row['exact']}", file=sys.stderr, flush=True)
 
-        if args.skip_hnsw_above is None or n <= args.skip_hnsw_above:
+        if "hnsw" in args.faiss and (args.skip_hnsw_above is None or n <= args.skip_hnsw_above):
             t0 = time.perf_counter()
             hnsw, params = build_faiss(base, "hnsw")
             row["hnsw"] = {"params": params, "build_s": round(time.perf_counter() - t0, 2), "by_ef_search": []}
@@ -141,7 +161,7 @@ def main() -> None:
                 print(f"n={n} hnsw ef={ef} {row['hnsw']['by_ef_search'][-1]}", file=sys.stderr, flush=True)
             del hnsw
 
-        if n >= 10_000:
+        if "ivfpq" in args.faiss and n >= 10_000:
             t0 = time.perf_counter()
             ivf, params = build_faiss(base, "ivfpq")
             row["ivfpq"] = {"params": params, "build_s": round(time.perf_counter() - t0, 2), "by_nprobe": []}
@@ -156,9 +176,67 @@ def main() -> None:
                     )
                     print(f"n={n} ivfpq {row['ivfpq']['by_nprobe'][-1]}", file=sys.stderr, flush=True)
             del ivf
+        if args.milvus_lite:
+            row["milvus_lite"] = milvus_lite_rows(base, queries, truth, args)
         results.append(row)
         del base
         write_partial(args, results)
+
+
+def milvus_lite_rows(base: np.ndarray, queries: np.ndarray, truth: np.ndarray, args) -> dict:
+    """Write ``base`` into Milvus Lite collections (FLAT, HNSW) and time single queries as ``sbir search`` does."""
+    import tempfile
+
+    import milvus_lite
+    import pymilvus
+
+    from sbir.index.milvus_store import MilvusSearcher, StoreSpec, client_for, close_clients, milvus_params, write_rows
+
+    n, dim = base.shape
+    keys = [f"{i:012d}" for i in range(n)]  # the store's primary keys are content hashes; any unique string works
+    out: dict = {"pymilvus": pymilvus.__version__, "milvus_lite": milvus_lite.__version__}
+    with tempfile.TemporaryDirectory(prefix="sbir-milvus-bench-") as tmp:
+        for kind, label in (("none", "flat"), ("hnsw", "hnsw")):
+            if kind not in args.milvus_kinds:
+                continue
+            spec = StoreSpec(str(Path(tmp) / "bench.db"), f"bench_{label}")
+            params = milvus_params(kind, n, dim, None)
+            t0 = time.perf_counter()
+            write_rows(
+                spec,
+                fresh=True,
+                overwrite=True,
+                model_id="bench",
+                metric="ip",
+                kind=kind,
+                params=params,
+                shas=keys,
+                paths=keys,
+                vectors=base,
+                upsert=None,
+                delete=set(),
+            )
+            entry: dict = {"params": params, "write_s": round(time.perf_counter() - t0, 2), "by_ef_search": []}
+            # what Milvus built (Milvus Lite 2.x has only FLAT: sbir falls back to it there)
+            entry["milvus_index_type"] = client_for(spec).describe_index(spec.collection, "vector")["index_type"]
+            print(f"n={n} milvus-lite {label} write {entry['write_s']} s", file=sys.stderr, flush=True)
+            for ef in args.ef_search if kind == "hnsw" else [None]:
+                p = {**params, "ef_search": ef} if ef else params
+                t0 = time.perf_counter()
+                searcher = MilvusSearcher(spec, kind, p, keys)
+                searcher.search(queries[:1], args.k)  # first search after the write: loads/indexes segments
+                first = round(time.perf_counter() - t0, 2)
+                stats, ids = latency(searcher, queries, args.k)
+                res = {**stats, "recall_at_10": round(recall_at(ids, truth), 4), "first_search_s": first}
+                if ef:
+                    entry["by_ef_search"].append({"ef_search": ef, **res})
+                else:
+                    entry.update(res)
+                    del entry["by_ef_search"]
+                print(f"n={n} milvus-lite {label} ef={ef} {res}", file=sys.stderr, flush=True)
+            out[label] = entry
+        close_clients()
+    return out
 
 
 def write_partial(args, results) -> None:
@@ -171,7 +249,8 @@ def write_partial(args, results) -> None:
             "omp_threads": faiss.omp_get_max_threads(),
             "load_average_at_end": os.getloadavg(),
             "note": "synthetic unit vectors of intrinsic dimension --intrinsic-dim (see docstring); "
-            "single-query latency; recall@10 vs exact search",
+            "single-query latency; recall@10 vs exact search; milvus_lite: the Milvus store in a Milvus Lite "
+            "file, queried through sbir.index.milvus_store.MilvusSearcher",
             "hnsw_skipped_above": args.skip_hnsw_above,
             "results": results,
         },

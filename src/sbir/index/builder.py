@@ -53,6 +53,7 @@ from sbir.index.hubness import (
     load_default_stats,
     subsample,
 )
+from sbir.index.milvus_store import StoreSpec, parse_store
 from sbir.index.model import (
     load_encoder_for_index,
     load_index_encoder,
@@ -248,6 +249,8 @@ def _sync(
     jpeg_draft: bool = False,
     hub_fn=None,
     embed_fn: EmbedFn | None = None,
+    store: StoreSpec | None = None,
+    overwrite: bool = False,
 ) -> SyncReport:
     """Bring the index at ``index_dir`` in line with ``gallery`` (a build is a sync from ``old=None``).
 
@@ -386,7 +389,15 @@ def _sync(
         return report
     params = dict(old.searcher.params) if old is not None and old.kind == kind else None
     hub = hub_fn(vectors) if hub_fn is not None else Hubness("none")
-    findex, used = build_faiss(hub.faiss_vectors(vectors), kind, params, metric=info.metric)
+    extra: dict[str, Any] = {
+        "approx_threshold": approx_threshold,
+        "skipped": [{"path": p, "reason": r} for p, r in skipped],
+    }
+    if store is None:
+        findex, used = build_faiss(hub.faiss_vectors(vectors), kind, params, metric=info.metric)
+    else:
+        findex, used = None, _write_store_rows(store, entries, hub, vectors, info, kind, params, old, overwrite)
+        extra["store"] = store.record()
     report.generation = write_generation(
         index_dir,
         gallery,
@@ -397,12 +408,52 @@ def _sync(
         kind,
         used,
         requested=approx,
-        extra={"approx_threshold": approx_threshold, "skipped": [{"path": p, "reason": r} for p, r in skipped]},
+        extra=extra,
         hubness=hub,
     )
     report.hubness = hub.method
     report.seconds = time.perf_counter() - t0
     return report
+
+
+def _write_store_rows(
+    store: StoreSpec,
+    entries: list[Entry],
+    hub: Hubness,
+    vectors: np.ndarray,
+    info: ModelInfo,
+    kind: str,
+    params: dict[str, Any] | None,
+    old: Index | None,
+    overwrite: bool,
+) -> dict[str, Any]:
+    """Write the new generation's rows to its Milvus collection before the generation is published.
+
+    Only contents new to the index are upserted and only contents that left it are deleted, unless a
+    hubness correction re-centred every vector (then all rows are rewritten). Rows are keyed by content,
+    so a run killed here leaves the old generation current and a re-run converges to the same rows.
+    """
+    from sbir.index.milvus_store import milvus_params, write_rows
+
+    stored = hub.faiss_vectors(vectors)
+    used = milvus_params(kind, len(entries), int(stored.shape[1]), params)
+    old_shas = {e.sha256 for e in old.entries} if old is not None else set()
+    new_shas = {e.sha256 for e in entries}
+    write_rows(
+        store,
+        fresh=old is None,
+        overwrite=overwrite,
+        model_id=info.model_id,
+        metric=info.metric,
+        kind=kind,
+        params=used,
+        shas=[e.sha256 for e in entries],
+        paths=[e.path for e in entries],
+        vectors=stored,
+        upsert=None if old is None or hub.active else new_shas - old_shas,
+        delete=old_shas - new_shas,
+    )
+    return used
 
 
 def build_index(
@@ -424,8 +475,13 @@ def build_index(
     sketch_stats: str | os.PathLike | None = None,
     ray: str | None = None,
     ray_workers: int | None = None,
+    store: str | None = None,
 ) -> SyncReport:
     """Embed every image under ``photos_dir`` with ``model_spec`` into a new index at ``out_dir``.
+
+    ``store``: where the vectors are searched: None / ``faiss`` = ``index.faiss`` in the index folder;
+    ``milvus://HOST:PORT/COLLECTION`` or ``PATH.db`` (Milvus Lite) = a Milvus collection
+    (:mod:`sbir.index.milvus_store`; ``overwrite`` then replaces an existing collection too).
 
     ``preloaded``: ``(model, cfg, model_id)`` already returned by ``load_model(model_spec)``,
     to avoid loading it again (tests, notebooks); used by the torch runtime.
@@ -446,6 +502,7 @@ def build_index(
             f"photo folder {gallery} does not exist or is not a folder; pass the folder that holds your photos"
         )
     resolve_approx(approx, 0, approx_threshold)  # validate the name before loading anything
+    store_spec = parse_store(store)
     if out.exists() and not out.is_dir():
         raise IndexStoreError(f"--out {out} exists and is not a folder; choose a new folder for the index")
     if is_index_dir(out) and not overwrite:
@@ -507,6 +564,8 @@ def build_index(
             jpeg_draft=jpeg_draft,
             hub_fn=lambda v: Hubness.fit(method, v, stats),
             embed_fn=embed_fn,
+            store=store_spec,
+            overwrite=overwrite,
         )
     report.runtime, report.runtime_note = enc.runtime, note
     report.ray = ray
@@ -700,6 +759,7 @@ def update_index(
             jpeg_draft=rec.jpeg_draft,
             hub_fn=old.hubness.refit,
             embed_fn=embed_fn,
+            store=StoreSpec.from_record(old.meta["store"]) if old.meta.get("store") else None,
         )
     report.ray = ray
     report.runtime, report.runtime_note = rt_name, f"{rt_name} (recorded in the index)"

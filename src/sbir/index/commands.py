@@ -71,6 +71,13 @@ def _embed_kwargs(args: argparse.Namespace) -> dict:
     }
 
 
+def _store_arg(text: str) -> str:
+    """``--store`` checked while parsing (a bad URI is a one-line usage error, exit 2)."""
+    from sbir.index.milvus_store import store_arg
+
+    return store_arg(text)
+
+
 def cmd_build(args: argparse.Namespace) -> int:
     from sbir.index.builder import build_index
 
@@ -84,6 +91,7 @@ def cmd_build(args: argparse.Namespace) -> int:
         jpeg_draft=args.jpeg_draft,
         hubness=args.hubness,
         sketch_stats=args.sketch_stats,
+        store=args.store,
         **_embed_kwargs(args),
     )
     _print_report(report, args.json, "built")
@@ -292,6 +300,15 @@ def add_index_commands(subparsers) -> None:
         default=None,
         metavar="DIR",
         help="folder of sketch images (like the queries) to estimate the sketch statistics from",
+    )
+    b.add_argument(
+        "--store",
+        type=_store_arg,
+        default=None,
+        metavar="STORE",
+        help="where the vectors are searched (recorded; updates keep it): faiss = index.faiss in INDEX_DIR "
+        "(default), milvus://HOST:PORT/COLLECTION[?shards=N&replicas=N] = a Milvus server, PATH.db = a Milvus "
+        "Lite file (pip install 'sbir[milvus]')",
     )
     _common_embed_args(b)
     b.set_defaults(func=cmd_build)

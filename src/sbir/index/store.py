@@ -5,7 +5,8 @@ Layout of an index folder::
     INDEX_DIR/
       CURRENT                 JSON pointer {"generation": "gen-000003"}, replaced atomically
       gen-000003/             one complete, immutable generation
-        index.faiss           the FAISS index (ids = positions in the manifest)
+        index.faiss           the FAISS index (ids = positions in the manifest); absent when the manifest
+                              names a Milvus store (sbir.index.milvus_store), which then holds the vectors
         vectors.npy           raw float32 (N, D) L2-normalised photo embeddings
         manifest.json         gallery root, entries [{path, size, mtime_ns, sha256}], index kind/params
         model.json            model_id, the spec as given, its absolute path, the full config,
@@ -297,20 +298,40 @@ class Index:
             raise IndexStoreError(
                 f"{gdir / 'vectors.npy'} is unreadable ({exc}); rebuild with 'sbir index build --overwrite'"
             ) from exc
+        if ef_search is not None:
+            params["ef_search"] = int(ef_search)
+        if nprobe is not None:
+            params["nprobe"] = int(nprobe)
+        n = len(entries)
+        hub = Hubness.load(gdir / STATS_FILE, model.hubness, model.hubness_k, n, model.dim)
+        faiss_dim = model.dim + (1 if hub.csls else 0)
+        if manifest.get("store"):
+            # the vectors are searched in a Milvus collection (sbir.index.milvus_store), not index.faiss
+            from sbir.index.milvus_store import open_searcher
+
+            if vectors.shape != (n, model.dim):
+                raise IndexStoreError(
+                    f"{gdir} is inconsistent ({n} manifest entries, vectors {tuple(vectors.shape)}, model dim "
+                    f"{model.dim}); rebuild with 'sbir index build --overwrite'"
+                )
+            msearcher = open_searcher(
+                manifest["store"],
+                model.model_id,
+                faiss_dim,
+                model.metric,
+                kind,
+                params,
+                [e.sha256 for e in entries],
+                2.0 if hub.csls else None,
+            )
+            return cls(index_dir, gen, Path(manifest["gallery"]), entries, model, vectors, msearcher, manifest, hub)
         try:
             findex = faiss.read_index(str(gdir / "index.faiss"))
         except RuntimeError as exc:
             raise IndexStoreError(
                 f"{gdir / 'index.faiss'} is unreadable ({exc}); rebuild with 'sbir index build --overwrite'"
             ) from exc
-        if ef_search is not None:
-            params["ef_search"] = int(ef_search)
-        if nprobe is not None:
-            params["nprobe"] = int(nprobe)
         findex = configure(findex, kind, params)
-        n = len(entries)
-        hub = Hubness.load(gdir / STATS_FILE, model.hubness, model.hubness_k, n, model.dim)
-        faiss_dim = model.dim + (1 if hub.csls else 0)
         if vectors.shape != (n, model.dim) or findex.ntotal != n or findex.d != faiss_dim:
             raise IndexStoreError(
                 f"{gdir} is inconsistent ({n} manifest entries, vectors {tuple(vectors.shape)}, "
@@ -408,6 +429,7 @@ class Index:
             "images": len(self),
             "dim": self.dim,
             "kind": self.kind,
+            "store": _store_text(self.meta.get("store")),
             "approx_requested": self.meta["index"].get("requested", self.kind),
             "params": self.searcher.params,
             "model_id": self.model.model_id,
@@ -422,6 +444,15 @@ class Index:
             "created": self.meta.get("created"),
             "disk_bytes": disk,
         }
+
+
+def _store_text(rec: Any) -> str:
+    """``faiss`` (the generation's index.faiss) or the ``--store`` value of its Milvus collection."""
+    if not rec:
+        return "faiss"
+    from sbir.index.milvus_store import describe
+
+    return describe(rec)
 
 
 # ---------------------------------------------------------------- writing
@@ -457,7 +488,7 @@ def write_generation(
     entries: list[Entry],
     vectors: np.ndarray,
     model: ModelInfo,
-    findex: faiss.Index,
+    findex: faiss.Index | None,
     kind: str,
     params: dict[str, Any],
     requested: str,
@@ -465,12 +496,18 @@ def write_generation(
     keep_previous: bool = True,
     hubness: Hubness | None = None,
 ) -> str:
-    """Write a complete new generation and atomically make it current. Caller holds :func:`write_lock`."""
+    """Write a complete new generation and atomically make it current. Caller holds :func:`write_lock`.
+
+    ``findex`` None: the vectors are searched in the store that ``extra["store"]`` names (already written).
+    """
     index_dir = Path(index_dir)
     index_dir.mkdir(parents=True, exist_ok=True)
     vectors = np.ascontiguousarray(vectors, dtype=np.float32)
-    if vectors.shape != (len(entries), model.dim) or findex.ntotal != len(entries):
-        raise IndexStoreError(f"internal: {len(entries)} entries, vectors {vectors.shape}, FAISS {findex.ntotal}")
+    if findex is None and not (extra or {}).get("store"):
+        raise IndexStoreError("internal: a generation without index.faiss must name its store")
+    ntotal = len(entries) if findex is None else findex.ntotal
+    if vectors.shape != (len(entries), model.dim) or ntotal != len(entries):
+        raise IndexStoreError(f"internal: {len(entries)} entries, vectors {vectors.shape}, FAISS {ntotal}")
     numbers = [n for n in (_gen_number(p.name) for p in index_dir.iterdir()) if n is not None]
     try:
         previous: str | None = current_generation(index_dir)
@@ -486,8 +523,9 @@ def write_generation(
             fh.flush()
             os.fsync(fh.fileno())
         _stage("after-vectors")
-        faiss.write_index(findex, str(tmp / "index.faiss"))
-        _fsync_file(tmp / "index.faiss")
+        if findex is not None:
+            faiss.write_index(findex, str(tmp / "index.faiss"))
+            _fsync_file(tmp / "index.faiss")
         _stage("after-faiss")
         if hubness is not None and hubness.active:
             with open(tmp / STATS_FILE, "wb") as fh:
