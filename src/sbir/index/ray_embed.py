@@ -67,6 +67,9 @@ def _sbir_source_root() -> str:
     return str(Path(sbir.__file__).resolve().parents[1])
 
 
+LOCAL_START_ATTEMPTS = 2
+
+
 @contextlib.contextmanager
 def ray_session(address: str | None = LOCAL, num_cpus: int | None = None) -> Iterator[Any]:
     """Connect to Ray for the duration of a build; shut down only what this call started.
@@ -84,12 +87,21 @@ def ray_session(address: str | None = LOCAL, num_cpus: int | None = None) -> Ite
     else:
         os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # a throw-away local cluster reports nothing
         pythonpath = os.pathsep.join(p for p in (_sbir_source_root(), os.environ.get("PYTHONPATH", "")) if p)
-        ray.init(
-            num_cpus=num_cpus or os.cpu_count() or 1,
-            include_dashboard=False,
-            logging_level=logging.WARNING,
-            runtime_env={"env_vars": {"PYTHONPATH": pythonpath}},
-        )
+        for attempt in range(LOCAL_START_ATTEMPTS):
+            try:
+                ray.init(
+                    num_cpus=num_cpus or os.cpu_count() or 1,
+                    include_dashboard=False,
+                    logging_level=logging.WARNING,
+                    runtime_env={"env_vars": {"PYTHONPATH": pythonpath}},
+                )
+                break
+            except Exception as exc:  # Ray raises a bare Exception for this
+                # Ray waits a fixed 30 s for its raylet to register; a loaded 2-core machine can miss that
+                # once ("timed out during startup"). Anything else, or a second miss, is the user's to see.
+                ray.shutdown()
+                if "timed out during startup" not in str(exc) or attempt + 1 == LOCAL_START_ATTEMPTS:
+                    raise
     try:
         yield ray
     finally:
