@@ -145,7 +145,8 @@ def all_reduce_mean(values: dict[str, float], device: torch.device) -> dict[str,
     t = torch.tensor([float(values[k]) for k in keys], dtype=torch.float64, device=device)
     dist.all_reduce(t)
     t /= world_size()
-    return dict(zip(keys, t.tolist(), strict=True))
+    means = dict(zip(keys, t.tolist(), strict=True))
+    return {k: means[k] for k in values}  # the caller's order: metrics.csv's columns as in one process
 
 
 def gather_with_grad(x: torch.Tensor) -> torch.Tensor:
