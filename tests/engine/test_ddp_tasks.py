@@ -13,8 +13,11 @@ from __future__ import annotations
 
 import csv
 import json
+import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -91,17 +94,58 @@ def shapes_data(tmp_path_factory) -> Path:
 # ------------------------------------------------------------- task=category
 
 
-@pytest.mark.parametrize("loss", ["mems", "cosface"])
-def test_category_two_processes_match_one(loss: str, shapes_data: Path, tmp_path: Path):
+def _category_args(data: Path, loss: str) -> list[str]:
     # fmt: off
-    args = [
-        "--task", "category", "--data", str(shapes_data), "--image-size", "32", "--batch-size", "8",
+    return [
+        "--task", "category", "--data", str(data), "--image-size", "32", "--batch-size", "8",
         "--backbone", "test_efficientnet_gn", *COMMON,
         "model.pretrained=false", "model.embed_dim=16", "optim.samples_per_class=2", f"loss.name={loss}",
-        "loss.anneal_steps=2",  # the margin changes every step: the step counter must advance alike on each rank
+        "loss.anneal_steps=5",  # the margin grows every step (over 3 epochs): each rank and a resume must count alike
     ]
     # fmt: on
-    _two_match_one(args, tmp_path, "map@all")
+
+
+@pytest.mark.parametrize("loss", ["mems", "cosface"])
+def test_category_two_processes_match_one(loss: str, shapes_data: Path, tmp_path: Path):
+    _two_match_one(_category_args(shapes_data, loss), tmp_path, "map@all")
+
+
+def test_killed_two_process_category_run_resumes_to_the_uninterrupted_result(shapes_data: Path, tmp_path: Path):
+    """kill -9 after epoch 1 of 3, resume with 2 processes: the MEMS step counter (its margin), the optimizer and
+    every rank's random state continue, so the weights and metrics end as those of one uninterrupted process."""
+    epochs = 3  # two epochs left after the kill: time for it to land before the run ends
+    args = _category_args(shapes_data, "mems")
+    args[args.index("--epochs") + 1] = str(epochs)
+    ref = tmp_path / "ref"
+    _train(1, args, ref, tmp_path / "ref-steps.jsonl")
+    run = tmp_path / "killed"
+    cmd = [*TORCHRUN, "-m", "sbir.cli", "train", "--out", str(run), *args]
+    proc = subprocess.Popen(cmd, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+    deadline = time.time() + 300
+    try:
+        while time.time() < deadline:  # kill the whole process group once epoch 1's checkpoint is complete
+            if (run / "last.json").is_file() and json.loads((run / "last.json").read_text())["epoch"] >= 1:
+                break
+            assert proc.poll() is None, proc.stderr.read().decode()[-3000:]
+            time.sleep(0.02)
+        os.killpg(proc.pid, signal.SIGKILL)
+    finally:
+        proc.wait()
+    assert json.loads((run / "last.json").read_text())["epoch"] < epochs, "the run finished before it was killed"
+    res = subprocess.run(
+        [*TORCHRUN, "-m", "sbir.cli", "train", "--resume", str(run), "--no-progress"],
+        env=ENV, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert res.returncode == 0, res.stderr[-3000:]
+    ckpt = f"checkpoints/epoch-{epochs:04d}/model.safetensors"
+    a, b = load_file(str(ref / ckpt)), load_file(str(run / ckpt))
+    for k in a:
+        np.testing.assert_allclose(b[k].numpy(), a[k].numpy(), rtol=1e-3, atol=1e-5, err_msg=k)
+    rows, ref_rows = (list(csv.DictReader((r / "metrics.csv").open())) for r in (run, ref))
+    assert len(rows) == len(ref_rows) == epochs
+    for row, want in zip(rows, ref_rows, strict=True):
+        for k in ("train_loss", "train_margin", "val_map@all"):
+            assert float(row[k]) == pytest.approx(float(want[k]), rel=1e-3, abs=1e-6), k
 
 
 # ------------------------------------------------------------- task=zeroshot, method=clip-prompt
