@@ -101,6 +101,10 @@ class CategoryTask(SplitTask):
         y = batch["label"].to(device)
         labels = torch.cat([y, y])
         z = self.model.embed(x, domain).float()
+        # Under torchrun the loss stays local: MEMS and CosFace are means over samples of a cross-entropy against
+        # shared class centres, with no statistic over the batch, so DDP's mean of the equal-sized ranks'
+        # gradients is the global batch's gradient (tested against one process in tests/engine/test_ddp_tasks.py).
+        # Their margin counter advances once per forward on every rank alike (and DDP broadcasts rank 0's buffers).
         loss = self.criterion(z, labels)
         with torch.no_grad():
             correct = (self.criterion.predict(z.detach()) == labels).float()

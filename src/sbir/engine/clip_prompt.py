@@ -93,6 +93,10 @@ class ClipPromptTask(SplitTask):
             )
             embs["shuffled_photo"], embs["shuffled_other"] = shuffled[:b], shuffled[b:]
             embs["fine_grained"] = True
+        # Under torchrun the terms stay local: the triplet term's negative is each sample's own drawn photo and the
+        # text term is a cross-entropy against frozen class embeddings, both means over samples, so DDP's gradient
+        # mean over equal shards is the global batch's (tests/engine/test_ddp_tasks.py). Patch shuffle draws its
+        # permutations per rank, like the augmentations.
         loss, parts = self.criterion(embs)
         with torch.no_grad():
             parts["acc_sketch"] = float((self.criterion.predict(zs.detach()) == y).float().mean())

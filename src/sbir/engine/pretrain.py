@@ -275,6 +275,8 @@ class PretrainTask(SampledBatchesMixin):
         x = batch["image"].to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
         y = batch["label"].to(device)
         logits = self.model(x)
+        # A mean over samples: under torchrun DDP's gradient mean over equal shards is the global batch's
+        # (tests/engine/test_ddp_tasks.py); rank 0 alone carves the split, computes edge maps first and validates.
         loss = self.criterion(logits, y)
         with torch.no_grad():
             correct = (self.criterion.predict(logits.detach()) == y).float()
