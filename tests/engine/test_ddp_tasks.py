@@ -32,8 +32,6 @@ try:
 except pytest.skip.Exception:
     pass
 
-pytestmark = pytest.mark.slow
-
 EPOCHS = 2
 STEPS = 2  # optim.max_steps_per_epoch
 # fmt: off
@@ -105,11 +103,13 @@ def _category_args(data: Path, loss: str) -> list[str]:
     # fmt: on
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("loss", ["mems", "cosface"])
 def test_category_two_processes_match_one(loss: str, shapes_data: Path, tmp_path: Path):
     _two_match_one(_category_args(shapes_data, loss), tmp_path, "map@all")
 
 
+@pytest.mark.slow
 def test_killed_two_process_category_run_resumes_to_the_uninterrupted_result(shapes_data: Path, tmp_path: Path):
     """kill -9 after epoch 1 of 3, resume with 2 processes: the MEMS step counter (its margin), the optimizer and
     every rank's random state continue, so the weights and metrics end as those of one uninterrupted process."""
@@ -151,6 +151,7 @@ def test_killed_two_process_category_run_resumes_to_the_uninterrupted_result(sha
 # ------------------------------------------------------------- task=zeroshot, method=clip-prompt
 
 
+@pytest.mark.slow
 def test_clip_prompt_two_processes_match_one(tiny_clip, shapes_data: Path, tmp_path: Path):  # noqa: F811
     config, weights = tiny_clip
     # fmt: off
@@ -168,6 +169,7 @@ def test_clip_prompt_two_processes_match_one(tiny_clip, shapes_data: Path, tmp_p
 # ------------------------------------------------------------- task=pretrain
 
 
+@pytest.mark.slow
 def test_pretrain_two_processes_match_one(tmp_path: Path):
     from tests.engine.test_pretrain import _polygon
 
