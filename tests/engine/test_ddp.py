@@ -166,6 +166,107 @@ def test_gathered_losses_equal_one_rank_on_the_concatenated_batch(tmp_path: Path
         torch.testing.assert_close(grad, full[k].grad, rtol=1e-5, atol=1e-6)
 
 
+# ------------------------------------------------------------- sharded evaluation embedding, in-process
+
+
+class _TinyEmbedder(torch.nn.Module):
+    """A conv embedder with a token sequence: enough of the model interface for ``embed_images``."""
+
+    mean, std, embed_dim = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25), 4
+
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, self.embed_dim, 3, stride=4)
+
+    def embed_with_tokens(self, x: torch.Tensor, domain: str):
+        tok = self.conv(x if domain == "sketch" else -x).flatten(2).transpose(1, 2)  # (B, N, D)
+        return torch.nn.functional.normalize(tok.mean(1), dim=-1), tok
+
+    def embed(self, x: torch.Tensor, domain: str) -> torch.Tensor:
+        return self.embed_with_tokens(x, domain)[0]
+
+
+# (number of images, embed_images options): uneven over 2 ranks, fewer images than ranks, none,
+# a skipped unreadable image (position 4 lands on rank 1), and every variant evaluation uses.
+EMBED_CASES = [
+    (7, {}),
+    (1, {}),
+    (0, {}),
+    (7, {"skip_errors": True}),
+    (5, {"return_flipped": True}),
+    (5, {"flip_tta": True, "return_tokens": True}),
+    (3, {"multiview_scale": 1.25}),
+]
+
+
+def _embed_refs(arr: np.ndarray, n: int, missing: Path, skip: bool) -> list:
+    from sbir.data.records import ArrayRef, FileRef
+
+    refs = [ArrayRef(arr, i, "test") for i in range(n)]
+    if skip:
+        refs[4] = FileRef(missing)
+    return refs
+
+
+def _embed_all(model, arr: np.ndarray, missing: Path) -> list:
+    from sbir.engine.embed import embed_images
+
+    kw = dict(image_size=16, batch_size=3, progress=False)
+    return [
+        embed_images(model, _embed_refs(arr, n, missing, bool(o.get("skip_errors"))), "sketch", **kw, **o)
+        for n, o in EMBED_CASES
+    ]
+
+
+def _sharded_embed_worker(rank: int, world: int, port: int, model, arr, missing: str, out_dir: str) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    try:
+        from sbir.engine import distributed
+        from sbir.engine.embed import embed_images
+
+        with distributed.sharded_evaluation():
+            results = _embed_all(model, arr, Path(missing))
+        # Outside the block the process group is ignored: rank-0-only callers still embed everything.
+        outside = embed_images(model, _embed_refs(arr, 3, Path(missing), False), "photo", 16, progress=False)
+        torch.save({"results": results, "outside": outside.indices}, Path(out_dir) / f"rank{rank}.pt")
+    finally:
+        dist.barrier()
+        dist.destroy_process_group()
+
+
+def test_sharded_embedding_gathers_the_single_process_embeddings_in_order(tmp_path: Path):
+    """Every rank gets the one-process result: same rows, order, positions and skipped-input errors."""
+    torch.manual_seed(0)
+    model = _TinyEmbedder()
+    arr = np.random.default_rng(0).integers(0, 256, (7, 20, 20, 3), dtype=np.uint8)
+    missing = tmp_path / "missing.png"
+    world = 2
+    mp.spawn(
+        _sharded_embed_worker,
+        args=(world, _free_port(), model, arr, str(missing), str(tmp_path)),
+        nprocs=world,
+        join=True,
+    )
+    ref = _embed_all(model, arr, missing)
+    for r in range(world):
+        got = torch.load(tmp_path / f"rank{r}.pt", weights_only=False)
+        assert got["outside"] == [0, 1, 2]
+        for (n, opts), a, b in zip(EMBED_CASES, ref, got["results"], strict=True):
+            msg = f"rank {r}, {n} images, {opts}"
+            assert b.indices == a.indices, msg
+            assert [i for i, _ in b.errors] == [i for i, _ in a.errors], msg
+            assert b.embeddings.shape == a.embeddings.shape, msg
+            np.testing.assert_allclose(b.embeddings, a.embeddings, rtol=1e-5, atol=1e-6, err_msg=msg)
+            assert (b.flipped is None) == (a.flipped is None), msg
+            if a.flipped is not None:
+                np.testing.assert_allclose(b.flipped, a.flipped, rtol=1e-5, atol=1e-6, err_msg=msg)
+            assert (b.tokens is None) == (a.tokens is None), msg
+            if a.tokens is not None:
+                torch.testing.assert_close(b.tokens, a.tokens, rtol=1e-5, atol=1e-6, msg=msg)
+    assert ref[3].indices == [0, 1, 2, 3, 5, 6] and [i for i, _ in ref[3].errors] == [4]
+
+
 # ------------------------------------------------------------- sharded sampler
 
 

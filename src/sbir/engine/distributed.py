@@ -16,9 +16,11 @@ Design (see the README's "Scaling out"):
   divides by ``W``: the update equals one process's on the global batch. Per-sample losses
   (MEMS / CosFace / the CLIP-prompt terms) stay local: the mean of equal-sized local means is the global
   mean, which is what DDP's averaging gives.
-* **Evaluation**: rank 0 evaluates the validation split on the whole model and broadcasts the metrics,
-  so every rank agrees on the best epoch (the validation split is small next to training; the other
-  ranks wait).
+* **Evaluation**: sharded, then gathered. Inside :func:`sharded_evaluation` (the trainer's validation)
+  every rank embeds its contiguous slice of each image list (:func:`eval_shard`), the slices are gathered
+  in rank order (:func:`sbir.engine.embed.embed_images`), and every rank computes the metrics from the full
+  matrices, so they are those of one process; rank 0's are broadcast so that every rank takes the same
+  best-epoch decision even if a last bit differed. Only rank 0 writes files or shows progress bars.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ import datetime
 import os
 import warnings
 from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import torch
@@ -35,7 +38,10 @@ from torch.utils.data import Sampler
 
 from sbir.errors import ConfigError
 
-TIMEOUT_ENV = "SBIR_DIST_TIMEOUT_MIN"  # minutes a rank waits for the others (default 60: rank 0 evaluates)
+TIMEOUT_ENV = "SBIR_DIST_TIMEOUT_MIN"  # minutes a rank waits for the others (default 60: rank 0 writes files)
+
+# Set by sharded_evaluation(): embedding helpers called meanwhile split their inputs over the ranks.
+_SHARD_EVAL = False
 
 
 def env_world_size() -> int:
@@ -135,6 +141,35 @@ def all_gather_object(obj: Any) -> list[Any]:
     out: list[Any] = [None] * world_size()
     dist.all_gather_object(out, obj)
     return out
+
+
+@contextmanager
+def sharded_evaluation() -> Iterator[None]:
+    """Within this block, :func:`eval_shard` splits evaluation inputs over the ranks.
+
+    Opt-in rather than automatic whenever a process group exists: sharding is a collective, so it
+    is only safe where *every* rank makes the same embedding calls in the same order (the trainer's
+    validation). Rank-0-only work under torchrun (e.g. ``on_best``) must keep embedding everything itself.
+    """
+    global _SHARD_EVAL
+    previous, _SHARD_EVAL = _SHARD_EVAL, True
+    try:
+        yield
+    finally:
+        _SHARD_EVAL = previous
+
+
+def eval_shard(n: int) -> tuple[int, int] | None:
+    """This rank's contiguous ``[lo, hi)`` of ``n`` items inside :func:`sharded_evaluation` under torchrun.
+
+    None when not sharding (one process, or outside the block). The slices of ranks ``0..W-1`` are
+    consecutive and cover ``range(n)``, so concatenating their results in rank order keeps the
+    original order; with fewer items than ranks some slices are empty (their ranks still gather).
+    """
+    if not (_SHARD_EVAL and is_distributed()):
+        return None
+    r, w = rank(), world_size()
+    return r * n // w, (r + 1) * n // w
 
 
 def all_reduce_mean(values: dict[str, float], device: torch.device) -> dict[str, float]:

@@ -32,6 +32,7 @@ from tqdm.auto import tqdm
 from sbir.data.image_io import load_image
 from sbir.data.records import FileRef, ImageRef
 from sbir.data.transforms import eval_transform, multiview_transform
+from sbir.engine import distributed
 from sbir.errors import ImageLoadError
 
 
@@ -143,6 +144,11 @@ def embed_images(
     10 views of :func:`sbir.data.transforms.multiview_transform` instead:
     ``embeddings`` is then ``(N, 10, D)``.    ``return_tokens`` also keeps each image's token
     sequence (``model.embed_with_tokens``; the same forward pass) in ``EmbedResult.tokens``.
+
+    Inside :func:`sbir.engine.distributed.sharded_evaluation` under torchrun, each rank embeds only
+    its contiguous slice of ``refs`` and the slices are gathered: every rank returns the full result,
+    in the order one process would, at ``1/W`` of the embedding work. Every rank must then call this
+    with the same ``refs`` and options (it is a collective).
     """
     if return_flipped and flip_tta:
         raise ValueError("embed_images: choose flip_tta (average) or return_flipped (separate), not both")
@@ -150,6 +156,12 @@ def embed_images(
         raise ValueError("embed_images: multi-view embedding already holds the mirrored views; no flip TTA with it")
     device = device or model_device(model)
     model.eval()
+    shard = distributed.eval_shard(len(refs))
+    offset = 0
+    if shard is not None:
+        offset, hi = shard
+        refs = [refs[i] for i in range(offset, hi)]
+        progress = progress and distributed.is_main()  # one bar (rank 0's slice), not W interleaved ones
     if multiview_scale is not None:
         tf = multiview_transform(image_size, model.mean, model.std, multiview_scale)
     else:
@@ -174,7 +186,6 @@ def embed_images(
         total=len(refs), desc=desc or f"embed {domain}s", unit="img", disable=not progress, file=sys.stderr, leave=False
     )
     for idx, x, errs in loader:
-        errors.extend(errs)
         if x is not None:
             x = x.to(device)
             if x.dim() == 5:  # (B, views, C, H, W)
@@ -196,7 +207,8 @@ def embed_images(
                 zf = model.embed(torch.flip(x, dims=[3]), domain)
                 emb_flip[n_ok : n_ok + len(z)] = zf.float().cpu().numpy()
             n_ok += len(z)
-            indices.extend(idx)
+            indices.extend(i + offset for i in idx)
+        errors.extend((i + offset, msg) for i, msg in errs)
         bar.update(len(idx) + len(errs))
     bar.close()
     if emb is None:
@@ -207,7 +219,30 @@ def embed_images(
         emb = emb[:n_ok].copy()
         emb_flip = emb_flip[:n_ok].copy() if emb_flip is not None else None
     tokens = torch.cat(token_blocks) if token_blocks else None
-    return EmbedResult(emb, indices, errors, emb_flip, tokens)
+    result = EmbedResult(emb, indices, errors, emb_flip, tokens)
+    return _gather_shards(result) if shard is not None else result
+
+
+def _gather_shards(local: EmbedResult) -> EmbedResult:
+    """Every rank's :class:`EmbedResult` of its slice, concatenated in rank order (= the input order).
+
+    Gathered as pickled numpy arrays (``all_gather_object``): works on gloo and nccl alike and
+    needs no padding for uneven or empty slices. An empty slice (fewer images than ranks, or all
+    skipped) may have another width (``embed_dim`` unknown), so empty parts are left out.
+    """
+    parts: list[EmbedResult] = distributed.all_gather_object(local)
+    full = [p for p in parts if len(p.indices)]
+    if not full:
+        return EmbedResult(local.embeddings, [], [e for p in parts for e in p.errors], local.flipped, None)
+    flipped = [p.flipped for p in full if p.flipped is not None]
+    tokens = [p.tokens for p in full if p.tokens is not None]
+    return EmbedResult(
+        embeddings=np.concatenate([p.embeddings for p in full]),
+        indices=[i for p in full for i in p.indices],
+        errors=[e for p in parts for e in p.errors],
+        flipped=np.concatenate(flipped) if flipped else None,
+        tokens=torch.cat(tokens) if tokens else None,
+    )
 
 
 def embed_pil(model, images: Sequence[Image.Image], domain: str, image_size: int, flip_tta: bool = False) -> np.ndarray:

@@ -38,11 +38,12 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Sampler
+from torch.utils.data import DataLoader, Sampler, Subset
 from torch.utils.data import Dataset as TorchDataset
 
 from sbir.config import TrainConfig
 from sbir.data.records import FileRef
+from sbir.engine import distributed
 from sbir.engine.batches import SampledBatchesMixin
 from sbir.engine.evaluate import Evaluation
 from sbir.engine.tasks import TaskSpec, build_criterion, build_model, register_task
@@ -276,7 +277,7 @@ class PretrainTask(SampledBatchesMixin):
         y = batch["label"].to(device)
         logits = self.model(x)
         # A mean over samples: under torchrun DDP's gradient mean over equal shards is the global batch's
-        # (tests/engine/test_ddp_tasks.py); rank 0 alone carves the split, computes edge maps first and validates.
+        # (tests/engine/test_ddp_tasks.py); rank 0 alone carves the split and computes edge maps.
         loss = self.criterion(logits, y)
         with torch.no_grad():
             correct = (self.criterion.predict(logits.detach()) == y).float()
@@ -284,13 +285,19 @@ class PretrainTask(SampledBatchesMixin):
 
     @torch.no_grad()
     def evaluate(self) -> Evaluation:
-        """Top-1 / top-5 accuracy (percent) of the validation items, overall and per domain."""
+        """Top-1 / top-5 accuracy (percent) of the validation items, overall and per domain.
+
+        Inside :func:`sbir.engine.distributed.sharded_evaluation` under torchrun each rank classifies its
+        contiguous slice and the predictions are gathered in order, so every rank gets one process's metrics.
+        """
         device = next(self.model.parameters()).device
         was_training = self.model.training
         self.model.eval()
-        loader = DataLoader(
-            self.val_dataset, batch_size=self.cfg.eval.batch_size, num_workers=self.cfg.data.num_workers
-        )
+        data: TorchDataset = self.val_dataset
+        shard = distributed.eval_shard(len(data))
+        if shard is not None:
+            data = Subset(data, range(*shard))
+        loader = DataLoader(data, batch_size=self.cfg.eval.batch_size, num_workers=self.cfg.data.num_workers)
         top5, labels, domains = [], [], []
         for batch in loader:
             x = batch["image"].to(device).contiguous(memory_format=torch.channels_last)
@@ -299,9 +306,14 @@ class PretrainTask(SampledBatchesMixin):
             labels.append(batch["label"])
             domains.append(batch["domain"])
         self.model.train(was_training)
-        top = torch.cat(top5)
-        y = torch.cat(labels)
-        dom = torch.cat(domains)
+        part = (torch.cat(top5), torch.cat(labels), torch.cat(domains)) if top5 else None
+        if shard is not None:  # rank order is item order; a rank with no items sends None
+            parts = [q for q in distributed.all_gather_object(part) if q is not None]
+        else:
+            parts = [part] if part is not None else []
+        if not parts:
+            raise DataError("pretrain: the validation split is empty")
+        top, y, dom = (torch.cat(cols) for cols in zip(*parts, strict=True))
         hit1 = (top[:, 0] == y).float()
         hit5 = (top == y[:, None]).any(1).float()
         metrics: dict[str, Any] = {

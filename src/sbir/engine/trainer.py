@@ -284,10 +284,17 @@ class Trainer:
         return distributed.all_reduce_mean({k: v / max(n, 1) for k, v in totals.items()}, self.device)
 
     def _validate(self) -> tuple[Evaluation | None, dict[str, Any]]:
-        """Rank 0 evaluates the validation split; every rank gets its numeric metrics (the same best epoch)."""
-        evaluation = self.task.evaluate() if self.is_main else None
-        val = {k: v for k, v in evaluation.metrics.items() if _is_number(v)} if evaluation is not None else None
-        return evaluation, distributed.broadcast_object(val)
+        """Evaluate the validation split sharded over the ranks; every rank gets rank 0's numeric metrics.
+
+        Every rank calls ``task.evaluate()``: each embeds its slice of the images, the embeddings are
+        gathered in order (:func:`sbir.engine.distributed.sharded_evaluation`) and every rank computes
+        the metrics of the full matrices, those of one process. Rank 0's are still broadcast so that all
+        ranks take the same best-epoch decision bit for bit; only rank 0 keeps the Evaluation (the grid).
+        """
+        with distributed.sharded_evaluation():
+            evaluation = self.task.evaluate()
+        val = {k: v for k, v in evaluation.metrics.items() if _is_number(v)} if self.is_main else None
+        return (evaluation if self.is_main else None), distributed.broadcast_object(val)
 
     def fit(self) -> dict[str, Any]:
         cfg = self.cfg
