@@ -7,6 +7,7 @@ a 2-process step must compute the same loss as one process.
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import signal
@@ -54,6 +55,17 @@ def _steps(path: Path) -> list[float]:
     return [json.loads(line)["train_loss"] for line in path.read_text().splitlines()]
 
 
+def assert_same_validation(run2: Path, run1: Path) -> None:
+    """The 2-process run's validation metrics (sharded, then gathered) per epoch are the 1-process run's."""
+    rows2, rows1 = (list(csv.DictReader((r / "metrics.csv").open())) for r in (run2, run1))
+    assert len(rows2) == len(rows1)
+    keys = [k for k in rows1[0] if k.startswith("val_")]
+    assert keys and keys == [k for k in rows2[0] if k.startswith("val_")]
+    for r2, r1 in zip(rows2, rows1, strict=True):
+        got, want = [float(r2[k]) for k in keys], [float(r1[k]) for k in keys]
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4, err_msg=f"epoch {r1['epoch']}: {keys}")
+
+
 @pytest.fixture(scope="module")
 def two_process_run(tiny_paired_dataset: Path, tmp_path_factory) -> tuple[Path, Path]:
     """An uninterrupted 2-process run and its per-step loss log."""
@@ -76,6 +88,7 @@ def test_two_processes_match_one_on_the_global_batch(two_process_run, tiny_paire
         np.testing.assert_allclose(b[k].numpy(), a[k].numpy(), rtol=1e-3, atol=1e-5, err_msg=k)
     # Only rank 0 wrote the run's files, once.
     assert (run2 / "metrics.csv").read_text().count("\n") == EPOCHS + 1
+    assert_same_validation(run2, tmp_path / "run")
     assert json.loads((run2 / "summary.json").read_text())["epochs_run"] == EPOCHS
 
 

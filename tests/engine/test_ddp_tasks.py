@@ -25,7 +25,7 @@ import pytest
 from safetensors.torch import load_file
 
 from tests.engine.test_category_e2e import SHAPES, make_category_dataset
-from tests.engine.test_ddp import ENV, TORCHRUN
+from tests.engine.test_ddp import ENV, TORCHRUN, assert_same_validation
 
 try:
     from tests.clip_fixtures import tiny_clip  # noqa: F401  (fixture; skips its test without open_clip)
@@ -77,6 +77,7 @@ def _two_match_one(args: list[str], tmp_path: Path, val_key: str, env: dict | No
     rows = list(csv.DictReader((runs[2] / "metrics.csv").open()))
     assert [int(r["epoch"]) for r in rows] == list(range(1, EPOCHS + 1))
     assert all(np.isfinite(float(r[f"val_{val_key}"])) for r in rows)
+    assert_same_validation(runs[2], runs[1])
     summary = json.loads((runs[2] / "summary.json").read_text())
     assert summary["epochs_run"] == EPOCHS and (runs[2] / "best.safetensors").is_file()
     assert not list(runs[2].rglob("*.tmp*")), "a half-written file was left behind"
