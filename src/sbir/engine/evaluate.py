@@ -136,7 +136,12 @@ def evaluate_finegrained(
 
 
 def _rerank_report(model, reranker, s_res, p_res, true_index, plain_ranks, dist: str) -> dict[str, Any]:
-    """``rerank_acc@K`` and ``rerank_ranks``: the embedding top-K (``model.rerank_top_k``) re-ordered pairwise."""
+    """``rerank_acc@K`` and ``rerank_ranks``: the embedding top-K (``model.rerank_top_k``) re-ordered pairwise.
+
+    Not sharded under torchrun: the tokens arrive gathered (:func:`sbir.engine.embed.embed_images`) and every
+    rank rescores all top-K pairs itself (no collective, so no rank can wait on another here; rank 0's
+    metrics are the ones kept). Sharding it would pay off only for a large K or validation split.
+    """
     from sbir.metrics import acc_at_k, similarity_matrix
 
     k = int(getattr(model, "rerank_top_k", 10))
