@@ -85,6 +85,7 @@ def ensure_index(args) -> Path:
     gallery = work / f"gallery-{args.gallery_size}"
     suffix = "" if args.model == "pretrained" else "-" + Path(args.model.rstrip("/")).name
     suffix += "" if args.runtime == "auto" else f"-{args.runtime}"
+    suffix += "" if args.approx == "auto" else f"-{args.approx}"
     index_dir = work / f"index-{args.gallery_size}{suffix}"
     if not gallery.is_dir():
         make_gallery(Path(args.photos), gallery, args.gallery_size)
@@ -93,7 +94,9 @@ def ensure_index(args) -> Path:
         rep = update_index(index_dir, progress=False)
         how = "reused (updated)"
     else:
-        rep = build_index(gallery, args.model, index_dir, progress=True, device=args.device, runtime=args.runtime)
+        rep = build_index(
+            gallery, args.model, index_dir, progress=True, device=args.device, runtime=args.runtime, approx=args.approx
+        )
         how = "built"
     index = Index.open(index_dir)
     args._index_info = {
@@ -358,6 +361,7 @@ def main() -> None:
         "its own index and curve in the same run (e.g. onnx torch: the eager baseline beside it); otherwise the "
         "first is used",
     )
+    ap.add_argument("--approx", default="auto", help="index kind of the built index: auto, none (exact), hnsw, ivfpq")
     ap.add_argument("--index", type=resolve_path, default=None, help="use this existing index instead of building one")
     ap.add_argument("--clients", type=int, default=50)
     ap.add_argument("--requests", type=int, default=1000)
