@@ -267,7 +267,9 @@ def _row_stats(entry: dict, where: str) -> dict | None:
     if not sub or f"{key}_mean" not in sub:
         return None
     folds = [f for f in entry.get("per_fold", []) if "train_seconds" in f]
-    train_s = sum(f["train_seconds"] for f in folds) / len(folds) if folds and where != "imagenet_baseline" else 0.0
+    # Evaluation-only rows (the untrained features, multi-view testing of the recipe's checkpoints) train nothing.
+    trains = folds and where not in ("imagenet_baseline", "multiview")
+    train_s = sum(f["train_seconds"] for f in folds) / len(folds) if trains else 0.0
     return {"mean": sub[f"{key}_mean"], "std": sub[f"{key}_std"], "train_s_per_fold": round(train_s, 1)}
 
 
