@@ -42,8 +42,9 @@ def test_search_with_strokes_json(client):
         assert scores == sorted(scores, reverse=True) and -1 <= scores[-1] <= scores[0] <= 1
         assert body["model_id"] == "pretrained:efficientnet_lite0"
         t = body["timings_ms"]
-        assert set(t) == {"decode", "queue", "embed", "search", "total"}
+        assert set(t) == {"decode", "queue", "embed", "search", "rerank", "total"}
         assert t["total"] >= t["embed"] > 0 and t["search"] >= 0
+        assert t["rerank"] == 0  # the pretrained model has no token re-ranker
     # Canvas mode (position kept) and a custom stroke width are accepted too.
     r = client.post(
         "/api/search",
