@@ -54,6 +54,13 @@ def run_record(rep, **fields) -> dict:
     }
 
 
+def build(gallery: Path, out: Path, args, **options):
+    """One timed ``build_index`` of ``gallery`` into ``out`` with the benchmark's model and sizes."""
+    return build_index(
+        gallery, args.model, out, image_size=args.image_size, batch_size=args.batch_size, progress=False, **options
+    )
+
+
 def ray_run(gallery: Path, out: Path, args, n: int, pre, reference: Index) -> dict:
     """Build with Ray Data on a fresh local cluster of ``n`` CPUs (``n`` actors, one model load each)."""
     from sbir.index.ray_embed import ray_session
@@ -61,17 +68,7 @@ def ray_run(gallery: Path, out: Path, args, n: int, pre, reference: Index) -> di
     t0 = time.perf_counter()
     with ray_session("", num_cpus=n):
         start_s = time.perf_counter() - t0
-        rep = build_index(
-            gallery,
-            args.model,
-            out,
-            image_size=args.image_size,
-            batch_size=args.batch_size,
-            progress=False,
-            preloaded=pre,
-            ray="",
-            ray_workers=n,
-        )
+        rep = build(gallery, out, args, preloaded=pre, ray="", ray_workers=n)
     diff = float(np.max(np.abs(np.asarray(Index.open(out).vectors) - np.asarray(reference.vectors))))
     record = run_record(rep, executor="ray", ray_workers=n)
     # embed_s includes starting the actors and loading the model in each; the cluster start is apart
@@ -125,17 +122,8 @@ def main() -> None:
         for runtime in args.runtimes:
             for workers in args.workers:
                 out = work / f"index-{runtime}-w{workers}"
-                rep = build_index(
-                    gallery,
-                    args.model,
-                    out,
-                    image_size=args.image_size,
-                    batch_size=args.batch_size,
-                    num_workers=workers,
-                    progress=False,
-                    preloaded=pre if runtime == "torch" else None,
-                    runtime=runtime,
-                )
+                preloaded = pre if runtime == "torch" else None
+                rep = build(gallery, out, args, num_workers=workers, preloaded=preloaded, runtime=runtime)
                 record = run_record(rep, executor="local", workers=workers)
                 runs.append({"runtime": Index.open(out).info().get("runtime"), **record})
                 print(runs[-1], file=sys.stderr, flush=True)
