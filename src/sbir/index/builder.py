@@ -539,7 +539,15 @@ def build_index(
 
         load = partial(load_spec_model, path or spec, enc.runtime, device, image_size, model_id)
         embed_fn = _ray_embed_fn(
-            ray, load, size, bool(cfg.eval.flip_tta), batch_size, jpeg_draft, ray_workers, device, progress
+            ray,
+            load,
+            size,
+            bool(cfg.eval.flip_tta),
+            batch_size=batch_size,
+            jpeg_draft=jpeg_draft,
+            workers=ray_workers,
+            device=device,
+            progress=progress,
         )
     with write_lock(out):
         report = _sync(
@@ -585,21 +593,12 @@ def _check_ray(ray: str | None, ray_workers: int | None) -> None:
         import_ray()
 
 
-def _ray_embed_fn(
-    address: str,
-    load,
-    image_size: int,
-    flip_tta: bool,
-    batch_size: int,
-    jpeg_draft: bool,
-    workers: int | None,
-    device: str,
-    progress: bool,
-) -> EmbedFn:
-    """The Ray embedding step (imported here: Ray is an optional extra and slow to import)."""
+def _ray_embed_fn(address: str, load, image_size: int, flip_tta: bool, **options) -> EmbedFn:
+    """The Ray embedding step (imported here: Ray is an optional extra and slow to import); ``options`` as for
+    :func:`sbir.index.ray_embed.embed_files_ray`."""
     from sbir.index.ray_embed import ray_embed_fn
 
-    return ray_embed_fn(address, load, image_size, flip_tta, batch_size, jpeg_draft, workers, device, progress)
+    return ray_embed_fn(address, load, image_size, flip_tta, **options)
 
 
 def run_training_sketches(cfg, weights_path: str | None) -> tuple[list, str] | None:
@@ -653,13 +652,17 @@ def _hubness_setup(
         return "none", None, "none (euclidean index)"
     if hubness == "none":
         return "none", None, "none (--hubness none)"
+
+    def post(z):  # sketch embeddings post-processed as the index's queries will be
+        return postprocess(z, ModelInfo("", "", None, {}, z.shape[1], size, False, normalize=normalize))
+
     if sketch_stats is not None:
         stats = embed_sketch_dir(
             sketch_stats,
             model,
             size,
             bool(cfg.eval.flip_tta),
-            lambda z: postprocess(z, ModelInfo("", "", None, {}, z.shape[1], size, False, normalize=normalize)),
+            post,
             batch_size=batch_size,
             progress=progress,
         )
@@ -675,7 +678,7 @@ def _hubness_setup(
                 model,
                 size,
                 bool(cfg.eval.flip_tta),
-                lambda z: postprocess(z, ModelInfo("", "", None, {}, z.shape[1], size, False, normalize=normalize)),
+                post,
                 batch_size=batch_size,
                 progress=progress,
             )
@@ -740,7 +743,15 @@ def update_index(
 
             load = partial(load_record_model, rec, model_override, device, runtime)
             embed_fn = _ray_embed_fn(
-                ray, load, rec.image_size, rec.flip_tta, batch_size, rec.jpeg_draft, ray_workers, device, progress
+                ray,
+                load,
+                rec.image_size,
+                rec.flip_tta,
+                batch_size=batch_size,
+                jpeg_draft=rec.jpeg_draft,
+                workers=ray_workers,
+                device=device,
+                progress=progress,
             )
         report = _sync(
             index_dir,

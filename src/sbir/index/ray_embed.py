@@ -277,17 +277,10 @@ def load_record_model(record, override: str | None, device: str, runtime: str | 
 
 
 def ray_embed_fn(
-    address: str | None,
-    load: ModelLoader,
-    image_size: int,
-    flip_tta: bool,
-    batch_size: int = 32,
-    jpeg_draft: bool = False,
-    workers: int | None = None,
-    device: str = "cpu",
-    progress: bool = True,
+    address: str | None, load: ModelLoader, image_size: int, flip_tta: bool, **options: Any
 ) -> Callable[[Sequence[os.PathLike | str]], Any]:
-    """A ``paths -> EmbedResult`` function for :func:`sbir.index.builder._sync` that embeds on Ray.
+    """A ``paths -> EmbedResult`` function for :func:`sbir.index.builder._sync` that embeds on Ray
+    (``options``: ``batch_size``, ``jpeg_draft``, ``workers``, ``device``, ``progress`` of :func:`embed_files_ray`).
 
     Ray is imported now (a missing extra fails before any work) but connected to only when there is
     something to embed, so an update with nothing new starts no cluster.
@@ -295,18 +288,7 @@ def ray_embed_fn(
     import_ray()
 
     def embed(paths: Sequence[os.PathLike | str]):
-        with ray_session(address, num_cpus=workers) as ray:
-            return embed_files_ray(
-                ray,
-                paths,
-                load,
-                image_size,
-                flip_tta,
-                batch_size=batch_size,
-                jpeg_draft=jpeg_draft,
-                workers=workers,
-                device=device,
-                progress=progress,
-            )
+        with ray_session(address, num_cpus=options.get("workers")) as ray:
+            return embed_files_ray(ray, paths, load, image_size, flip_tta, **options)
 
     return embed
