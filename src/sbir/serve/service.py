@@ -79,12 +79,12 @@ class ServeSettings:
 
     def __post_init__(self) -> None:
         minimum = {"thumb_cache": 0, "thumb_size": 16}
-        if not isinstance(self.rerank, bool):
-            raise ConfigError(f"ServeSettings.rerank must be true or false, got {self.rerank!r}")
         for f in fields(self):
-            if f.name == "rerank":
-                continue
             v = getattr(self, f.name)
+            if f.type in (bool, "bool"):  # switches; every other field is a count or a bound
+                if not isinstance(v, bool):
+                    raise ConfigError(f"ServeSettings.{f.name} must be true or false, got {v!r}")
+                continue
             lo = minimum.get(f.name, 1)
             if isinstance(v, bool) or not isinstance(v, int):
                 raise ConfigError(f"ServeSettings.{f.name} must be an integer >= {lo}, got {v!r}")
