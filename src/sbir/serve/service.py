@@ -304,7 +304,9 @@ class SearchService:
             t2 = time.perf_counter()
             if rerank_k:
                 hits = [self.encoder.rerank(j.image, h, index) for j, h in zip(jobs, hits, strict=True)]
-            t3 = time.perf_counter()
+                t3 = time.perf_counter()
+            else:
+                t3 = t2  # nothing was re-scored: report 0 ms, not the cost of reading the clock
         except BaseException as exc:  # noqa: BLE001 - hand every error to the waiting requests
             self._busy_since = None
             for j in jobs:
