@@ -459,7 +459,7 @@ def test_category_half_split_folder(tmp_path):
 
 
 def test_registry_order():
-    assert list(FORMATS) == ["paired", "qmul_v1", "sketchy", "category", "quickdraw", "chairv2"]
+    assert list(FORMATS) == ["mixture", "paired", "qmul_v1", "sketchy", "category", "quickdraw", "chairv2"]
     for name, module in FORMATS.items():
         assert module.NAME == name and callable(module.detect) and callable(module.load) and module.LAYOUT
 

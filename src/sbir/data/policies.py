@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from sbir.config import TrainConfig
-from sbir.data.formats import load_dataset
+from sbir.data.formats import load_dataset, skipped_message
 from sbir.data.records import Split
 from sbir.data.splits import (
     BY_CLASS,
@@ -107,7 +107,7 @@ def prepare_splits(cfg: TrainConfig, run_dir: Path, split_record: dict | None, p
         raise DataError("no dataset given: pass --data PATH (or data.path in the config)")
     dataset = load_dataset(cfg.data.path, cfg.data.format, skip_orphans=cfg.data.skip_orphans)
     if dataset.skipped and progress:
-        print(f"skipped {len(dataset.skipped)} sketch(es) with no photo (--skip-orphans)", file=sys.stderr)
+        print(skipped_message(dataset), file=sys.stderr)
     full = dataset.split("train")
     extra: dict[str, Any] = {"dataset": str(Path(cfg.data.path).resolve()), "format": dataset.format}
     if policy != "photo":

@@ -282,7 +282,7 @@ def evaluate_run_full(
     model. ``ensemble``: more fine-grained runs or checkpoints whose scores are averaged with
     this one's (each model with its own preprocessing). ``multiview``: 10-view testing.
     """
-    from sbir.data.formats import load_dataset
+    from sbir.data.formats import load_dataset, skipped_message
     from sbir.data.policies import evaluation_split
     from sbir.data.splits import apply_split_record, load_split_record
     from sbir.engine.inference import load_model
@@ -297,7 +297,7 @@ def evaluate_run_full(
         raise DataError("no dataset given: pass --data PATH")
     dataset = load_dataset(data_path, fmt or (cfg.data.format if data is None else None), skip_orphans=skip_orphans)
     if dataset.skipped and progress:
-        print(f"skipped {len(dataset.skipped)} sketch(es) with no photo (--skip-orphans)", file=sys.stderr)
+        print(skipped_message(dataset), file=sys.stderr)
     if split == "val":
         split_file = (run if run.is_dir() else run.parent) / "split.json"
         if not split_file.is_file():

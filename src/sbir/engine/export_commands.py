@@ -10,8 +10,50 @@ def _fmt(v, digits: int = 4) -> str:
     return "-" if v is None else (f"{v:.{digits}g}" if isinstance(v, float) else str(v))
 
 
+def cmd_pack(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from sbir.engine.inference import resolve_weights
+    from sbir.engine.pack import pack_weights
+
+    out = Path(args.out) if args.out else resolve_weights(args.run).with_name("model-fp16.safetensors")
+    r = pack_weights(args.run, out)
+    if args.json:
+        print(
+            json.dumps(
+                {
+                    "out": str(r.out),
+                    "model_id": r.model_id,
+                    "source_model_id": r.source_model_id,
+                    "bytes": r.bytes,
+                    "source_bytes": r.source_bytes,
+                    "unused_tensors": r.unused,
+                    "min_cosine": r.min_cosine,
+                    "max_abs_diff": r.max_abs_diff,
+                    "seconds": round(r.seconds, 2),
+                },
+                indent=2,
+            )
+        )
+    else:
+        print(
+            f"packed {r.source_model_id} to {r.out} as fp16: {r.bytes / 1e6:.2f} MB "
+            f"(was {r.source_bytes / 1e6:.2f} MB; {len(r.unused)} unused tensors left out), model id {r.model_id}"
+        )
+        print(
+            f"  checked on random inputs, both domains: lowest cosine {r.min_cosine:.6f}, "
+            f"max |diff| {r.max_abs_diff:.2e}"
+        )
+    return 0
+
+
 def cmd_export(args: argparse.Namespace) -> int:
     from sbir.engine.export import ExportError, export_model
+
+    if args.format == "fp16":
+        if args.int8:
+            raise ExportError("--int8 is for --format onnx; drop it with --format fp16")
+        return cmd_pack(args)
 
     report = export_model(
         args.run,
@@ -85,12 +127,24 @@ def add_export_command(subparsers) -> None:
             "examples:\n"
             "  sbir export runs/shoes --format onnx              # writes runs/shoes/export/\n"
             "  sbir export runs/shoes --format onnx --int8\n"
-            "  sbir index build photos/ --model runs/shoes --out shoes.idx --runtime auto"
+            "  sbir index build photos/ --model runs/shoes --out shoes.idx --runtime auto\n"
+            "  sbir export runs/general --format fp16 --out src/sbir/zoo/general.safetensors   # ship a model"
         ),
     )
     p.add_argument("run", metavar="RUN", help="run folder (or .safetensors) written by 'sbir train', or 'pretrained'")
-    p.add_argument("--format", choices=["onnx"], default="onnx", help="export format (default onnx)")
-    p.add_argument("--out", default=None, metavar="DIR", help="export folder (default RUN/export)")
+    p.add_argument(
+        "--format",
+        choices=["onnx", "fp16"],
+        default="onnx",
+        help="onnx: graphs for the fast runtimes (default); fp16: one half-size safetensors checkpoint for shipping "
+        "(unused tensors left out, embeddings checked against the original)",
+    )
+    p.add_argument(
+        "--out",
+        default=None,
+        metavar="PATH",
+        help="export folder (default RUN/export); with --format fp16 the file (default RUN/model-fp16.safetensors)",
+    )
     p.add_argument(
         "--int8", action="store_true", help="also write int8 graphs (onnxruntime quantisation), gated on accuracy"
     )

@@ -1,7 +1,8 @@
 """Loading a trained (or off-the-shelf) model for inference: ``sbir eval``, the index and the server.
 
 ``load_model(spec)`` takes a run folder, an sbir ``.safetensors`` checkpoint,
-or ``"pretrained"`` / ``"pretrained:<backbone>"`` (off-the-shelf ImageNet
+the name of a model shipped with sbir (``"general"``, :mod:`sbir.zoo`), or
+``"pretrained"`` / ``"pretrained:<backbone>"`` (off-the-shelf ImageNet
 features: shared encoder, no projection). The model is built from the config
 stored in the checkpoint by the run's task (:func:`sbir.engine.tasks.build_model`).
 """
@@ -15,10 +16,44 @@ from sbir.config import ModelConfig, TrainConfig, config_from_dict
 from sbir.engine.checkpoint import file_digest, read_weights
 from sbir.engine.tasks import build_model, check_config, task_spec, with_defaults
 from sbir.errors import CheckpointError, SbirError
+from sbir.zoo import is_installed, is_shipped_spec, shipped_path
+
+# The model `sbir index build` uses without --model: the shipped general sketch model when this
+# installation has it, else the ImageNet features.
+DEFAULT_MODEL = "general"
+# Tensors a packed checkpoint may leave out (metadata key): parameters no embedding depends on,
+# such as the backbone's ImageNet classifier.
+UNUSED_TENSORS_KEY = "unused_tensors"
+
+
+def classifier_tensor_names(model) -> list[str]:
+    """State-dict names of the parameters of every timm classifier inside ``model`` (``get_classifier()``):
+    the only tensors a packed checkpoint may leave out (an embedding never reads them)."""
+    import torch
+
+    ids = set()
+    for module in model.modules():
+        get = getattr(module, "get_classifier", None)
+        head = get() if callable(get) else None
+        if isinstance(head, torch.nn.Module):
+            ids.update(id(t) for t in (*head.parameters(), *head.buffers()))
+    return sorted(k for k, v in model.state_dict(keep_vars=True).items() if id(v) in ids)
+
+
+def default_model_spec() -> str:
+    return DEFAULT_MODEL if is_installed(DEFAULT_MODEL) else "pretrained"
 
 
 def resolve_weights(spec: str | Path) -> Path:
-    """A run folder (its best.safetensors) or a .safetensors file."""
+    """A shipped model's file, a run folder (its best.safetensors) or a .safetensors file."""
+    if is_shipped_spec(spec):
+        path = shipped_path(str(spec))
+        if not path.is_file():
+            raise CheckpointError(
+                f"the shipped model {spec!r} is not in this installation ({path} is missing); reinstall sbir, "
+                "or pass a run folder with --model (write ./" + str(spec) + " for a folder of that name)"
+            )
+        return path
     p = Path(spec)
     if p.is_dir():
         for name in ("best.safetensors", "model.safetensors"):
@@ -34,6 +69,15 @@ def resolve_weights(spec: str | Path) -> Path:
 
 def is_pretrained_spec(spec: str) -> bool:
     return spec == "pretrained" or spec.startswith("pretrained:")
+
+
+def spec_path(spec: str | Path) -> str | None:
+    """The absolute path an index records for a spec's weights: None for the ImageNet features and the
+    shipped models, which are found by name wherever sbir is installed (the model id still guards them)."""
+    s = str(spec)
+    if is_pretrained_spec(s) or is_shipped_spec(s):
+        return None
+    return str(Path(s).expanduser().resolve())
 
 
 def load_model(spec: str | Path | None = None, device: str = "cpu"):
@@ -64,6 +108,9 @@ def load_model(spec: str | Path | None = None, device: str = "cpu"):
     except (SbirError, ValueError) as exc:
         raise CheckpointError(f"{path}: cannot build the model its config describes ({exc})") from exc
     missing, unexpected = model.load_state_dict(tensors, strict=False)
+    if UNUSED_TENSORS_KEY in meta:  # a packed checkpoint may leave out the classifier, nothing else
+        unused = set(json.loads(meta[UNUSED_TENSORS_KEY])) & set(classifier_tensor_names(model))
+        missing = [k for k in missing if k not in unused]
     if missing or unexpected:
         raise CheckpointError(
             f"{path} does not fit the model its config describes ({len(missing)} missing, "
@@ -78,4 +125,13 @@ def load_model(spec: str | Path | None = None, device: str = "cpu"):
     return model, cfg, f"{getattr(model, 'model_name', None) or cfg.model.backbone}:{digest}"
 
 
-__all__ = ["is_pretrained_spec", "load_model", "resolve_weights"]
+__all__ = [
+    "DEFAULT_MODEL",
+    "UNUSED_TENSORS_KEY",
+    "classifier_tensor_names",
+    "default_model_spec",
+    "is_pretrained_spec",
+    "load_model",
+    "resolve_weights",
+    "spec_path",
+]

@@ -82,10 +82,12 @@ def backend_installed(backend: str) -> bool:
 
 
 def default_export_dir(spec: str | os.PathLike | None) -> Path | None:
-    """Where ``sbir export`` writes by default: ``RUN/export`` or ``<checkpoint>.export``; None for pretrained."""
+    """Where ``sbir export`` writes by default: ``RUN/export`` or ``<checkpoint>.export``; None for pretrained
+    and for the shipped models (their files sit inside the package)."""
     from sbir.engine.inference import is_pretrained_spec
+    from sbir.zoo import is_shipped_spec
 
-    if spec is None or is_pretrained_spec(str(spec)):
+    if spec is None or is_pretrained_spec(str(spec)) or is_shipped_spec(spec):
         return None
     p = Path(spec).expanduser()
     return p / "export" if p.is_dir() else p.with_suffix(".export")
@@ -160,6 +162,8 @@ def pick_runtime(
     ``--force`` past its accuracy gate is never picked by ``auto``); without a usable export it is
     torch, and ``note`` says why. An explicit runtime that cannot be used is an error naming the fix.
     """
+    from sbir.engine.inference import default_model_spec
+
     if requested not in RUNTIME_CHOICES:
         raise RuntimeUnavailableError(f"--runtime must be one of {', '.join(RUNTIME_CHOICES)}, got {requested!r}")
     if requested == "torch":
@@ -168,11 +172,11 @@ def pick_runtime(
     try:
         if edir is None:
             raise RuntimeUnavailableError(
-                f"model {spec or 'pretrained'} has no default export folder; export it with "
-                "'sbir export pretrained --format onnx --out DIR' and pass that folder"
+                f"model {spec or default_model_spec()} has no default export folder; export it with "
+                f"'sbir export {spec or default_model_spec()} --format onnx --out DIR' and pass that folder"
             )
         manifest = read_manifest(edir)
-        want = current_model_id(spec if spec is not None else "pretrained")
+        want = current_model_id(spec if spec is not None else default_model_spec())
         if manifest.get("model_id") != want:
             raise RuntimeUnavailableError(
                 f"the export in {edir} is of model {manifest.get('model_id')!r} but the weights are now {want!r} "

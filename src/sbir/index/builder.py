@@ -38,6 +38,7 @@ from tqdm.auto import tqdm
 from sbir.data.image_io import is_image_file
 from sbir.data.records import FileRef
 from sbir.engine.embed import EmbedResult, embed_images
+from sbir.engine.inference import default_model_spec
 from sbir.errors import DataError, SbirError
 from sbir.fileio import sha256_file
 from sbir.index.faiss_ops import AUTO_THRESHOLD, build_faiss, resolve_approx
@@ -528,7 +529,7 @@ def build_index(
     )
     model = enc.as_model()
     size = int(image_size or cfg.data.image_size)
-    spec = "pretrained" if model_spec is None else str(model_spec)
+    spec = default_model_spec() if model_spec is None else str(model_spec)
     rt = runtime_fields(enc)
     method, stats, hub_note = _hubness_setup(
         hubness, sketch_stats, model, cfg, model_id, size, batch_size, progress, path

@@ -81,10 +81,17 @@ def _store_arg(text: str) -> str:
 def cmd_build(args: argparse.Namespace) -> int:
     from sbir.index.builder import build_index
 
+    out = args.out if args.out is not None else f"{Path(args.photos).expanduser().resolve().name}-index"
+    if args.model is None:
+        from sbir.engine.inference import default_model_spec
+
+        spec = default_model_spec()
+        why = "the sketch model shipped with sbir" if spec != "pretrained" else "the shipped model is not installed"
+        print(f"model: {spec} ({why}; --model RUN to use your own)", file=sys.stderr)
     report = build_index(
         args.photos,
         args.model,
-        args.out,
+        out,
         image_size=args.image_size,
         overwrite=args.overwrite,
         runtime=args.runtime,
@@ -250,6 +257,7 @@ def add_index_commands(subparsers) -> None:
         ),
         epilog=(
             "examples:\n"
+            "  sbir index build photos/              # the shipped general model, into ./photos-index\n"
             "  sbir index build photos/ --model runs/shoes --out shoes.idx\n"
             "  sbir index build photos/ --model pretrained --out demo.idx --approx hnsw\n"
             "  sbir index build photos/ --model runs/zs --out zs.idx --hubness csls --sketch-stats my_sketches/\n"
@@ -260,10 +268,16 @@ def add_index_commands(subparsers) -> None:
     b.add_argument("photos", metavar="PHOTOS_DIR", help="folder of gallery photos (searched recursively)")
     b.add_argument(
         "--model",
-        required=True,
-        help="run folder or .safetensors written by 'sbir train', or 'pretrained' (ImageNet features)",
+        default=None,
+        help="'general' (the sketch model shipped with sbir; the default), a run folder or .safetensors written by "
+        "'sbir train', or 'pretrained' (ImageNet features)",
     )
-    b.add_argument("--out", required=True, metavar="INDEX_DIR", help="folder to write the index to (new or empty)")
+    b.add_argument(
+        "--out",
+        default=None,
+        metavar="INDEX_DIR",
+        help="folder to write the index to, new or empty (default: ./<PHOTOS_DIR name>-index)",
+    )
     b.add_argument(
         "--approx",
         choices=APPROX_CHOICES,

@@ -28,7 +28,7 @@ from PIL import Image
 
 from sbir.config import to_dict
 from sbir.engine.embed import embed_pil, outputs_normalized
-from sbir.engine.inference import is_pretrained_spec, load_model
+from sbir.engine.inference import default_model_spec, load_model, spec_path
 from sbir.engine.rerank import get_reranker
 from sbir.engine.runtime import Encoder, TorchEncoder, load_encoder, open_export_encoder
 from sbir.engine.tasks import resolve_distance
@@ -37,10 +37,9 @@ from sbir.index.store import Hit, Index, ModelInfo, ModelMismatchError
 
 def load_for_index(spec: str | None, device: str = "cpu"):
     """``load_model`` plus the record stored in an index: returns (model, cfg, model_id, absolute path or None)."""
-    spec_s = "pretrained" if spec is None else str(spec)
+    spec_s = default_model_spec() if spec is None else str(spec)
     model, cfg, model_id = load_model(spec_s, device=device)
-    path = None if is_pretrained_spec(spec_s) else str(Path(spec_s).expanduser().resolve())
-    return model, cfg, model_id, path
+    return model, cfg, model_id, spec_path(spec_s)
 
 
 def metric_for(model, cfg: Any) -> tuple[str, bool]:
@@ -68,11 +67,10 @@ def load_encoder_for_index(
 ):
     """:func:`sbir.engine.runtime.load_encoder` plus the weights' absolute path:
     returns (encoder, cfg, model_id, absolute path or None, note)."""
-    spec_s = "pretrained" if spec is None else str(spec)
+    spec_s = default_model_spec() if spec is None else str(spec)
     use_pre = preloaded if runtime in ("auto", "torch") else None
     enc, cfg, model_id, note = load_encoder(spec_s, runtime, device=device, image_size=image_size, preloaded=use_pre)
-    path = None if is_pretrained_spec(spec_s) else str(Path(spec_s).expanduser().resolve())
-    return enc, cfg, model_id, path, note
+    return enc, cfg, model_id, spec_path(spec_s), note
 
 
 def runtime_fields(encoder: Encoder) -> dict[str, Any]:

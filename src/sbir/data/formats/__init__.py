@@ -11,7 +11,8 @@ Every format module exposes
 true wins): ``paired`` (trainA/trainB/testA/testB), ``qmul_v1`` (``.mat``
 files), ``sketchy`` (``photo/`` + ``sketch/``), ``category`` (``photos/`` +
 ``sketches/``), then the vector-sketch formats ``quickdraw`` (``<class>.ndjson``
-+ ``photos/<class>/``) and ``chairv2`` (``ChairV2_Coordinate`` + ``photo/``).
++ ``photos/<class>/``) and ``chairv2`` (``ChairV2_Coordinate`` + ``photo/``); ``mixture``
+(a ``sources.yaml`` merging several of them by class name) is tried first.
 
 Conventions shared by all formats: hidden files and files without an image
 extension (``.txt``, ``.DS_Store``, ...) are ignored; records are sorted by id
@@ -220,13 +221,13 @@ def load_split_folders(
 # The registry.
 # ---------------------------------------------------------------------------
 
-from sbir.data.formats import category, chairv2, paired, qmul_v1, quickdraw, sketchy  # noqa: E402
+from sbir.data.formats import category, chairv2, mixture, paired, qmul_v1, quickdraw, sketchy  # noqa: E402
 
-# Detection order: the older image-folder formats first, so a folder that matches one of them keeps
-# its format; then the vector-sketch formats (``.ndjson`` files, a ``ChairV2_Coordinate`` pickle).
-FORMATS: OrderedDict[str, ModuleType] = OrderedDict(
-    (m.NAME, m) for m in (paired, qmul_v1, sketchy, category, quickdraw, chairv2)
-)
+# Detection order: a mixture's sources.yaml first (it names its own formats), then the older
+# image-folder formats, so a folder that matches one of them keeps its format; then the vector-sketch
+# formats (``.ndjson`` files, a ``ChairV2_Coordinate`` pickle).
+_DETECTION_ORDER = (mixture, paired, qmul_v1, sketchy, category, quickdraw, chairv2)
+FORMATS: OrderedDict[str, ModuleType] = OrderedDict((m.NAME, m) for m in _DETECTION_ORDER)
 
 
 def _describe_contents(root: Path, limit: int = 8) -> str:
@@ -270,6 +271,15 @@ def detect_format(root: PathLike) -> str:
     raise DataError(msg)
 
 
+def skipped_message(dataset: Dataset) -> str:
+    """One line saying what loading left out (``Dataset.skipped``), in the format's own terms."""
+    module = FORMATS.get(dataset.format)
+    describe = getattr(module, "describe_skipped", None)
+    if describe is not None:
+        return describe(dataset.skipped)
+    return f"skipped {len(dataset.skipped)} sketch(es) with no photo (--skip-orphans)"
+
+
 def get_format(name: str) -> ModuleType:
     """The format module called ``name``; ConfigError listing valid names otherwise."""
     if name not in FORMATS:
@@ -295,4 +305,4 @@ def load_dataset(root: PathLike, format: str | None = None, skip_orphans: bool =
     return ds
 
 
-__all__ = ["FORMATS", "detect_format", "get_format", "load_dataset"]
+__all__ = ["FORMATS", "detect_format", "get_format", "load_dataset", "skipped_message"]
