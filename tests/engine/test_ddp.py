@@ -8,6 +8,7 @@ a 2-process step must compute the same loss as one process.
 from __future__ import annotations
 
 import csv
+import gc
 import json
 import os
 import signal
@@ -124,6 +125,16 @@ def test_killed_two_process_run_resumes_to_the_same_result(two_process_run, tiny
 # ------------------------------------------------------------- gathered NT-Xent, in-process
 
 
+def _leave_without_finalisation() -> None:
+    """End a successful mp.spawn worker (its results are on disk, its process group destroyed) without
+    interpreter finalisation: gloo's threads may still hold tensors whose release during finalisation
+    aborts the process (SIGABRT, "terminate called without an active exception"; pytorch/pytorch#179291),
+    which failed this test about once in ten runs. A worker that raised never gets here: mp.spawn
+    reports its traceback."""
+    gc.collect()
+    os._exit(0)
+
+
 def _gathered_ntxent_worker(rank: int, world: int, port: int, inputs: dict, out_dir: str) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=world)
@@ -146,6 +157,7 @@ def _gathered_ntxent_worker(rank: int, world: int, port: int, inputs: dict, out_
     finally:
         dist.barrier()  # both ranks are done communicating before either tears down
         dist.destroy_process_group()
+    _leave_without_finalisation()
 
 
 def _free_port() -> int:
@@ -246,6 +258,7 @@ def _sharded_embed_worker(rank: int, world: int, port: int, model, arr, missing:
     finally:
         dist.barrier()
         dist.destroy_process_group()
+    _leave_without_finalisation()
 
 
 def test_sharded_embedding_gathers_the_single_process_embeddings_in_order(tmp_path: Path):
