@@ -212,10 +212,12 @@ def _check_set(spec: str, cfg, images: str | None, data: str | None, need_train:
     from sbir.data.records import FileRef
     from sbir.data.splits import apply_split_record, load_split_record
     from sbir.engine.inference import is_pretrained_spec
+    from sbir.zoo import is_shipped_spec
 
     train = None
     run_dir = Path(spec) if Path(spec).is_dir() else Path(spec).parent  # a run folder or its checkpoint
-    split_file = None if is_pretrained_spec(str(spec)) else run_dir / "split.json"
+    # The ImageNet features and the shipped models have no run folder (so no validation split) of their own.
+    split_file = None if is_pretrained_spec(str(spec)) or is_shipped_spec(spec) else run_dir / "split.json"
     data_path = data or cfg.data.path
     val = None
     if split_file is not None and split_file.is_file() and data_path:

@@ -169,18 +169,19 @@ def pick_runtime(
     if requested == "torch":
         return "torch", None, "torch (requested)"
     edir = Path(export_dir) if export_dir is not None else default_export_dir(spec)
+    name = str(spec) if spec is not None else default_model_spec()
     try:
         if edir is None:
             raise RuntimeUnavailableError(
-                f"model {spec or default_model_spec()} has no default export folder; export it with "
-                f"'sbir export {spec or default_model_spec()} --format onnx --out DIR' and pass that folder"
+                f"model {name} has no default export folder; export it with "
+                f"'sbir export {name} --format onnx --out DIR --images SOME_PHOTOS' and pass that folder"
             )
         manifest = read_manifest(edir)
-        want = current_model_id(spec if spec is not None else default_model_spec())
+        want = current_model_id(name)
         if manifest.get("model_id") != want:
             raise RuntimeUnavailableError(
                 f"the export in {edir} is of model {manifest.get('model_id')!r} but the weights are now {want!r} "
-                f"(retrained since the export); run 'sbir export {spec} --format onnx' again"
+                f"(retrained since the export); run 'sbir export {name} --format onnx' again"
             )
     except RuntimeUnavailableError as exc:
         if requested == "auto":
