@@ -67,10 +67,31 @@ def test_export_fp16_cli(run: Path, capsys):
     out = capsys.readouterr().out
     assert (run / "model-fp16.safetensors").is_file() and "lowest cosine" in out
     load_model(run / "model-fp16.safetensors")
-    # Bad requests: one line each, exit 2, nothing overwritten.
+    # A bad request: one line, exit 2, nothing overwritten.
     before = (run / "best.safetensors").read_bytes()
-    for args in (["--out", str(run / "best.safetensors")], ["--int8"]):
-        assert main(["export", str(run), "--format", "fp16", *args]) == 2
-        err = capsys.readouterr().err.strip().splitlines()
-        assert len(err) == 1 and err[0].startswith("error:")
+    assert main(["export", str(run), "--format", "fp16", "--out", str(run / "best.safetensors")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error:")
     assert (run / "best.safetensors").read_bytes() == before
+
+
+def test_int8_weights_halve_the_file_again_and_read_back_as_float(run: Path, tmp_path):
+    from sbir.engine.checkpoint import INT8_SCALE_SUFFIX, INT8_WEIGHTS_KEY, read_weights
+    from sbir.engine.pack import INT8_MIN_NUMEL
+
+    fp16 = pack_weights(run, tmp_path / "fp16.safetensors")
+    int8 = pack_weights(run, tmp_path / "int8.safetensors", int8_weights=True)
+    assert int8.bytes < 0.7 * fp16.bytes
+    with safe_open(str(int8.out), framework="pt") as fh:
+        names = json.loads(fh.metadata()[INT8_WEIGHTS_KEY])
+        assert names and all(fh.get_tensor(k).dtype == torch.int8 for k in names)
+        assert all(fh.get_tensor(k + INT8_SCALE_SUFFIX).dtype == torch.float16 for k in names)
+    tensors, _ = read_weights(int8.out)  # dequantised: float32, no scale tensors left
+    assert all(tensors[k].dtype == torch.float32 and tensors[k].numel() >= INT8_MIN_NUMEL for k in names)
+    assert not any(k.endswith(INT8_SCALE_SUFFIX) for k in tensors)
+    model, _, _ = load_model(run)
+    packed, _, _ = load_model(int8.out)
+    x = torch.rand(5, 3, 64, 64)
+    for domain in ("sketch", "photo"):
+        cos = torch.nn.functional.cosine_similarity(embed_tensor(model, x, domain), embed_tensor(packed, x, domain))
+        assert cos.min() > 0.98

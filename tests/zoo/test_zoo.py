@@ -21,11 +21,11 @@ from tests.conftest import REPO_ROOT
 def test_the_general_model_ships_inside_the_package():
     path = zoo.shipped_path("general")
     assert path.is_file(), "src/sbir/zoo/general.safetensors is missing"
-    assert path.stat().st_size < 10_000_000  # a wheel stays small
+    assert path.stat().st_size < 5_000_000  # a wheel, and the repository, stay small
     with safe_open(str(path), framework="pt") as fh:
         floats = [fh.get_tensor(k) for k in fh.keys() if fh.get_tensor(k).is_floating_point()]
         cfg = json.loads(fh.metadata()["config"])
-    assert floats and all(t.dtype == torch.float16 for t in floats)
+    assert floats and all(t.dtype == torch.float16 for t in floats)  # int8 matrices are not floating-point
     # Trained zero-shot: the classes its card measures it on were never trained on.
     assert cfg["task"] == "zeroshot" and cfg["data"]["unseen"] == "sketchy_unseen21"
     model, loaded_cfg, model_id = load_model("general")

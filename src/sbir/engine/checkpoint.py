@@ -77,7 +77,33 @@ def read_weights(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
             "Pass a run folder or a checkpoint written by 'sbir train'; for plain backbone weights use "
             "model.weights_path."
         )
+    if INT8_WEIGHTS_KEY in meta:
+        tensors = dequantize_int8(tensors, json.loads(meta[INT8_WEIGHTS_KEY]), path)
     return tensors, meta
+
+
+# Packed checkpoints may store large weight matrices as int8 with one float16 scale per output channel
+# (sbir.engine.pack); the metadata lists them, and read_weights restores float32 tensors.
+INT8_WEIGHTS_KEY = "int8_weights"
+INT8_SCALE_SUFFIX = ".int8_scale"
+
+
+def quantize_int8(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Symmetric per-output-channel int8: ``w ~= q * scale`` with ``scale = max|w_c| / 127`` (float16)."""
+    flat = w.detach().float().reshape(w.shape[0], -1)
+    scale = (flat.abs().amax(dim=1) / 127.0).clamp_min(1e-12).to(torch.float16)
+    q = torch.round(flat / scale.float()[:, None]).clamp_(-127, 127).to(torch.int8)
+    return q.reshape(w.shape), scale
+
+
+def dequantize_int8(tensors: dict[str, torch.Tensor], names: list[str], path: Path) -> dict[str, torch.Tensor]:
+    out = dict(tensors)
+    for name in names:
+        q, scale = out.get(name), out.pop(name + INT8_SCALE_SUFFIX, None)
+        if q is None or scale is None or q.dtype != torch.int8 or scale.shape != (q.shape[0],):
+            raise CheckpointError(f"{path}: int8 tensor {name} or its scale is missing or malformed; pack it again")
+        out[name] = (q.float().reshape(q.shape[0], -1) * scale.float()[:, None]).reshape(q.shape)
+    return out
 
 
 def file_digest(path: Path, length: int = 16) -> str:

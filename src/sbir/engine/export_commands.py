@@ -17,7 +17,7 @@ def cmd_pack(args: argparse.Namespace) -> int:
     from sbir.engine.pack import pack_weights
 
     out = Path(args.out) if args.out else resolve_weights(args.run).with_name("model-fp16.safetensors")
-    r = pack_weights(args.run, out)
+    r = pack_weights(args.run, out, int8_weights=args.int8)
     if args.json:
         print(
             json.dumps(
@@ -37,7 +37,8 @@ def cmd_pack(args: argparse.Namespace) -> int:
         )
     else:
         print(
-            f"packed {r.source_model_id} to {r.out} as fp16: {r.bytes / 1e6:.2f} MB "
+            f"packed {r.source_model_id} to {r.out} as {'fp16 + int8 weights' if args.int8 else 'fp16'}: "
+            f"{r.bytes / 1e6:.2f} MB "
             f"(was {r.source_bytes / 1e6:.2f} MB; {len(r.unused)} unused tensors left out), model id {r.model_id}"
         )
         print(
@@ -51,8 +52,6 @@ def cmd_export(args: argparse.Namespace) -> int:
     from sbir.engine.export import ExportError, export_model
 
     if args.format == "fp16":
-        if args.int8:
-            raise ExportError("--int8 is for --format onnx; drop it with --format fp16")
         return cmd_pack(args)
 
     report = export_model(
@@ -146,7 +145,10 @@ def add_export_command(subparsers) -> None:
         help="export folder (default RUN/export); with --format fp16 the file (default RUN/model-fp16.safetensors)",
     )
     p.add_argument(
-        "--int8", action="store_true", help="also write int8 graphs (onnxruntime quantisation), gated on accuracy"
+        "--int8",
+        action="store_true",
+        help="onnx: also write int8 graphs (onnxruntime quantisation), gated on accuracy; fp16: store the weight "
+        "matrices as int8 with a scale per output channel (embeddings checked the same way)",
     )
     p.add_argument(
         "--int8-mode",

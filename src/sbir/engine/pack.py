@@ -20,13 +20,24 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from sbir.engine.checkpoint import FORMAT_TAG, read_weights, state_dict_for_save
+from sbir.engine.checkpoint import (
+    FORMAT_TAG,
+    INT8_SCALE_SUFFIX,
+    INT8_WEIGHTS_KEY,
+    quantize_int8,
+    read_weights,
+    state_dict_for_save,
+)
 from sbir.engine.embed import embed_tensor
 from sbir.engine.inference import UNUSED_TENSORS_KEY, classifier_tensor_names, load_model, resolve_weights
 from sbir.errors import SbirError
 from sbir.fileio import atomic_write_with
 
 DOMAINS = ("sketch", "photo")
+# With int8_weights: tensors this large (and at least 2-d) are stored as int8; biases and norms stay float16.
+INT8_MIN_NUMEL = 4096
+# int8 weights move embeddings more than fp16 does (cosine about 0.99 on Lite0): their own, documented floor.
+INT8_MIN_COSINE = 0.98
 
 
 class PackError(SbirError):
@@ -75,10 +86,21 @@ def _really_unused(model, names: list[str], x: torch.Tensor) -> list[str]:
 
 
 def pack_weights(
-    spec: str | Path, out: str | Path, probes: int = 16, min_cosine: float = 0.999, image_size: int | None = None
+    spec: str | Path,
+    out: str | Path,
+    probes: int = 16,
+    min_cosine: float | None = None,
+    image_size: int | None = None,
+    int8_weights: bool = False,
 ) -> PackReport:
-    """Write ``spec``'s weights to ``out`` as fp16 without unused tensors; PackError if the check fails."""
+    """Write ``spec``'s weights to ``out`` as fp16 without unused tensors; PackError if the check fails.
+
+    ``int8_weights``: store every weight matrix / conv kernel of at least :data:`INT8_MIN_NUMEL` values as
+    int8 with a float16 scale per output channel (:func:`sbir.engine.checkpoint.quantize_int8`), about half
+    the size again; the embedding check then uses :data:`INT8_MIN_COSINE` (default ``min_cosine``: 0.999)."""
     t0 = time.perf_counter()
+    if min_cosine is None:
+        min_cosine = INT8_MIN_COSINE if int8_weights else 0.999
     src = resolve_weights(spec)
     out = Path(out)
     if out.resolve() == src.resolve():
@@ -93,15 +115,24 @@ def pack_weights(
         for k, v in state_dict_for_save(model).items()
         if k not in unused
     }
-    new_meta = {k: v for k, v in meta.items() if k != UNUSED_TENSORS_KEY}
+    quantized = []
+    if int8_weights:
+        for k in [
+            k for k, v in tensors.items() if v.is_floating_point() and v.dim() >= 2 and v.numel() >= INT8_MIN_NUMEL
+        ]:
+            tensors[k], tensors[k + INT8_SCALE_SUFFIX] = quantize_int8(tensors[k])
+            quantized.append(k)
+    new_meta = {k: v for k, v in meta.items() if k not in (UNUSED_TENSORS_KEY, INT8_WEIGHTS_KEY)}
     new_meta.update(
         {
             "format": FORMAT_TAG,
             "config": meta["config"],
             UNUSED_TENSORS_KEY: json.dumps(unused),
-            "packed_from": json.dumps({"model_id": source_id, "dtype": "float16"}),
+            "packed_from": json.dumps({"model_id": source_id, "dtype": "int8+float16" if quantized else "float16"}),
         }
     )
+    if quantized:
+        new_meta[INT8_WEIGHTS_KEY] = json.dumps(quantized)
     out.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_with(out, lambda tmp: save_file(tensors, tmp, metadata=new_meta))
     packed, _, packed_id = load_model(out)
@@ -111,7 +142,7 @@ def pack_weights(
     if cos < min_cosine:
         out.unlink(missing_ok=True)
         raise PackError(
-            f"the fp16 model's embeddings differ from {src}'s (lowest cosine {cos:.5f} < {min_cosine}); "
+            f"the packed model's embeddings differ from {src}'s (lowest cosine {cos:.5f} < {min_cosine}); "
             "nothing was written. Keep the fp32 checkpoint for this model."
         )
     return PackReport(
