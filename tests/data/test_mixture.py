@@ -152,3 +152,12 @@ def test_what_a_mixture_leaves_out_is_summed_in_one_line(parts):
     root = write_sources(parts / "mix", "sources:\n  - path: ../sk\n  - path: ../qd\n")
     msg = skipped_message(load_dataset(root))
     assert msg == "mixture: left out 4 sketch(es) of 2 class(es) that no source has photos of"
+
+
+def test_max_per_class_caps_every_kind_of_source(parts):
+    root = write_sources(
+        parts / "mix",
+        "sources:\n  - path: ../sk\n  - path: ../cv2\n    label: cat\n    name: chairs_as_cats\n    max_per_class: 1\n",
+    )
+    sketches = load_dataset(root).splits["train"].sketches
+    assert sum(s.id.startswith("chairs_as_cats/") for s in sketches) == 1  # Chair-V2 strokes: 3 in train

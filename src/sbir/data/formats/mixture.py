@@ -80,7 +80,7 @@ def read_sources(root: Path) -> list[dict]:
                 f"{where}: unknown key(s) {', '.join(unknown)}; valid keys: {', '.join(sorted(ENTRY_KEYS))}."
             )
         folder = Path(e["path"]).expanduser()
-        folder = Path(*((path.parent / folder).absolute().parts)) if not folder.is_absolute() else folder
+        folder = folder if folder.is_absolute() else (path.parent / folder).absolute()
         if not folder.is_dir():
             raise DataError(f"{where}: folder {folder} does not exist. Fix its 'path' (relative to {path.parent}).")
         name = str(e.get("name") or folder.name)
@@ -156,7 +156,7 @@ def load(root: Path, skip_orphans: bool = False) -> Dataset:
                 f"{entry['where']}: {entry['path']} has records without a class (e.g. {unlabeled.id}); "
                 "give the entry 'label: CLASS'."
             )
-        if mpc is not None and photos:  # the quickdraw loader already capped its sketches per class
+        if mpc is not None:  # every source, sketch-only ones included (a no-op where the loader capped already)
             sketches = _cap_per_class(sketches, mpc)
         loaded.append((entry, photos, sketches))
 
