@@ -258,9 +258,9 @@ class OptimConfig:
     # Keep the last N epochs' checkpoints and write their averaged weights as averaged.safetensors (with its
     # validation metrics in summary.json); `sbir eval RUN/averaged.safetensors` evaluates it.
     average_last: int | None = None
-    # With time_budget_minutes: after the first epoch, shorten the schedule (cosine horizon included) to the
-    # epochs that fit the budget, so the learning rate decays fully instead of being cut off; optim.epochs is
-    # then the most it may run.
+    # With time_budget_minutes: after every epoch, fit the schedule (cosine horizon included) to the epochs
+    # that the mean epoch time so far leaves room for in the budget, so the learning rate decays fully instead
+    # of being cut off; optim.epochs is then the most it may run.
     epochs_from_budget: bool = False
 
     def validate(self) -> None:

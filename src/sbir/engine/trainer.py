@@ -325,8 +325,6 @@ class Trainer:
             row.update({f"val_{k}": v for k, v in val.items()})
             row["lr"] = self.optimizer.param_groups[-1]["lr"]
             row["seconds"] = round(time.time() - t0, 2)
-            if epoch == 1 and cfg.optim.epochs_from_budget and budget_s is not None:
-                self._plan_from_budget(time.time() - t0, budget_s)
             self.history.append(row)
             score = val.get(select)
             if score is None:
@@ -353,6 +351,8 @@ class Trainer:
                 )
                 self.task.on_best(self.run_dir)
             distributed.barrier()  # the epoch's files are written before any rank goes on
+            if cfg.optim.epochs_from_budget and budget_s is not None:
+                self._plan_from_budget(epoch, time.time() - fit_start, budget_s)
         summary = {
             "best_epoch": self.best_epoch,
             f"best_val_{select}": self.best_score,
@@ -370,16 +370,21 @@ class Trainer:
         distributed.barrier()
         return summary
 
-    def _plan_from_budget(self, first_epoch_s: float, budget_s: float) -> None:
-        """Fit the LR schedule to the budget: as many epochs as the first one's time allows (at most optim.epochs)."""
-        fits = int(budget_s * 0.97 // max(first_epoch_s, 1e-6))  # 3% slack for slower epochs
-        self.planned_epochs = distributed.broadcast_object(max(1, min(self.cfg.optim.epochs, fits)))
-        if self.progress:
+    def _plan_from_budget(self, epoch: int, elapsed_s: float, budget_s: float) -> None:
+        """Fit the LR schedule to the budget after every epoch: as many more epochs as the mean epoch so far
+        (saving and validation included) leaves room for, at most optim.epochs. Re-planning every epoch, not
+        once, keeps the cosine ending inside the budget when epochs slow down (a shared machine, a slow
+        first-epoch estimate)."""
+        per_epoch = elapsed_s / max(epoch - self.start_epoch + 1, 1)
+        more = int(max(budget_s * 0.97 - elapsed_s, 0.0) // max(per_epoch, 1e-6))  # 3% slack for slower epochs
+        planned = distributed.broadcast_object(max(epoch, min(self.cfg.optim.epochs, epoch + more)))
+        if planned != self.planned_epochs and self.progress:
             print(
-                f"epoch 1 took {first_epoch_s:.0f} s: the schedule runs {self.planned_epochs} epochs within "
+                f"epochs take {per_epoch:.0f} s: the schedule runs {planned} epochs within "
                 f"optim.time_budget_minutes={self.cfg.optim.time_budget_minutes}",
                 file=sys.stderr,
             )
+        self.planned_epochs = planned
 
     def _write_averaged(self, n: int, select: str) -> dict[str, Any]:
         """Average the last ``n`` epochs' weights into averaged.safetensors; validate it (the model keeps them)."""
