@@ -7,7 +7,7 @@ import random
 import numpy as np
 import pytest
 import torch
-from safetensors.torch import save_file
+from safetensors.torch import safe_open, save_file
 
 from sbir.config import ModelConfig, TrainConfig
 from sbir.engine import checkpoint as ck
@@ -60,14 +60,16 @@ def test_failed_write_keeps_previous_file(tmp_path, monkeypatch):
     ck.save_weights(model, path, cfg)
     before = path.read_bytes()
 
-    def boom(*a, **k):
-        raise RuntimeError("disk full")
+    def half_then_full_disk(self, data):
+        with open(self, "wb") as fh:
+            fh.write(data[: len(data) // 2])  # the temporary file is half written when the disk fills up
+        raise OSError("disk full")
 
-    monkeypatch.setattr(ck, "save_file", boom)
+    monkeypatch.setattr(ck.Path, "write_bytes", half_then_full_disk)
     with torch.no_grad():
         for p in model.parameters():
             p.add_(1.0)
-    with pytest.raises(RuntimeError):
+    with pytest.raises(OSError, match="disk full"):
         ck.save_weights(model, path, cfg)
     assert path.read_bytes() == before
     assert [p.name for p in tmp_path.iterdir()] == ["best.safetensors"]  # no temp files left
@@ -93,3 +95,26 @@ def test_training_checkpoint_pointer_and_pruning(tmp_path):
     assert dirs == ["epoch-0003"]
     tensors, state, cfg2 = ck.load_training_checkpoint(tmp_path)
     assert state["epoch"] == 3 and cfg2.model.embed_dim == 16 and tensors
+
+
+def test_the_same_weights_saved_in_two_processes_are_the_same_bytes(tmp_path):
+    # safetensors orders its header from a hash map seeded per process; the model id (the file digest) must not
+    # change when the same weights are written again, e.g. by 'sbir export --format fp16' run twice.
+    import subprocess
+    import sys
+
+    script = (
+        "import sys, torch; from sbir.engine.checkpoint import save_safetensors; "
+        "save_safetensors({'b.weight': torch.arange(6.).reshape(2, 3), 'a': torch.ones(5, dtype=torch.float16)}, "
+        "sys.argv[1], {'format': 'x', 'config': '{}', 'epoch': '3', 'val': '{}', 'unused_tensors': '[]'})"
+    )
+    paths = [tmp_path / f"{i}.safetensors" for i in range(3)]
+    for p in paths:
+        subprocess.run([sys.executable, "-c", script, str(p)], check=True)
+    assert paths[0].read_bytes() == paths[1].read_bytes() == paths[2].read_bytes()
+    with safe_open(str(paths[0]), framework="pt") as fh:
+        assert fh.metadata() == {"format": "x", "config": "{}", "epoch": "3", "val": "{}", "unused_tensors": "[]"}
+        assert torch.equal(fh.get_tensor("b.weight"), torch.arange(6.0).reshape(2, 3))
+        assert fh.get_tensor("a").dtype == torch.float16
+    header_len = int.from_bytes(paths[0].read_bytes()[:8], "little")
+    assert header_len % 8 == 0

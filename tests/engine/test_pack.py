@@ -41,6 +41,8 @@ def test_packed_checkpoint_is_fp16_without_the_classifier_and_embeds_the_same(ru
     assert report.bytes < 0.6 * resolve_weights(run).stat().st_size
     packed, cfg, packed_id = load_model(out)
     assert packed_id != source_id and report.model_id == packed_id and report.source_model_id == source_id
+    # Packed again, the same file and so the same model id: indexes built with either copy stay compatible.
+    assert pack_weights(run, tmp_path / "again.safetensors").model_id == packed_id
     x = torch.rand(5, 3, 64, 64)
     for domain in ("sketch", "photo"):
         a, b = embed_tensor(model, x, domain), embed_tensor(packed, x, domain)

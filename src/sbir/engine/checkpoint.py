@@ -22,6 +22,7 @@ import json
 import os
 import random
 import shutil
+import struct
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -33,7 +34,8 @@ try:
     from safetensors import SafetensorError as SafetensorsError
 except ImportError:  # older safetensors
     SafetensorsError = Exception
-from safetensors.torch import load_file, safe_open, save_file
+from safetensors.torch import load_file, safe_open
+from safetensors.torch import save as safetensors_bytes
 
 from sbir.config import TrainConfig, config_from_dict, to_dict
 from sbir.errors import CheckpointError
@@ -47,14 +49,28 @@ def state_dict_for_save(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}
 
 
+def save_safetensors(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str]) -> None:
+    """Write ``tensors`` as safetensors atomically, byte for byte the same for the same tensors and metadata.
+
+    safetensors writes its JSON header from a Rust hash map, whose order changes from process to process, so
+    the same weights saved twice would get two different file digests (the model id). The header is rewritten
+    with sorted keys, padded with spaces to 8 bytes as the format asks; tensor offsets are relative to the data
+    that follows it, so they stay valid."""
+    raw = safetensors_bytes(tensors, metadata=metadata)
+    (n,) = struct.unpack("<Q", raw[:8])
+    header = json.dumps(json.loads(raw[8 : 8 + n]), sort_keys=True, separators=(",", ":")).encode()
+    header += b" " * (-len(header) % 8)
+    data = struct.pack("<Q", len(header)) + header + raw[8 + n :]
+    atomic_write_with(Path(path), lambda tmp: Path(tmp).write_bytes(data))
+
+
 def save_weights(model: torch.nn.Module, path: Path, cfg: TrainConfig, extra: dict | None = None) -> None:
     """Write weights with the config in the safetensors metadata, atomically."""
     path = Path(path)
     meta = {"format": FORMAT_TAG, "config": json.dumps(to_dict(cfg))}
     for k, v in (extra or {}).items():
         meta[k] = json.dumps(v)
-    tensors = state_dict_for_save(model)
-    atomic_write_with(path, lambda tmp: save_file(tensors, tmp, metadata=meta))
+    save_safetensors(state_dict_for_save(model), path, meta)
 
 
 def read_weights(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:

@@ -27,10 +27,10 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-from safetensors.torch import load_file, safe_open, save_file
+from safetensors.torch import load_file, safe_open
 
+from sbir.engine.checkpoint import save_safetensors
 from sbir.errors import CheckpointError
-from sbir.fileio import atomic_write_with
 from sbir.models.hashing import HASH_BITS, HashHead, hamming_search, train_hash_head
 
 HASH_FORMAT_TAG = "sbir-hash-head-v1"
@@ -55,7 +55,7 @@ def save_hash_head(head: HashHead, path: Path, weights_digest: str, extra: dict 
     for k, v in (extra or {}).items():
         meta[k] = json.dumps(v)
     tensors = {k: v.detach().cpu().contiguous().clone() for k, v in head.state_dict().items()}
-    atomic_write_with(path, lambda tmp: save_file(tensors, tmp, metadata=meta))
+    save_safetensors(tensors, path, meta)
     return path
 
 

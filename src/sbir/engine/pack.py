@@ -18,7 +18,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from safetensors.torch import save_file
 
 from sbir.engine.checkpoint import (
     FORMAT_TAG,
@@ -26,12 +25,12 @@ from sbir.engine.checkpoint import (
     INT8_WEIGHTS_KEY,
     quantize_int8,
     read_weights,
+    save_safetensors,
     state_dict_for_save,
 )
 from sbir.engine.embed import embed_tensor
 from sbir.engine.inference import UNUSED_TENSORS_KEY, classifier_tensor_names, load_model, resolve_weights
 from sbir.errors import SbirError
-from sbir.fileio import atomic_write_with
 
 DOMAINS = ("sketch", "photo")
 # With int8_weights: tensors this large (and at least 2-d) are stored as int8; biases and norms stay float16.
@@ -134,7 +133,7 @@ def pack_weights(
     if quantized:
         new_meta[INT8_WEIGHTS_KEY] = json.dumps(quantized)
     out.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_with(out, lambda tmp: save_file(tensors, tmp, metadata=new_meta))
+    save_safetensors(tensors, out, new_meta)
     packed, _, packed_id = load_model(out)
     ref, got = _embed_all(model, x), _embed_all(packed, x)
     cos = min(float(torch.nn.functional.cosine_similarity(ref[d], got[d], dim=1).min()) for d in DOMAINS)
