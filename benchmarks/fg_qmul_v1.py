@@ -253,6 +253,7 @@ ABLATION_ROWS = (
     ("+ token re-ranker (model.rerank), re-ranked", "fg_qmul_v1-cv-rerank", "rerank_"),
     ("+ topology term (loss.weight_topology=1)", "fg_qmul_v1-cv-topology", ""),
     ("+ annotated negatives (loss.weight_negative_triplet=1)", "fg_qmul_v1-cv-negtriplet", ""),
+    ("+ long unfrozen schedule (model.freeze_stages=0, optim.epochs_from_budget, 18 min)", "fg_qmul_v1-cv-long", ""),
 )
 REFERENCE_ROW = 1  # the recipe every option is compared with
 

@@ -7,6 +7,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
+from sbir.index.faiss_ops import build_faiss
+from sbir.index.hubness import Hubness, SketchStats
+from sbir.index.store import Entry, Index, ModelInfo, write_generation, write_lock
+
 # Small inputs keep the tests fast; the pretrained EfficientNet-Lite0 runs at any size.
 IMAGE_SIZE = 64
 
@@ -39,3 +43,20 @@ def write_gallery(root: Path, n: int = 6, start: int = 0) -> list[str]:
         make_photo(i).save(p)
         rels.append(rel)
     return sorted(rels)
+
+
+def synthetic_index(
+    tmp_path: Path, photos: np.ndarray, sketches: np.ndarray | None, method: str, kind: str = "none", expand: int = 0
+) -> Index:
+    """An index over given photo vectors (no model), with the hubness ``method`` (sketch statistics
+    ``sketches``, k = 3) and query expansion ``expand`` recorded; its model id is ``synthetic``."""
+    hub = Hubness.fit(method, photos, SketchStats(sketches, "synthetic") if method != "none" else None, k=3)
+    info = ModelInfo(
+        "synthetic", "synthetic", None, {}, photos.shape[1], 32, False, hubness=method, hubness_k=3, expand=expand
+    )
+    entries = [Entry(f"p{i}.png", 1, 1, f"{i:064x}") for i in range(len(photos))]
+    findex, used = build_faiss(hub.faiss_vectors(photos), kind)
+    out = tmp_path / f"idx-{method}-{kind}-{expand}"
+    with write_lock(out):
+        write_generation(out, tmp_path, entries, photos, info, findex, kind, used, requested=kind, hubness=hub)
+    return Index.open(out)

@@ -11,11 +11,10 @@ import pytest
 from PIL import Image, ImageDraw
 
 from sbir.errors import SbirError
-from sbir.index.faiss_ops import build_faiss
 from sbir.index.hubness import Hubness, HubnessError, SketchStats, center
-from sbir.index.store import Entry, Index, ModelInfo, write_generation, write_lock
+from sbir.index.store import Index
 
-from .index_helpers import write_gallery
+from .index_helpers import synthetic_index, write_gallery
 
 
 def unit(v):
@@ -76,24 +75,13 @@ def test_errors_are_clear():
         Hubness.fit("center", np.ones((2, 3), np.float32), SketchStats(np.ones((4, 5), np.float32), "x"))
 
 
-def _synthetic_index(tmp_path: Path, photos, sketches, method: str, kind: str = "none") -> Index:
-    hub = Hubness.fit(method, photos, SketchStats(sketches, "synthetic") if method != "none" else None, k=3)
-    info = ModelInfo("synthetic", "synthetic", None, {}, photos.shape[1], 32, False, hubness=method, hubness_k=3)
-    entries = [Entry(f"p{i}.png", 1, 1, f"{i:064x}") for i in range(len(photos))]
-    findex, used = build_faiss(hub.faiss_vectors(photos), kind)
-    out = tmp_path / f"idx-{method}-{kind}"
-    with write_lock(out):
-        write_generation(out, tmp_path, entries, photos, info, findex, kind, used, requested=kind, hubness=hub)
-    return Index.open(out)
-
-
 @pytest.mark.parametrize("kind", ["none", "hnsw"])
 def test_index_applies_csls_like_the_hand_computation(tmp_path, kind):
     rng = np.random.default_rng(1)
     photos = unit(rng.normal(size=(40, 8)) + 0.7).astype(np.float32)
     sketches = unit(rng.normal(size=(20, 8)) - 0.7).astype(np.float32)
     queries = unit(rng.normal(size=(5, 8)) - 0.5).astype(np.float32)
-    idx = _synthetic_index(tmp_path, photos, sketches, "csls", kind)
+    idx = synthetic_index(tmp_path, photos, sketches, "csls", kind)
     assert idx.hubness.method == "csls" and idx.searcher.index.d == 9  # [g, -r_g]
     ref = Hubness.fit("csls", photos, SketchStats(sketches, ""), k=3).scores(queries, photos)
     hits = idx.search_many(queries, 10, model_id="synthetic")
@@ -120,7 +108,7 @@ def test_synthetic_hub_stops_dominating(tmp_path):
     hub_id = len(photos) - 1
     first_hits = {}
     for method in ("none", "center", "csls"):
-        idx = _synthetic_index(tmp_path, photos, stat_sketches.astype(np.float32), method)
+        idx = synthetic_index(tmp_path, photos, stat_sketches.astype(np.float32), method)
         hits = idx.search_many(queries.astype(np.float32), 1, model_id="synthetic")
         first_hits[method] = sum(h[0].id == hub_id for h in hits) / len(hits)
     assert first_hits["none"] > 0.8
@@ -143,8 +131,15 @@ def test_build_search_update_with_a_model(tmp_path, gallery, stats_dir, tiny_che
     from sbir.index.model import QueryEncoder
 
     out = tmp_path / "idx"
-    rep = build_index(
-        gallery, str(tiny_checkpoint), out, hubness="csls", sketch_stats=stats_dir, progress=False, num_workers=0
+    rep = build_index(  # expand=0: the hand computation below is csls alone (expansion: test_expansion.py)
+        gallery,
+        str(tiny_checkpoint),
+        out,
+        hubness="csls",
+        sketch_stats=stats_dir,
+        expand=0,
+        progress=False,
+        num_workers=0,
     )
     assert rep.hubness == "csls" and "sketch statistics" in rep.hubness_note
     idx = Index.open(out)

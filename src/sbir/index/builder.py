@@ -41,6 +41,7 @@ from sbir.engine.embed import EmbedResult, embed_images
 from sbir.engine.inference import default_model_spec
 from sbir.errors import DataError, SbirError
 from sbir.fileio import sha256_file
+from sbir.index.expansion import DEFAULT_EXPAND, check_expand
 from sbir.index.faiss_ops import AUTO_THRESHOLD, build_faiss, resolve_approx
 from sbir.index.hubness import (
     CSLS_K,
@@ -110,6 +111,7 @@ class SyncReport:
     runtime_note: str = ""  # why that runtime (e.g. "torch (auto: no export ...)")
     hubness: str = "none"  # the hubness correction of the written generation (sbir.index.hubness)
     hubness_note: str = ""  # where its sketch statistics came from, or why there is none
+    expand: int = 0  # photos each query is expanded with (sbir.index.expansion), recorded in the index
     ray: str | None = None  # None: embedded in this process; else the --ray address ("" = a local cluster)
 
     @property
@@ -477,6 +479,7 @@ def build_index(
     ray: str | None = None,
     ray_workers: int | None = None,
     store: str | None = None,
+    expand: int | None = None,
 ) -> SyncReport:
     """Embed every image under ``photos_dir`` with ``model_spec`` into a new index at ``out_dir``.
 
@@ -492,6 +495,8 @@ def build_index(
     ``hubness``: ``none``, ``center`` or ``csls`` (:mod:`sbir.index.hubness`); None = :data:`DEFAULT_HUBNESS`
     when sketch statistics exist (``sketch_stats``, a folder of sketch images, or the default shipped for
     the model and image size) and the index is a cosine one, else ``none``. Recorded; updates keep it.
+    ``expand``: photos each query is expanded with (:mod:`sbir.index.expansion`; 0 = none); None =
+    :data:`~sbir.index.expansion.DEFAULT_EXPAND` when the index corrects hubness, else 0. Recorded.
     ``ray``: embed on Ray (:mod:`sbir.index.ray_embed`): ``""`` starts a local cluster, ``auto`` or
     ``ray://host:10001`` joins one; ``ray_workers`` actors (default: one per cluster CPU) each load the
     model by its spec (``preloaded`` is then used only here, for the record). None: embed in this process.
@@ -521,6 +526,8 @@ def build_index(
         check_method(hubness)
         if hubness == "none" and sketch_stats is not None:
             raise HubnessError("--sketch-stats is used only with --hubness center or csls; drop one of them")
+    if expand is not None:
+        check_expand(expand)
     if sketch_stats is not None and not Path(sketch_stats).is_dir():
         raise HubnessError(f"--sketch-stats {sketch_stats} is not a folder; pass a folder of sketch images")
     _check_ray(ray, ray_workers)
@@ -534,6 +541,12 @@ def build_index(
     method, stats, hub_note = _hubness_setup(
         hubness, sketch_stats, model, cfg, model_id, size, batch_size, progress, path
     )
+    if expand is None:
+        expand = DEFAULT_EXPAND if method != "none" else 0
+    elif expand and metric_for(model, cfg)[0] != "ip":
+        raise SbirError(
+            f"--expand needs a cosine index, but model {model_id} ranks by euclidean distance; use --expand 0"
+        )
     embed_fn = None
     if ray is not None:
         from sbir.index.ray_embed import load_spec_model
@@ -560,6 +573,7 @@ def build_index(
                 hubness=method,
                 hubness_k=CSLS_K,
                 hubness_source=stats.source if stats is not None else "",
+                expand=expand,
             ),
             None,
             approx,
@@ -579,6 +593,7 @@ def build_index(
     report.runtime, report.runtime_note = enc.runtime, note
     report.ray = ray
     report.hubness_note = hub_note
+    report.expand = expand
     return report
 
 
@@ -777,4 +792,5 @@ def update_index(
     report.runtime, report.runtime_note = rt_name, f"{rt_name} (recorded in the index)"
     report.hubness = rec.hubness
     report.hubness_note = f"{rec.hubness} (recorded in the index; photo statistics re-estimated)"
+    report.expand = rec.expand
     return report

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from sbir.engine.runtime import RUNTIME_CHOICES
 from sbir.errors import SbirError
+from sbir.index.expansion import DEFAULT_EXPAND
 from sbir.index.faiss_ops import APPROX_CHOICES, AUTO_THRESHOLD
 from sbir.index.hubness import DEFAULT_HUBNESS, HUBNESS_CHOICES
 
@@ -37,6 +38,8 @@ def _print_report(report, as_json: bool, verb: str) -> None:
         print(f"runtime: {report.runtime_note}", file=sys.stderr)
     if report.hubness_note:
         print(f"hubness: {report.hubness_note}", file=sys.stderr)
+        expansion = f"{_plural(report.expand, 'photo')} per query" if report.expand else "none"
+        print(f"query expansion: {expansion} (recorded in the index)", file=sys.stderr)
     if report.ray is not None and report.embedded:
         print(f"embedded on Ray ({report.ray or 'local cluster'})", file=sys.stderr)
     if as_json:
@@ -99,6 +102,7 @@ def cmd_build(args: argparse.Namespace) -> int:
         hubness=args.hubness,
         sketch_stats=args.sketch_stats,
         store=args.store,
+        expand=args.expand,
         **_embed_kwargs(args),
     )
     _print_report(report, args.json, "built")
@@ -164,7 +168,7 @@ def cmd_search(args: argparse.Namespace) -> int:
     q = encoder.encode([img for img, _ in queries])  # one batch for all sketches
     t2 = time.perf_counter()
     rerank_k = 0 if args.no_rerank else encoder.rerank_k  # a checkpoint with a trained re-ranker (model.rerank)
-    all_hits = index.search_many(q, max(max(ks), rerank_k), model_id=encoder.model_id)
+    all_hits = index.search_many(q, max(max(ks), rerank_k), model_id=encoder.model_id, expand=args.expand)
     results = []
     for (img, _), k, hits in zip(queries, ks, all_hits, strict=True):
         if rerank_k:
@@ -177,7 +181,12 @@ def cmd_search(args: argparse.Namespace) -> int:
         "search": round((t3 - t2) * 1e3, 2),
     }
     if args.json:
-        head = {"index": str(args.index), "model_id": encoder.model_id, "hubness": index.hubness.method}
+        head = {
+            "index": str(args.index),
+            "model_id": encoder.model_id,
+            "hubness": index.hubness.method,
+            "expand": index.model.expand if args.expand is None else args.expand,
+        }
         if len(args.sketch) == 1:  # the single-sketch shape scripts already parse
             out = {"query": str(args.sketch[0]), **head, "k": ks[0], "results": _hit_dicts(results[0], index)}
         else:
@@ -310,6 +319,14 @@ def add_index_commands(subparsers) -> None:
         f"{DEFAULT_HUBNESS} when sketch statistics exist (--sketch-stats, or shipped for the model), else none",
     )
     b.add_argument(
+        "--expand",
+        type=int,
+        default=None,
+        metavar="K",
+        help="query expansion (recorded): search again with each query moved toward its K best photos; 0 = none. "
+        f"Default: {DEFAULT_EXPAND} when the index corrects hubness, else 0",
+    )
+    b.add_argument(
         "--sketch-stats",
         default=None,
         metavar="DIR",
@@ -376,6 +393,13 @@ def add_index_commands(subparsers) -> None:
     s.add_argument("-k", type=int, default=None, help=f"number of results (default: the file's k, else {DEFAULT_K})")
     s.add_argument("--json", action="store_true", help="print results as JSON")
     add_query_model_args(s)
+    s.add_argument(
+        "--expand",
+        type=int,
+        default=None,
+        metavar="K",
+        help="query expansion with the K best photos, 0 = none (default: the index's recorded setting)",
+    )
     s.add_argument(
         "--no-rerank", action="store_true", help="skip the checkpoint's token re-ranker (model.rerank) if it has one"
     )

@@ -54,6 +54,7 @@ import numpy as np
 
 from sbir.errors import SbirError
 from sbir.fileio import atomic_write_text, fsync_dir
+from sbir.index.expansion import EXPAND_WEIGHT, check_expand, expand_queries
 from sbir.index.faiss_ops import Searcher, configure
 from sbir.index.hubness import STATS_FILE, Hubness
 
@@ -124,6 +125,8 @@ class ModelInfo:
     hubness: str = "none"
     hubness_k: int = 10
     hubness_source: str = ""
+    # Query expansion (sbir.index.expansion): photos each query is expanded with; 0 = none.
+    expand: int = 0
 
     @property
     def load_spec(self) -> str:
@@ -365,11 +368,14 @@ class Index:
                 "Search with the index's own model (omit --model) or rebuild the index with this model."
             )
 
-    def search_many(self, queries: np.ndarray, k: int = 10, *, model_id: str) -> list[list[Hit]]:
+    def search_many(
+        self, queries: np.ndarray, k: int = 10, *, model_id: str, expand: int | None = None
+    ) -> list[list[Hit]]:
         """Top-``k`` hits for each row of ``queries`` (Q, D); refuses embeddings of another model.
 
         ``queries`` are the query encoder's embeddings; the index's hubness correction (sketch centring,
-        csls scores ``2 cos - r_g``) is applied here, so every caller ranks the same way.
+        csls scores ``2 cos - r_g``) and query expansion (:mod:`sbir.index.expansion`; ``expand`` photos,
+        None = the index's recorded setting) are applied here, so every caller ranks the same way.
         """
         self.check_model(model_id)
         q = np.asarray(queries, dtype=np.float32)
@@ -381,7 +387,18 @@ class Index:
             )
         if not isinstance(k, int) or k < 1:
             raise IndexStoreError(f"k must be a positive integer, got {k!r}")
-        scores, ids = self.searcher.search(self.hubness.queries(q), k)
+        searched = self.hubness.queries(q)
+        expand = self.model.expand if expand is None else check_expand(expand)
+        if expand and len(self.entries):
+            if self.model.metric != "ip":
+                raise IndexStoreError(
+                    f"query expansion needs a cosine index; {self.root} ranks by euclidean distance (use expand 0)"
+                )
+            _, top = self.searcher.search(searched, min(expand, len(self.entries)))
+            valid = top >= 0
+            neighbours = self.hubness.photos(self.vectors[np.where(valid, top, 0)].reshape(-1, self.dim))
+            searched = expand_queries(searched, neighbours.reshape(*top.shape, self.dim), valid, EXPAND_WEIGHT)
+        scores, ids = self.searcher.search(searched, k)
         out = []
         for srow, irow in zip(scores, ids, strict=False):
             hits = [
@@ -441,6 +458,7 @@ class Index:
             "flip_tta": self.model.flip_tta,
             "metric": "cosine" if self.model.metric == "ip" else "euclidean",
             "hubness": self.hubness.summary() | ({"source": self.model.hubness_source} if self.hubness.active else {}),
+            "expand": self.model.expand,
             "created": self.meta.get("created"),
             "disk_bytes": disk,
         }
