@@ -121,3 +121,21 @@ def test_build_records_the_default_and_search_overrides_it(tmp_path, gallery, ti
     write_gallery(gallery, n=2, start=30)
     assert update_index(corrected, progress=False, num_workers=0).expand == DEFAULT_EXPAND
     assert Index.open(corrected).model.expand == DEFAULT_EXPAND
+
+
+def test_photo_queries_are_centred_like_photos_and_not_expanded(tmp_path):
+    """'More like this' searches with a gallery photo's vector: it is centred with the photo mean, as the
+    gallery is (with the sketch mean it would be pushed toward the sketches' side), and not expanded."""
+    rng = np.random.default_rng(5)
+    photos = unit(rng.normal(size=(30, 8)) + 0.7).astype(np.float32)
+    sketches = unit(rng.normal(size=(20, 8)) - 0.7).astype(np.float32)
+    idx = synthetic_index(tmp_path, photos, sketches, "csls", expand=4)
+    hub = Hubness.fit("csls", photos, SketchStats(sketches, ""), k=3)
+    gs = hub.photos(photos)
+    ref = 2 * gs[:3] @ gs.T - hub.r_g[None]
+    hits = idx.search_many(photos[:3], 5, model_id="synthetic", domain="photo")
+    for qi, row in enumerate(hits):
+        assert row[0].id == qi  # a photo is most like itself
+        assert [h.id for h in row] == np.argsort(-ref[qi], kind="stable")[:5].tolist()
+    with pytest.raises(SbirError, match="domain must be"):
+        idx.search_many(photos[:1], 5, model_id="synthetic", domain="text")

@@ -369,13 +369,15 @@ class Index:
             )
 
     def search_many(
-        self, queries: np.ndarray, k: int = 10, *, model_id: str, expand: int | None = None
+        self, queries: np.ndarray, k: int = 10, *, model_id: str, expand: int | None = None, domain: str = "sketch"
     ) -> list[list[Hit]]:
         """Top-``k`` hits for each row of ``queries`` (Q, D); refuses embeddings of another model.
 
         ``queries`` are the query encoder's embeddings; the index's hubness correction (sketch centring,
         csls scores ``2 cos - r_g``) and query expansion (:mod:`sbir.index.expansion`; ``expand`` photos,
         None = the index's recorded setting) are applied here, so every caller ranks the same way.
+        ``domain="photo"``: the queries are photo embeddings ("more like this"), centred like the gallery
+        and not expanded unless ``expand`` says so.
         """
         self.check_model(model_id)
         q = np.asarray(queries, dtype=np.float32)
@@ -387,8 +389,11 @@ class Index:
             )
         if not isinstance(k, int) or k < 1:
             raise IndexStoreError(f"k must be a positive integer, got {k!r}")
-        searched = self.hubness.queries(q)
-        expand = self.model.expand if expand is None else check_expand(expand)
+        if domain not in ("sketch", "photo"):
+            raise IndexStoreError(f"domain must be 'sketch' or 'photo', got {domain!r}")
+        searched = self.hubness.queries(q) if domain == "sketch" else self.hubness.photos(q)
+        default_expand = self.model.expand if domain == "sketch" else 0
+        expand = default_expand if expand is None else check_expand(expand)
         if expand and len(self.entries):
             if self.model.metric != "ip":
                 raise IndexStoreError(

@@ -412,7 +412,7 @@ class SearchService:
         index = self.index
         i = int(image_id)
         vec = np.asarray(index.vectors[i], dtype=np.float32)
-        hits = index.search(vec, min(k + 1, len(index)), model_id=self.encoder.model_id)
+        hits = index.search_many(vec[None], min(k + 1, len(index)), model_id=self.encoder.model_id, domain="photo")[0]
         hits = [h for h in hits if h.id != i][:k]
         hits = [Hit(h.id, h.path, h.score, r + 1) for r, h in enumerate(hits)]
         t1 = time.perf_counter()
