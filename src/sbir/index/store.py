@@ -395,14 +395,7 @@ class Index:
         default_expand = self.model.expand if domain == "sketch" else 0
         expand = default_expand if expand is None else check_expand(expand)
         if expand and len(self.entries):
-            if self.model.metric != "ip":
-                raise IndexStoreError(
-                    f"query expansion needs a cosine index; {self.root} ranks by euclidean distance (use expand 0)"
-                )
-            _, top = self.searcher.search(searched, min(expand, len(self.entries)))
-            valid = top >= 0
-            neighbours = self.hubness.photos(self.vectors[np.where(valid, top, 0)].reshape(-1, self.dim))
-            searched = expand_queries(searched, neighbours.reshape(*top.shape, self.dim), valid, EXPAND_WEIGHT)
+            searched = self._expanded(searched, expand)
         scores, ids = self.searcher.search(searched, k)
         out = []
         for srow, irow in zip(scores, ids, strict=False):
@@ -413,6 +406,17 @@ class Index:
             ]
             out.append(hits)
         return out
+
+    def _expanded(self, searched: np.ndarray, expand: int) -> np.ndarray:
+        """Queries (as searched) moved toward their ``expand`` best photos (:mod:`sbir.index.expansion`)."""
+        if self.model.metric != "ip":
+            raise IndexStoreError(
+                f"query expansion needs a cosine index; {self.root} ranks by euclidean distance (use expand 0)"
+            )
+        _, top = self.searcher.search(searched, min(expand, len(self.entries)))
+        valid = top >= 0  # IVF-PQ may find fewer candidates than asked
+        neighbours = self.hubness.photos(self.vectors[np.where(valid, top, 0)].reshape(-1, self.dim))
+        return expand_queries(searched, neighbours.reshape(*top.shape, self.dim), valid, EXPAND_WEIGHT)
 
     def search(self, query: np.ndarray, k: int = 10, *, model_id: str) -> list[Hit]:
         """Top-``k`` hits for one query vector (D,)."""
