@@ -73,26 +73,44 @@ def save_weights(model: torch.nn.Module, path: Path, cfg: TrainConfig, extra: di
     save_safetensors(state_dict_for_save(model), path, meta)
 
 
-def read_weights(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    """Read an sbir ``.safetensors``; a file not made by sbir is a CheckpointError."""
+_READ_ERRORS = (SafetensorsError, OSError, ValueError, RuntimeError)
+
+
+def _unreadable(path: Path, exc: Exception) -> CheckpointError:
+    return CheckpointError(
+        f"{path} is not a readable safetensors file ({exc}). Pass a run folder or a .safetensors written by "
+        "'sbir train'."
+    )
+
+
+def read_metadata(path: Path) -> dict[str, str]:
+    """The metadata of an sbir ``.safetensors`` (its header only, no tensors); a file not made by sbir is a
+    CheckpointError."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist")
     try:
         with safe_open(str(path), framework="pt") as fh:
             meta = fh.metadata() or {}
-        tensors = load_file(str(path))
-    except (SafetensorsError, OSError, ValueError, RuntimeError) as exc:
-        raise CheckpointError(
-            f"{path} is not a readable safetensors file ({exc}). Pass a run folder or a .safetensors written by "
-            "'sbir train'."
-        ) from exc
+    except _READ_ERRORS as exc:
+        raise _unreadable(path, exc) from exc
     if meta.get("format") != FORMAT_TAG or "config" not in meta:
         raise CheckpointError(
             f"{path} is a safetensors file but not an sbir checkpoint (no sbir config in its metadata). "
             "Pass a run folder or a checkpoint written by 'sbir train'; for plain backbone weights use "
             "model.weights_path."
         )
+    return meta
+
+
+def read_weights(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """Read an sbir ``.safetensors``; a file not made by sbir is a CheckpointError."""
+    path = Path(path)
+    meta = read_metadata(path)
+    try:
+        tensors = load_file(str(path))
+    except _READ_ERRORS as exc:
+        raise _unreadable(path, exc) from exc
     if INT8_WEIGHTS_KEY in meta:
         tensors = dequantize_int8(tensors, json.loads(meta[INT8_WEIGHTS_KEY]), path)
     return tensors, meta

@@ -24,7 +24,7 @@ from sbir.engine.checkpoint import (
     INT8_SCALE_SUFFIX,
     INT8_WEIGHTS_KEY,
     quantize_int8,
-    read_weights,
+    read_metadata,
     save_safetensors,
     state_dict_for_save,
 )
@@ -104,7 +104,7 @@ def pack_weights(
     out = Path(out)
     if out.resolve() == src.resolve():
         raise PackError(f"--out {out} is the checkpoint itself; write the packed model to another file")
-    _, meta = read_weights(src)
+    meta = read_metadata(src)  # the tensors are read once, by load_model
     model, cfg, source_id = load_model(src)
     size = int(image_size or cfg.data.image_size)
     x = _probe_inputs(size, probes)
@@ -132,8 +132,7 @@ def pack_weights(
     )
     if quantized:
         new_meta[INT8_WEIGHTS_KEY] = json.dumps(quantized)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    save_safetensors(tensors, out, new_meta)
+    save_safetensors(tensors, out, new_meta)  # creates out's folder
     packed, _, packed_id = load_model(out)
     ref, got = _embed_all(model, x), _embed_all(packed, x)
     cos = min(float(torch.nn.functional.cosine_similarity(ref[d], got[d], dim=1).min()) for d in DOMAINS)
