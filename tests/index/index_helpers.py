@@ -60,3 +60,37 @@ def synthetic_index(
     with write_lock(out):
         write_generation(out, tmp_path, entries, photos, info, findex, kind, used, requested=kind, hubness=hub)
     return Index.open(out)
+
+
+def unit(v):
+    v = np.asarray(v, dtype=np.float64)
+    return v / np.linalg.norm(v, axis=-1, keepdims=True)
+
+
+def write_sketches(root: Path, n: int = 8, start: int = 0) -> list[Path]:
+    rng = np.random.default_rng(100 + start)
+    root.mkdir(parents=True, exist_ok=True)
+    out = []
+    for i in range(start, start + n):
+        img = Image.new("RGB", (48, 48), "white")
+        d = ImageDraw.Draw(img)
+        for _ in range(3):
+            x0, y0, x1, y1 = (int(v) for v in rng.integers(0, 48, 4))
+            d.line((x0, y0, x1, y1), fill="black", width=2)
+        p = root / f"s{i:03d}.png"
+        img.save(p)
+        out.append(p)
+    return out
+
+
+# ---------------------------------------------------------------- the maths, by hand
+
+
+def two_domain_vectors(seed: int, n_photos: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(photos, sketches, queries): unit vectors in 8-d, photos on one side (+0.7), 20 statistics sketches
+    on the other (-0.7) and 5 sketch queries near them (-0.5), float32."""
+    rng = np.random.default_rng(seed)
+    photos = unit(rng.normal(size=(n_photos, 8)) + 0.7).astype(np.float32)
+    sketches = unit(rng.normal(size=(20, 8)) - 0.7).astype(np.float32)
+    queries = unit(rng.normal(size=(5, 8)) - 0.5).astype(np.float32)
+    return photos, sketches, queries

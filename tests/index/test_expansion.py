@@ -12,8 +12,7 @@ from sbir.index.expansion import DEFAULT_EXPAND, EXPAND_WEIGHT, check_expand, ex
 from sbir.index.hubness import Hubness, SketchStats
 from sbir.index.store import Index
 
-from .index_helpers import synthetic_index
-from .test_hubness import unit, write_sketches
+from .index_helpers import synthetic_index, two_domain_vectors, unit, write_gallery, write_sketches
 
 
 def test_expand_queries_by_hand():
@@ -36,10 +35,7 @@ def test_bad_expand_is_one_clear_error(bad):
 
 @pytest.mark.parametrize("kind", ["none", "hnsw"])
 def test_index_expands_like_the_two_pass_hand_computation(tmp_path, kind):
-    rng = np.random.default_rng(3)
-    photos = unit(rng.normal(size=(40, 8)) + 0.7).astype(np.float32)
-    sketches = unit(rng.normal(size=(20, 8)) - 0.7).astype(np.float32)
-    queries = unit(rng.normal(size=(5, 8)) - 0.5).astype(np.float32)
+    photos, sketches, queries = two_domain_vectors(3, 40)
     idx = synthetic_index(tmp_path, photos, sketches, "csls", kind, expand=4)
     hub = Hubness.fit("csls", photos, SketchStats(sketches, ""), k=3)
     qs, gs = hub.queries(queries), hub.photos(photos)
@@ -116,8 +112,6 @@ def test_build_records_the_default_and_search_overrides_it(tmp_path, gallery, ti
     assert [r["score"] for r in none["results"]] != [r["score"] for r in default["results"]]
 
     # an update keeps the recorded setting
-    from .index_helpers import write_gallery
-
     write_gallery(gallery, n=2, start=30)
     assert update_index(corrected, progress=False, num_workers=0).expand == DEFAULT_EXPAND
     assert Index.open(corrected).model.expand == DEFAULT_EXPAND
@@ -126,9 +120,7 @@ def test_build_records_the_default_and_search_overrides_it(tmp_path, gallery, ti
 def test_photo_queries_are_centred_like_photos_and_not_expanded(tmp_path):
     """'More like this' searches with a gallery photo's vector: it is centred with the photo mean, as the
     gallery is (with the sketch mean it would be pushed toward the sketches' side), and not expanded."""
-    rng = np.random.default_rng(5)
-    photos = unit(rng.normal(size=(30, 8)) + 0.7).astype(np.float32)
-    sketches = unit(rng.normal(size=(20, 8)) - 0.7).astype(np.float32)
+    photos, sketches, _ = two_domain_vectors(5, 30)
     idx = synthetic_index(tmp_path, photos, sketches, "csls", expand=4)
     hub = Hubness.fit("csls", photos, SketchStats(sketches, ""), k=3)
     gs = hub.photos(photos)

@@ -8,37 +8,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image, ImageDraw
+from PIL import Image
 
 from sbir.errors import SbirError
 from sbir.index.hubness import Hubness, HubnessError, SketchStats, center
 from sbir.index.store import Index
 
-from .index_helpers import synthetic_index, write_gallery
-
-
-def unit(v):
-    v = np.asarray(v, dtype=np.float64)
-    return v / np.linalg.norm(v, axis=-1, keepdims=True)
-
-
-def write_sketches(root: Path, n: int = 8, start: int = 0) -> list[Path]:
-    rng = np.random.default_rng(100 + start)
-    root.mkdir(parents=True, exist_ok=True)
-    out = []
-    for i in range(start, start + n):
-        img = Image.new("RGB", (48, 48), "white")
-        d = ImageDraw.Draw(img)
-        for _ in range(3):
-            x0, y0, x1, y1 = (int(v) for v in rng.integers(0, 48, 4))
-            d.line((x0, y0, x1, y1), fill="black", width=2)
-        p = root / f"s{i:03d}.png"
-        img.save(p)
-        out.append(p)
-    return out
-
-
-# ---------------------------------------------------------------- the maths, by hand
+from .index_helpers import synthetic_index, two_domain_vectors, unit, write_gallery, write_sketches
 
 
 def test_center_and_csls_by_hand():
@@ -77,10 +53,7 @@ def test_errors_are_clear():
 
 @pytest.mark.parametrize("kind", ["none", "hnsw"])
 def test_index_applies_csls_like_the_hand_computation(tmp_path, kind):
-    rng = np.random.default_rng(1)
-    photos = unit(rng.normal(size=(40, 8)) + 0.7).astype(np.float32)
-    sketches = unit(rng.normal(size=(20, 8)) - 0.7).astype(np.float32)
-    queries = unit(rng.normal(size=(5, 8)) - 0.5).astype(np.float32)
+    photos, sketches, queries = two_domain_vectors(1, 40)
     idx = synthetic_index(tmp_path, photos, sketches, "csls", kind)
     assert idx.hubness.method == "csls" and idx.searcher.index.d == 9  # [g, -r_g]
     ref = Hubness.fit("csls", photos, SketchStats(sketches, ""), k=3).scores(queries, photos)
