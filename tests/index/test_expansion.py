@@ -131,3 +131,9 @@ def test_photo_queries_are_centred_like_photos_and_not_expanded(tmp_path):
         assert [h.id for h in row] == np.argsort(-ref[qi], kind="stable")[:5].tolist()
     with pytest.raises(SbirError, match="domain must be"):
         idx.search_many(photos[:1], 5, model_id="synthetic", domain="text")
+
+
+def test_search_refuses_a_bad_expand_before_opening_anything(tmp_path, cli):
+    # the index folder does not even exist: the flag is checked first, so the error names --expand
+    with pytest.raises(SbirError, match="--expand must be a whole number"):
+        cli(["search", str(tmp_path / "no-index"), str(tmp_path / "s.png"), "--expand", "-3"])

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from sbir.engine.runtime import RUNTIME_CHOICES
 from sbir.errors import SbirError
-from sbir.index.expansion import DEFAULT_EXPAND
+from sbir.index.expansion import DEFAULT_EXPAND, check_expand
 from sbir.index.faiss_ops import APPROX_CHOICES, AUTO_THRESHOLD
 from sbir.index.hubness import DEFAULT_HUBNESS, HUBNESS_CHOICES
 
@@ -159,6 +159,8 @@ def cmd_search(args: argparse.Namespace) -> int:
 
     if args.k is not None and args.k < 1:
         raise SbirError(f"-k must be >= 1, got {args.k}")
+    if args.expand is not None:
+        check_expand(args.expand)  # before the model is loaded
     t0 = time.perf_counter()
     index = Index.open(args.index, ef_search=args.ef_search, nprobe=args.nprobe)
     queries = [load_query(path) for path in args.sketch]  # (image, k from a strokes file or None)
