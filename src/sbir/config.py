@@ -196,6 +196,11 @@ class LossConfig:
     # Fine-grained: a triplet term on explicit negative photos (data.annotation_negatives decides how they are
     # drawn), added with this weight (unset/0: off); its margin is loss.triplet_margin.
     weight_negative_triplet: float | None = None
+    # Category / zero-shot: knowledge preservation (sbir.losses.distill), added with this weight (unset/0: off):
+    # the backbone's own ImageNet classifier keeps agreeing with the frozen ImageNet model on every training
+    # image, at distill_temperature (unset: the loss's 2.0).
+    weight_distill: float | None = None
+    distill_temperature: float | None = None
     # CLIP prompt learning (clip-prompt): weights of the text-classifier cross-entropy, the patch-shuffle
     # triplet and the relative-distance regulariser (fine-grained), and the patch-shuffle grid (n x n).
     weight_text: float | None = None
@@ -212,6 +217,8 @@ class LossConfig:
             raise ConfigError(f"loss.anneal_steps must be >= 0 (or unset), got {self.anneal_steps}")
         if self.temperature is not None and self.temperature <= 0:
             raise ConfigError(f"loss.temperature must be > 0, got {self.temperature}")
+        if self.distill_temperature is not None and self.distill_temperature <= 0:
+            raise ConfigError(f"loss.distill_temperature must be > 0, got {self.distill_temperature}")
         if self.topology_pairs is not None and self.topology_pairs < 1:
             raise ConfigError(f"loss.topology_pairs must be >= 1, got {self.topology_pairs}")
         if self.topology_meta and not self.weight_topology:
@@ -229,6 +236,7 @@ class LossConfig:
             "weight_topology",
             "topology_margin",
             "weight_negative_triplet",
+            "weight_distill",
             "weight_text",
             "weight_patch_shuffle",
             "weight_rel_distance",

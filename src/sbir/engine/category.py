@@ -16,6 +16,9 @@ class drawn at random (:class:`sbir.data.pairs.CategoryPairs`). Sketches and
 photos go through the encoder as one mixed batch with per-sample domain ids (so
 the shared BatchNorm sees both domains, as at test time), and both domains'
 embeddings enter the classification loss against the same class centres.
+With ``loss.weight_distill``, a frozen copy of the ImageNet backbone scores every
+training image too, and the backbone's own ImageNet classifier is trained to keep
+agreeing with it (:mod:`sbir.losses.distill`).
 
 Evaluation: :func:`sbir.engine.evaluate.evaluate_category`. Validation selects
 the best epoch on ``map@all`` by default. With ``eval.hash_bits``, hash heads
@@ -91,6 +94,25 @@ class CategoryTask(SplitTask):
         )
         self.sampler = spec.make_sampler(self)
         self.criterion = build_criterion(cfg, len(self.classes), self.model.embed_dim)
+        self.teacher, self.distill = self._knowledge_preservation() if cfg.loss.weight_distill else (None, None)
+
+    def _knowledge_preservation(self):
+        """The frozen ImageNet backbone and the distillation term of ``loss.weight_distill``."""
+        from sbir.losses.distill import KnowledgePreservationLoss
+        from sbir.losses.factory import set_values
+        from sbir.models.registry import create_backbone
+
+        m = self.cfg.model
+        if not getattr(self.model.backbone, "has_classifier", False):
+            raise ConfigError(
+                f"loss.weight_distill needs a backbone that keeps its ImageNet classifier, and {m.backbone} has "
+                "none; use an efficientnet_lite backbone or unset loss.weight_distill"
+            )
+        teacher = create_backbone(m.backbone, pretrained=m.pretrained, weights_path=m.weights_path, **m.backbone_kwargs)
+        teacher.requires_grad_(False)
+        teacher.eval()  # its BatchNorm keeps the ImageNet statistics
+        loss = KnowledgePreservationLoss(**set_values(self.cfg.loss, "distill_temperature", prefix="distill_"))
+        return teacher.to(memory_format=torch.channels_last), loss
 
     def compute_loss(self, batch: dict, device: torch.device):
         s = batch["sketch"].to(device, non_blocking=True)
@@ -100,7 +122,8 @@ class CategoryTask(SplitTask):
         domain = torch.cat([torch.zeros(b, dtype=torch.long), torch.ones(b, dtype=torch.long)]).to(device)
         y = batch["label"].to(device)
         labels = torch.cat([y, y])
-        z = self.model.embed(x, domain).float()
+        feats = self.model.features(x, domain)
+        z = self.model.project(feats).float()
         # Under torchrun the loss stays local: MEMS and CosFace are means over samples of a cross-entropy against
         # shared class centres, with no statistic over the batch, so DDP's mean of the equal-sized ranks'
         # gradients is the global batch's gradient (tested against one process in tests/engine/test_ddp_tasks.py).
@@ -113,6 +136,12 @@ class CategoryTask(SplitTask):
             "acc_photo": float(correct[b:].mean()),
             "margin": float(self.criterion.current_margin()),
         }
+        if self.distill is not None:
+            with torch.no_grad():
+                target = self.teacher.to(device).classify(self.teacher(x)).float()
+            kd = self.distill(self.model.imagenet_logits(feats).float(), target)
+            parts["distill"] = float(kd.detach())
+            loss = loss + float(self.cfg.loss.weight_distill) * kd
         return loss, parts
 
     def on_best(self, run_dir: Path) -> None:

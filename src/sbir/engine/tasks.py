@@ -154,6 +154,13 @@ def check_config(cfg: TrainConfig) -> TrainConfig:
         )
     if cfg.model.rerank and not spec.rerank:
         raise ConfigError(f"model.rerank is for fine-grained runs; remove it for task {spec.name}")
+    if cfg.loss.weight_distill and spec.loss_kind != "classes":
+        raise ConfigError(f"loss.weight_distill is for category / zero-shot runs; remove it for task {spec.name}")
+    if cfg.loss.weight_distill and not (cfg.model.pretrained or cfg.model.weights_path):
+        raise ConfigError(
+            "loss.weight_distill preserves the ImageNet model's knowledge: set model.pretrained=true "
+            "(or model.weights_path) with it"
+        )
     if cfg.eval.hash_bits and not spec.hash_codes:
         raise ConfigError(f"eval.hash_bits is for category / zero-shot runs; remove it for task {spec.name}")
     return cfg

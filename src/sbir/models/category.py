@@ -121,13 +121,19 @@ class CategorySBIRModel(nn.Module):
         z = self.head.proj(self.head.dropout(feats))
         return F.normalize(z, dim=-1) if self.normalize else z
 
+    def features(self, x: torch.Tensor, domain: DomainLike) -> torch.Tensor:
+        """Pooled backbone features, the DASE blocks told each sample's domain."""
+        if not self.dase_blocks:
+            return self.backbone(x)
+        with domain_context(self.backbone, domain, batch_size=x.shape[0]):
+            return self.backbone(x)
+
+    def imagenet_logits(self, feats: torch.Tensor) -> torch.Tensor:
+        """Pooled features -> the backbone's own ImageNet classifier's logits (loss.weight_distill)."""
+        return self.backbone.classify(feats)
+
     def embed(self, x: torch.Tensor, domain: DomainLike) -> torch.Tensor:
-        if self.dase_blocks:
-            with domain_context(self.backbone, domain, batch_size=x.shape[0]):
-                feats = self.backbone(x)
-        else:
-            feats = self.backbone(x)
-        return self.project(feats)
+        return self.project(self.features(x, domain))
 
     def embed_sketch(self, x: torch.Tensor) -> torch.Tensor:
         return self.embed(x, "sketch")

@@ -87,6 +87,18 @@ class TimmBackbone(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_head(self.forward_features(x))
 
+    @property
+    def has_classifier(self) -> bool:
+        """Whether the wrapped model kept its (ImageNet) classifier: a linear layer :meth:`classify` applies."""
+        get = getattr(self.model, "get_classifier", None)
+        return get is not None and isinstance(get(), nn.Linear)
+
+    def classify(self, pooled: torch.Tensor) -> torch.Tensor:
+        """The wrapped model's own class logits of pooled features (``forward``'s output)."""
+        if not self.has_classifier:
+            raise ValueError(f"backbone {self.name} has no classifier of its own (it was built without one)")
+        return self.model.get_classifier()(pooled)
+
     def tokens_from_features(self, feats: torch.Tensor) -> torch.Tensor:
         """``(B, N, D)`` tokens of ``forward_features``' output: a feature map's positions
         ``(B, C, H, W) -> (B, H*W, C)`` row-major, or a token sequence without its prefix tokens."""
