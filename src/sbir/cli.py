@@ -304,11 +304,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         "cv",
-        help="k-fold cross-validation by photo: mean and std of the test metrics over folds",
-        description="Train one run per fold into OUT/fold-<i>: the fold's photos and sketches are held out, the "
-        "best epoch is chosen on a validation split carved from the other folds, and the best checkpoint is "
-        "tested on the held-out fold. Prints and writes OUT/cv.json with each fold's metrics, their mean and "
-        "standard deviation. Rerunning the same command resumes.",
+        help="k-fold cross-validation by photo (zero-shot: by class): mean and std of the test metrics over folds",
+        description="Train one run per fold into OUT/fold-<i>: the fold's photos and sketches are held out (with "
+        "--task zeroshot, the fold's classes are the unseen ones), the best epoch is chosen on a validation split "
+        "carved from the other folds, and the best checkpoint is tested on the held-out fold. Prints and writes "
+        "OUT/cv.json with each fold's metrics, their mean and standard deviation. Rerunning the same command resumes.",
     )
     _add_train_args(p)
     p.add_argument("--folds", type=int, default=5, help="number of folds (default 5)")

@@ -35,6 +35,7 @@ class DataConfig:
     unseen: str | None = None
     # Cross-validation (sbir cv): hold out fold cv_fold of cv_folds folds of the training photos (with their
     # sketches; seeded by split_seed) as this run's test split; the validation split is carved from the rest.
+    # Zero-shot runs hold out a fold of the classes instead: they become data.unseen.
     cv_folds: int | None = None
     cv_fold: int = 0
     # With loss.weight_negative_triplet: the share of negatives drawn from the human triplet annotations

@@ -318,3 +318,27 @@ def test_cross_validation_folds_are_disjoint_by_photo():
         hold_out_fold(split, 1, 0)
     with pytest.raises(ConfigError):
         hold_out_fold(split, 5, 5)
+
+
+def test_cross_validation_folds_are_disjoint_by_class():
+    from sbir.data.splits import hold_out_class_fold
+
+    classes = tuple(f"c{i:02d}" for i in range(12))
+    split = cat_split(classes=classes, n_photos=2, n_sketches=2)
+    # A class with photos but no sketches cannot be a zero-shot query class: it is never held out.
+    split.photos.append(PhotoRecord(id="lonely", image=FileRef(Path("lonely.png")), label="photo_only"))
+    folds = [hold_out_class_fold(split, 5, f, seed=3) for f in range(5)]
+    held = [set(h) for h, _ in folds]
+    assert set().union(*held) == set(classes)  # every class is unseen in exactly one fold
+    assert sum(len(h) for h in held) == len(classes)
+    assert sorted(len(h) for h in held) == [2, 2, 2, 3, 3]  # near-equal folds
+    for h, record in folds:
+        assert record["heldout_classes"] == sorted(h) and record["by"] == "class"
+    assert hold_out_class_fold(split, 5, 1, seed=3) == folds[1]  # seeded: the same folds again
+    assert [hold_out_class_fold(split, 5, f, seed=4)[0] for f in range(5)] != [h for h, _ in folds]
+    with pytest.raises(ConfigError):
+        hold_out_class_fold(split, 1, 0)
+    with pytest.raises(ConfigError):
+        hold_out_class_fold(split, 5, 5)
+    with pytest.raises(DataError, match="fewer than 13 folds"):
+        hold_out_class_fold(split, 13, 0)

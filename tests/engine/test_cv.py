@@ -9,6 +9,8 @@ from pathlib import Path
 import pytest
 
 from sbir.cli import main
+from sbir.config import load_config
+from tests.engine.test_category_e2e import SHAPES, make_category_dataset
 
 ARGS = [
     "--image-size", "64", "--epochs", "1", "--batch-size", "8", "--workers", "0", "--no-progress",
@@ -48,9 +50,52 @@ def test_cv_trains_and_tests_each_fold_once(tiny_paired_dataset: Path, tmp_path:
 
 
 def test_cv_refuses_a_category_task(tmp_path: Path, capsys):
-    from tests.engine.test_category_e2e import make_category_dataset
-
     data = make_category_dataset(tmp_path / "cat", ("circle", "square", "star"), n_photos=3, n_sketches=3)
     assert main(["cv", "--task", "category", "--data", str(data), "--folds", "2", "--out", str(tmp_path / "o"),
                  *ARGS]) == 2  # fmt: skip
-    assert "splits by photo" in capsys.readouterr().err
+    assert "use --task zeroshot to cross-validate by class" in capsys.readouterr().err
+
+
+# Batches of 2 classes x 2 sketches: each fold trains on 2 of its 4 seen classes and selects on the other 2.
+ZEROSHOT_ARGS = [a if a != "8" else "4" for a in ARGS] + [
+    "optim.samples_per_class=2",
+    "data.val_fraction=0.5",
+    "loss.name=cosface",
+]
+assert ZEROSHOT_ARGS[ARGS.index("--batch-size") + 1] == "4"
+
+
+def test_zeroshot_cv_holds_out_each_class_once(tmp_path: Path, capsys):
+    data = make_category_dataset(tmp_path / "cat", SHAPES, n_photos=3, n_sketches=3)
+    out = tmp_path / "cv"
+    argv = ["cv", "--task", "zeroshot", "--data", str(data), "--folds", "3", "--out", str(out)]
+    assert main([*argv, *ZEROSHOT_ARGS]) == 0
+    report = json.loads((out / "cv.json").read_text())
+    held = []
+    for fold in range(3):
+        run = out / f"fold-{fold}"
+        split = json.loads((run / "split.json").read_text())
+        held.append(set(split["cv"]["heldout_classes"]))
+        assert set(split["unseen_classes"]) == held[-1] and len(held[-1]) == 2
+        # neither training nor model selection saw the fold's classes
+        assert not held[-1] & set(split["train_classes"]) and not held[-1] & set(split["val_classes"])
+        recorded = load_config(run / "config.yaml").data.unseen  # resume and sbir eval replay it
+        assert {c for c in recorded.split(",") if c} == held[-1]
+        metrics = json.loads((run / "eval-test" / "metrics.json").read_text())
+        assert metrics["n_queries"] == metrics["n_gallery"] == 6  # the 2 unseen classes' 3 sketches and 3 photos
+        assert metrics["map@all"] == pytest.approx(report["per_fold"][fold]["map@all"])
+        assert "p@10" in report["per_fold"][fold]
+    assert set().union(*held) == set(SHAPES) and sum(map(len, held)) == len(SHAPES)
+    values = [r["map@all"] for r in report["per_fold"]]
+    assert report["map@all_mean"] == pytest.approx(statistics.mean(values))
+    assert report["map@all_std"] == pytest.approx(statistics.stdev(values))
+
+    # Rerunning reads the folds back (their recorded unseen classes are no clash with the folds).
+    assert main([*argv, *ZEROSHOT_ARGS]) == 0
+    assert json.loads((out / "cv.json").read_text())["per_fold"] == report["per_fold"]
+
+    capsys.readouterr()
+    clash = ["cv", "--task", "zeroshot", "--data", str(data), "--folds", "3", "--out", str(tmp_path / "o"),
+             *ZEROSHOT_ARGS, "data.unseen=circle,square"]  # fmt: skip
+    assert main(clash) == 2
+    assert "unset data.unseen" in capsys.readouterr().err

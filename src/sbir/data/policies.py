@@ -19,7 +19,10 @@ A task names one policy (``sbir.engine.tasks``):
   out whole seen classes (:func:`sbir.data.splits.carve_heldout_classes`), so
   model selection measures retrieval of classes the network did not train on.
   Test = the **unseen classes only** of the ``test`` split (of ``train`` when
-  there is none), never the seen ones: that is the zero-shot number.
+  there is none), never the seen ones: that is the zero-shot number. With
+  ``data.cv_folds`` the unseen classes are fold ``data.cv_fold`` of the classes
+  (:func:`sbir.data.splits.hold_out_class_fold`: cross-validation by class),
+  written into ``data.unseen`` as a comma list, so the run records and replays them.
 
 Any other dataset (``--data OTHER`` at test time) is a held-out set: its
 ``test`` split, or all of it when it has a single split. A zero-shot run still
@@ -44,6 +47,7 @@ from sbir.data.splits import (
     apply_split_record,
     carve_heldout_classes,
     carve_validation,
+    hold_out_class_fold,
     hold_out_fold,
     load_split_record,
     save_split_record,
@@ -114,12 +118,24 @@ def prepare_splits(cfg: TrainConfig, run_dir: Path, split_record: dict | None, p
         require_labels(full, str(dataset.root))
         extra["task"] = cfg.task
     pool = full
-    if cfg.data.cv_folds:
-        if policy != "photo":
-            raise ConfigError(
-                f"cross-validation (data.cv_folds) splits by photo; task {cfg.task!r} has the {policy!r} split policy"
-            )
+    if cfg.data.cv_folds and policy == "class":
+        raise ConfigError(
+            f"cross-validation (data.cv_folds) holds out photos (fine-grained) or classes (zero-shot); task "
+            f"{cfg.task!r} has neither: use --task zeroshot to cross-validate by class"
+        )
+    if cfg.data.cv_folds and policy == "photo":
         pool, _, extra["cv"] = hold_out_fold(full, cfg.data.cv_folds, cfg.data.cv_fold, cfg.data.split_seed)
+    if cfg.data.cv_folds and policy == "unseen" and split_record is None:
+        if cfg.data.unseen:
+            raise ConfigError(
+                f"data.unseen ({cfg.data.unseen}) and data.cv_folds both choose the unseen classes; cross-validation "
+                "makes every fold's classes unseen in turn: unset data.unseen (--set data.unseen=null)"
+            )
+        held, extra["cv"] = hold_out_class_fold(full, cfg.data.cv_folds, cfg.data.cv_fold, cfg.data.split_seed)
+        bad = [c for c in held if "," in c]
+        if bad:
+            raise DataError(f"class {bad[0]!r} has a comma in its name; cross-validation by class cannot record it")
+        cfg.data.unseen = ",".join(held) + ","  # the trailing comma keeps a single class a list
     if policy == "unseen":
         spec = resolve_unseen(cfg, full)
         classes = load_class_list(spec)

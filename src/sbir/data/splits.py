@@ -264,6 +264,27 @@ def hold_out_fold(split: Split, folds: int, fold: int, seed: int = 0) -> tuple[S
     return rest, held_out, record
 
 
+def hold_out_class_fold(split: Split, folds: int, fold: int, seed: int = 0) -> tuple[list[str], dict]:
+    """Cross-validation by class (zero-shot): ``(classes, record)``, the classes of fold ``fold`` of ``folds``.
+
+    The classes that have both photos and sketches are sorted, shuffled with
+    ``seed`` and dealt into ``folds`` folds of near-equal size, so folds are
+    disjoint and every such class is unseen in exactly one fold.
+    """
+    if isinstance(folds, bool) or not isinstance(folds, (int, np.integer)) or folds < 2:
+        raise ConfigError(f"cross-validation needs at least 2 folds, got {folds!r}")
+    if not 0 <= fold < folds:
+        raise ConfigError(f"fold must be in [0, {folds}), got {fold!r}")
+    classes = sorted({p.label for p in split.photos} & {s.label for s in split.sketches} - {None})
+    if len(classes) < folds:
+        raise DataError(
+            f"split '{split.name}' has {len(classes)} classes with both photos and sketches, fewer than {folds} folds"
+        )
+    order = np.random.default_rng(int(seed)).permutation(len(classes))
+    held = sorted(classes[i] for i in order[fold::folds])
+    return held, {"folds": int(folds), "fold": int(fold), "seed": int(seed), "by": "class", "heldout_classes": held}
+
+
 def carve_heldout_classes(split: Split, fraction: float, seed: int) -> tuple[Split, Split, dict]:
     """Hold out whole classes of ``split`` for validation (zero-shot model selection).
 

@@ -39,7 +39,7 @@ from sbir.engine.evaluate import evaluate_category
 from sbir.engine.tasks import TaskSpec, build_criterion, build_model, register_task
 from sbir.errors import ConfigError, DataError
 
-MAIN_KEYS = ("map@all", "map@200", "p@100", "p@200")
+MAIN_KEYS = ("map@all", "map@200", "p@10", "p@100", "p@200")
 
 
 def class_balanced_sampler(task) -> Any:

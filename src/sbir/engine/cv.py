@@ -1,10 +1,12 @@
-"""``sbir cv``: k-fold cross-validation by photo, the way to choose between recipes.
+"""``sbir cv``: k-fold cross-validation by photo (zero-shot: by class), the way to choose between recipes.
 
 A validation split of 30 to 60 queries moves 2 to 3 points per query, so it
 cannot tell two recipes apart. Cross-validation trains one run per fold
 (``data.cv_folds`` / ``data.cv_fold``): the fold's photos and their sketches
 are held out, the best epoch is chosen on a validation split carved from the
-*other* folds, and the best checkpoint is then tested on the held-out fold. No
+*other* folds, and the best checkpoint is then tested on the held-out fold. A
+zero-shot run holds out a fold of the classes instead: they are its unseen classes,
+and whole classes of the other folds choose its epoch. No
 fold's score ever selected anything. The report holds each fold's metrics and
 their mean and standard deviation. Runs are resumable: finished folds are
 read back, a fold with a checkpoint continues from it.

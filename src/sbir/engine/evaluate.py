@@ -39,7 +39,7 @@ from sbir.fileio import atomic_write_text
 
 KS_FINEGRAINED = (1, 5, 10)
 KS_MAP = (200,)
-KS_PREC = (100, 200)
+KS_PREC = (10, 100, 200)  # P@10: the first page a user sees
 
 
 @dataclass
