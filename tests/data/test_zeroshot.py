@@ -56,6 +56,8 @@ def test_comma_list_and_user_file(tmp_path):
     assert load_class_list("cat, dog") == ["cat", "dog"]
     assert load_class_list("cat,") == ["cat"]
     assert load_class_list(["cat", "dog"]) == ["cat", "dog"]
+    many = [f"class_number_{i}" for i in range(60)]  # longer than a file name may be
+    assert load_class_list(",".join(many) + ",") == many
     f = tmp_path / "mine.txt"
     f.write_text("# my split\n\ncat\n  Hot Air Balloon  \n")
     assert load_class_list(str(f)) == ["cat", "Hot Air Balloon"]

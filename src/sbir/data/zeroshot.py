@@ -80,6 +80,13 @@ def _read_file(path: Path) -> ClassList:
     return _parse_lines(text.splitlines(), str(path))
 
 
+def _is_file(path: Path) -> bool:
+    try:
+        return path.is_file()
+    except OSError:  # e.g. a long comma list is too long for a file name
+        return False
+
+
 def load_class_list(name_or_path: str | Path | Iterable[str]) -> ClassList:
     """Unseen classes from a built-in split name, a file path, a comma-separated string or a list.
 
@@ -101,7 +108,7 @@ def load_class_list(name_or_path: str | Path | Iterable[str]) -> ClassList:
     if "/" not in text and "\\" not in text and builtin in list_builtin_splits():
         return _read_file(SPLITS_DIR / f"{builtin}.txt")
     p = Path(text).expanduser()
-    if p.is_file():
+    if _is_file(p):
         return _read_file(p)
     if "," in text:
         return _parse_lines(text.split(","), f"--unseen {text!r}")
