@@ -161,6 +161,17 @@ def write_result(name: str, payload: dict) -> Path:
     return path
 
 
+def fold_stats(per_fold: list[dict]) -> dict:
+    """Per-fold metrics with their mean and (sample) standard deviation over folds."""
+    import statistics
+
+    out: dict = {"per_fold": per_fold}
+    for k in per_fold[0]:
+        values = [r[k] for r in per_fold]
+        out[f"{k}_mean"], out[f"{k}_std"] = statistics.mean(values), statistics.stdev(values)
+    return out
+
+
 def add_training_arguments(ap, runs_name: str, set_help: str = "config overrides") -> None:
     """The options every training benchmark shares: overrides, where runs go, result tag, baseline, progress."""
     ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help=set_help)

@@ -46,6 +46,7 @@ from _common import (  # noqa: E402
     SHARED_DATA,
     add_training_arguments,
     command_line,
+    fold_stats,
     portable_path,
     resolve_overrides,
     resolve_path,
@@ -192,8 +193,6 @@ def run_task(task: str, args) -> dict:
 
 def cross_validate_zeroshot(args, argv) -> int:
     """``--cv K``: the zero-shot recipe cross-validated by class; fold metrics, their mean and std."""
-    import statistics
-
     from sbir.config import load_config
     from sbir.data.formats import load_dataset
     from sbir.data.policies import evaluation_split
@@ -221,11 +220,7 @@ def cross_validate_zeroshot(args, argv) -> int:
             flip = fold_cfg.eval.flip_tta
             m = evaluate_category(base, fold_cfg, target, flip_tta=flip, distance="cosine", progress=False).metrics
             per_fold.append({k: m[k] for k in ("map@all", "p@10", "p@100")})
-        base_entry: dict = {"per_fold": per_fold}
-        for k in per_fold[0]:
-            values = [r[k] for r in per_fold]
-            base_entry[f"{k}_mean"], base_entry[f"{k}_std"] = statistics.mean(values), statistics.stdev(values)
-        entry["imagenet_baseline"] = base_entry
+        entry["imagenet_baseline"] = fold_stats(per_fold)
     print(
         f"zero-shot {args.cv}-fold by class: map@all {report['map@all_mean']:.3f} +- {report['map@all_std']:.3f}  "
         f"p@10 {report['p@10_mean']:.3f} +- {report['p@10_std']:.3f}",

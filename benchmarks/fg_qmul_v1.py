@@ -41,6 +41,7 @@ from _common import (  # noqa: E402
     SHARED_DATA,
     add_training_arguments,
     command_line,
+    fold_stats,
     portable,
     portable_path,
     resolve_overrides,
@@ -163,17 +164,6 @@ def main(argv=None) -> int:
     return 0
 
 
-def _fold_stats(per_fold: list[dict]) -> dict:
-    """Per-fold metrics with their mean and (sample) standard deviation over folds."""
-    import statistics
-
-    out: dict = {"per_fold": per_fold}
-    for k in per_fold[0]:
-        values = [r[k] for r in per_fold]
-        out[f"{k}_mean"], out[f"{k}_std"] = statistics.mean(values), statistics.stdev(values)
-    return out
-
-
 def _multiview_on_folds(cv_dir: Path, folds: int) -> dict:
     """Each fold's best checkpoint tested again on its held-out fold with 10-view testing."""
     from sbir.engine.evaluate import evaluate_run
@@ -183,7 +173,7 @@ def _multiview_on_folds(cv_dir: Path, folds: int) -> dict:
         run = cv_dir / f"fold-{fold}"
         m, _ = evaluate_run(run, split="test", multiview=True, progress=False, out_dir=run / "eval-multiview")
         per_fold.append({k: m[k] for k in ("acc@1", "acc@5", "acc@10", "%corr") if k in m})
-    return _fold_stats(per_fold)
+    return fold_stats(per_fold)
 
 
 def _baseline_on_folds(cfg, folds: int) -> dict:
@@ -202,7 +192,7 @@ def _baseline_on_folds(cfg, folds: int) -> dict:
         _, held_out, _ = hold_out_fold(train, folds, fold, cfg.data.split_seed)
         m = evaluate_finegrained(base, base_cfg, held_out, progress=False).metrics
         per_fold.append({k: m[k] for k in ("acc@1", "acc@5", "acc@10", "%corr") if k in m})
-    return _fold_stats(per_fold)
+    return fold_stats(per_fold)
 
 
 def cross_validate_categories(args, argv) -> int:
