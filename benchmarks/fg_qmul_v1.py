@@ -238,19 +238,19 @@ def cross_validate_categories(args, argv) -> int:
 # With several files, a category is taken from the first file that holds it.
 ABLATION_ROWS = (
     ("ImageNet Lite0 features, untrained", "fg_qmul_v1-cv", "imagenet_baseline"),
-    ("previous recipe (15 epochs, 4 stages frozen)", "fg_qmul_v1-cv", ""),
+    ("recipe (15 epochs, 4 stages frozen; configs/fg_qmul_v1.yaml)", "fg_qmul_v1-cv", ""),
     ("+ multi-view testing (eval.multiview)", "fg_qmul_v1-cv", "multiview"),
     ("+ token re-ranker (model.rerank), embedding only", "fg_qmul_v1-cv-rerank", ""),
     ("+ token re-ranker (model.rerank), re-ranked", "fg_qmul_v1-cv-rerank", "rerank_"),
     ("+ topology term (loss.weight_topology=1)", "fg_qmul_v1-cv-topology", ""),
     ("+ annotated negatives (loss.weight_negative_triplet=1)", "fg_qmul_v1-cv-negtriplet", ""),
     (
-        "long unfrozen schedule, ~70 epochs (the recipe now; chairs: 65-72 epochs fitted to 18 min)",
+        "long unfrozen schedule, ~70 epochs (chairs: 65-72 epochs fitted to 18 min)",
         ("fg_qmul_v1-cv-recipe", "fg_qmul_v1-cv-long"),
         "",
     ),
 )
-REFERENCE_ROW = 1  # the recipe every option was measured against (the previous one)
+REFERENCE_ROW = 1  # the recipe every option was measured against
 
 
 def _row_stats(entry: dict, where: str) -> dict | None:
