@@ -215,7 +215,7 @@ def cross_validate_zeroshot(args, argv) -> int:
         per_fold = []
         for fold in range(args.cv):
             run = out / f"fold-{fold}"
-            _, fold_cfg, _ = load_model(run)
+            fold_cfg = load_config(run / "config.yaml")  # its unseen classes; the weights are not needed here
             target = evaluation_split(dataset, fold_cfg, str(data), "unseen", run, announce=False)
             flip = fold_cfg.eval.flip_tta
             m = evaluate_category(base, fold_cfg, target, flip_tta=flip, distance="cosine", progress=False).metrics
