@@ -100,6 +100,11 @@ class ModelConfig:
     dropout: float = 0.0
     # Freeze the first N backbone stages ("blocks") to train faster on CPU; 0 trains all.
     freeze_stages: int = 0
+    # Fine-grained: embed from an intermediate timm feature level (EfficientNet-Lite: 3 = block 4, stride 16)
+    # instead of the last layer, average-pooled to a pool_grid x pool_grid grid that keeps where strokes are
+    # (sbir.models.grid_features). Unset: the last layer, globally pooled.
+    feature_level: int | None = None
+    pool_grid: int = 1
     # Category / zero-shot models only (one shared encoder; see sbir.models.category):
     dase: bool = True  # domain-aware squeeze-and-excitation blocks
     dase_where: str = "auto"  # auto | se | stages (sbir.models.dase.insert_dase)
@@ -147,6 +152,15 @@ class ModelConfig:
             raise ConfigError(f"model.head must be 'linear', 'mlp' or 'identity', got {self.head!r}")
         if self.freeze_stages < 0:
             raise ConfigError(f"model.freeze_stages must be >= 0, got {self.freeze_stages}")
+        if self.feature_level is not None and self.feature_level < 0:
+            raise ConfigError(f"model.feature_level must be >= 0 (or unset), got {self.feature_level}")
+        if self.pool_grid < 1:
+            raise ConfigError(f"model.pool_grid must be >= 1, got {self.pool_grid}")
+        if self.pool_grid > 1 and self.feature_level is None:
+            raise ConfigError(
+                "model.pool_grid needs model.feature_level (the feature map to pool); set both, e.g. "
+                "model.feature_level=3 model.pool_grid=4"
+            )
         if self.dase_where not in ("auto", "se", "stages"):
             raise ConfigError(f"model.dase_where must be 'auto', 'se' or 'stages', got {self.dase_where!r}")
         if self.num_classes is not None and self.num_classes < 2:

@@ -304,3 +304,17 @@ def test_index_auto_without_export_uses_torch(tiny_paired_dataset, fg_run, tmp_p
     index = Index.open(idx)
     assert index.model.runtime == "torch" and index.model.encoder_id == f"torch:{index.model.model_id}"
     assert index.model.jpeg_draft is True
+
+
+def test_grid_feature_model_exports_and_matches_pytorch(tmp_path: Path, tiny_paired_dataset: Path):
+    # model.feature_level / model.pool_grid: the pruned trunk and the grid pooling trace into ONNX as they run.
+    run = tmp_path / "grid"
+    grid = ["model.feature_level=2", "model.pool_grid=2"]
+    assert main(["train", "--data", str(tiny_paired_dataset), "--out", str(run), *TINY, *grid]) == 0
+    export_model(str(run), progress=False, speed_seconds=0.2)
+    model, _cfg, model_id = load_model(run)
+    assert model.cfg.feature_level == 2 and model.sketch_encoder.grid == 2
+    torch_enc, onnx_enc = TorchEncoder(model, model_id, 64), open_export_encoder(run / "export", "onnx", threads=1)
+    x = _batch()
+    for d in ("sketch", "photo"):
+        assert np.abs(torch_enc.embed(x, d) - onnx_enc.embed(x, d)).max() < 1e-4

@@ -20,6 +20,7 @@ from torch import nn
 
 from sbir.config import ModelConfig
 from sbir.models.factory import register_model
+from sbir.models.grid_features import GridFeatures
 from sbir.models.heads import ProjectionHead
 from sbir.models.registry import create_backbone
 from sbir.models.rerank import TokenReranker
@@ -35,6 +36,8 @@ class SBIRModel(nn.Module):
         sketch_backbone = create_backbone(
             cfg.backbone, pretrained=use_pretrained, weights_path=cfg.weights_path, **cfg.backbone_kwargs
         )
+        if cfg.feature_level is not None:
+            sketch_backbone = GridFeatures(sketch_backbone, cfg.feature_level, cfg.pool_grid)
         self.sketch_encoder = sketch_backbone
         # A deep copy keeps both branches initialised from the same weights without loading twice.
         self.photo_encoder = sketch_backbone if cfg.shared_encoder else copy.deepcopy(sketch_backbone)
