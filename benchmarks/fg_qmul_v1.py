@@ -240,8 +240,8 @@ def cross_validate_categories(args, argv) -> int:
         base = entry.get("imagenet_baseline", {})
         print(
             f"{cat}: {args.cv}-fold acc@1 {report['acc@1_mean']:.1f} +- {report['acc@1_std']:.1f}  "
-            f"acc@10 {report['acc@10_mean']:.1f} +- {report['acc@10_std']:.1f}  "
-            f"(ImageNet features acc@1 {base.get('acc@1_mean', float('nan')):.1f})",
+            f"acc@10 {report['acc@10_mean']:.1f} +- {report['acc@10_std']:.1f}"
+            + (f"  (ImageNet features acc@1 {base['acc@1_mean']:.1f})" if base else ""),
             file=sys.stderr,
         )
         if "rerank_acc@1_mean" in report:
@@ -254,7 +254,9 @@ def cross_validate_categories(args, argv) -> int:
 
 # The ablation table's rows: (option, results file(s) of its --cv runs, where its metrics are in each category's
 # entry: "" = the entry itself, "multiview" / "imagenet_baseline" = that sub-dict, "rerank_" = the re-ranked keys).
-# With several files, a category is taken from the first file that holds it.
+# With several files, a category is taken from the first file that holds it. A fourth element names the row an
+# option is compared with when it is not the recipe (options measured on top of another option).
+GRID = "mid-level grid features, untrained (model.feature_level=3, model.pool_grid=4; --untrained)"
 ABLATION_ROWS = (
     ("ImageNet Lite0 features, untrained", "fg_qmul_v1-cv", "imagenet_baseline"),
     ("recipe (15 epochs, 4 stages frozen; configs/fg_qmul_v1.yaml)", "fg_qmul_v1-cv", ""),
@@ -268,14 +270,12 @@ ABLATION_ROWS = (
         ("fg_qmul_v1-cv-recipe", "fg_qmul_v1-cv-long"),
         "",
     ),
-    (
-        "mid-level grid features, untrained (model.feature_level=3, model.pool_grid=4; --untrained)",
-        "fg_qmul_v1-cv-grid-untrained",
-        "",
-    ),
-    ("grid features + the recipe's training (linear head)", "fg_qmul_v1-cv-grid", ""),
-    ("grid features + the recipe's training, multi-view testing", "fg_qmul_v1-cv-grid", "multiview"),
-    ("grid features + the recipe's training, no head (model.head=identity)", "fg_qmul_v1-cv-grid-identity", ""),
+    (GRID, "fg_qmul_v1-cv-grid-untrained", ""),
+    ("grid features, EfficientNet-Lite1, untrained", "fg_qmul_v1-cv-grid-untrained-lite1", "", GRID),
+    ("grid features, EfficientNet-Lite2, untrained", "fg_qmul_v1-cv-grid-untrained-lite2", "", GRID),
+    ("grid features + the recipe's training (linear head)", "fg_qmul_v1-cv-grid", "", GRID),
+    ("grid features + the recipe's training, multi-view testing", "fg_qmul_v1-cv-grid", "multiview", GRID),
+    ("grid features + the recipe's training, no head (model.head=identity)", "fg_qmul_v1-cv-grid-identity", "", GRID),
 )
 REFERENCE_ROW = 1  # the recipe every option was measured against
 
@@ -305,7 +305,7 @@ def ablation_table() -> int:
     from _common import RESULTS_DIR
 
     rows = []
-    for label, names, where in ABLATION_ROWS:
+    for label, names, where, *versus in ABLATION_ROWS:
         names = (names,) if isinstance(names, str) else names
         sources, cats = {}, {}
         for name in reversed(names):  # the first file that holds a category wins
@@ -321,10 +321,12 @@ def ablation_table() -> int:
                 "source": {c: sources[c] for c in CATEGORIES if c in sources},
                 "where": where or "acc@1",
                 "categories": {c: v for c, v in cats.items() if v},
+                "versus": versus[0] if versus else ABLATION_ROWS[REFERENCE_ROW][0],
             }
         )
-    ref = rows[REFERENCE_ROW]["categories"]
+    by_label = {row["option"]: row for row in rows}
     for row in rows:
+        ref = by_label[row["versus"]]["categories"]
         common = [c for c in CATEGORIES if c in row["categories"] and c in ref]
         if not common or row is rows[REFERENCE_ROW] or row is rows[0]:  # rows[0]: the untrained reference
             continue
@@ -333,7 +335,7 @@ def ablation_table() -> int:
         spread = math.sqrt(sum(ref[c]["std"] ** 2 for c in common) / len(common))
         row.update(delta_acc1=round(delta, 2), pooled_std=round(spread, 2), pooled_over=common, wins=delta > spread)
     lines = [
-        "| 5-fold CV, Acc@1 (mean +- std) | shoes | chairs | handbags | train min/fold | vs recipe (pooled) |",
+        "| 5-fold CV, Acc@1 (mean +- std) | shoes | chairs | handbags | train min/fold | vs reference (pooled) |",
         "|---|---|---|---|---|---|",
     ]
     for row in rows:
@@ -345,7 +347,8 @@ def ablation_table() -> int:
         minutes = f"{sum(times) / len(times) / 60:.1f}" if times else "-"  # no training of its own
         verdict = ""
         if "delta_acc1" in row:
-            verdict = f"{row['delta_acc1']:+.1f} (spread {row['pooled_std']:.1f}): " + (
+            versus = "" if row["versus"] == ABLATION_ROWS[REFERENCE_ROW][0] else " vs untrained grid"
+            verdict = f"{row['delta_acc1']:+.1f}{versus} (spread {row['pooled_std']:.1f}): " + (
                 "adopt" if row["wins"] else "not adopted"
             )
         lines.append(f"| {row['option']} | {' | '.join(cells)} | {minutes} | {verdict} |")

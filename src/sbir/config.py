@@ -264,6 +264,8 @@ class LossConfig:
 @dataclass
 class OptimConfig:
     name: str = "adamw"  # adamw (decoupled weight decay) | adam (weight_decay as an L2 term; ARNet)
+    # 0 trains nothing: the run validates and keeps its starting weights (ImageNet or model.init_from) as
+    # best.safetensors, for a recipe whose cross-validation says training does not help (fg_qmul_v1.yaml).
     epochs: int = 20
     batch_size: int = 32
     lr: float = 3e-4
@@ -293,8 +295,10 @@ class OptimConfig:
             raise ConfigError(f"optim.average_last must be >= 2 (or unset), got {self.average_last}")
         if self.name not in ("adamw", "adam"):
             raise ConfigError(f"optim.name must be 'adamw' or 'adam', got {self.name!r}")
-        if self.epochs < 1:
-            raise ConfigError(f"optim.epochs must be >= 1, got {self.epochs}")
+        if self.epochs < 0:
+            raise ConfigError(f"optim.epochs must be >= 0 (0: keep the starting weights), got {self.epochs}")
+        if self.epochs == 0 and (self.average_last or self.epochs_from_budget):
+            raise ConfigError("optim.epochs=0 trains nothing: unset optim.average_last and optim.epochs_from_budget")
         if self.batch_size < 2:
             raise ConfigError(
                 f"optim.batch_size must be >= 2 (contrastive losses need negatives), got {self.batch_size}"

@@ -99,3 +99,34 @@ def test_zeroshot_cv_holds_out_each_class_once(tmp_path: Path, capsys):
              *ZEROSHOT_ARGS, "data.unseen=circle,square"]  # fmt: skip
     assert main(clash) == 2
     assert "unset data.unseen" in capsys.readouterr().err
+
+
+def test_epochs_zero_keeps_the_imagenet_grid_features_and_cross_validates(tiny_paired_dataset: Path, tmp_path: Path):
+    # optim.epochs=0 (the fine-grained recipe): no step is taken; best.safetensors holds the starting weights.
+    from safetensors.torch import load_file
+
+    from sbir.models import create_backbone
+
+    grid = [
+        "--image-size", "64", "--batch-size", "8", "--workers", "0", "--no-progress", "--epochs", "0",
+        "--set", "model.shared_encoder=true", "model.feature_level=3", "model.pool_grid=2", "model.head=identity",
+    ]  # fmt: skip
+    out = tmp_path / "cv0"
+    assert main(["cv", "--data", str(tiny_paired_dataset), "--folds", "2", "--out", str(out), *grid]) == 0
+    summary = json.loads((out / "fold-0" / "summary.json").read_text())
+    assert summary["best_epoch"] == 0 and [h["epoch"] for h in summary["history"]] == [0]
+    assert "val_acc@1" in summary["history"][0]
+    saved = load_file(str(out / "fold-0" / "best.safetensors"))
+    imagenet = create_backbone("efficientnet_lite0", pretrained=True).state_dict()
+    key = "blocks.4.2.conv_pwl.weight"  # the last layer the grid features keep
+    assert (saved[f"sketch_encoder.backbone.model.{key}"].float() == imagenet[f"model.{key}"]).all()
+    assert not any(".conv_head." in k or ".blocks.5." in k for k in saved)  # pruned layers are not saved
+    report = json.loads((out / "cv.json").read_text())
+    assert [r["best_epoch"] for r in report["per_fold"]] == [0, 0]
+
+
+def test_epochs_zero_refuses_averaging(tiny_paired_dataset: Path, tmp_path: Path, capsys):
+    args = ["train", "--data", str(tiny_paired_dataset), "--out", str(tmp_path / "r"), *ARGS, "optim.epochs=0",
+            "optim.average_last=2"]  # fmt: skip
+    assert main(args) == 2
+    assert "optim.epochs=0 trains nothing" in capsys.readouterr().err

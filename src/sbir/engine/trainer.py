@@ -353,6 +353,8 @@ class Trainer:
             distributed.barrier()  # the epoch's files are written before any rank goes on
             if cfg.optim.epochs_from_budget and budget_s is not None:
                 self._plan_from_budget(epoch, time.time() - fit_start, budget_s)
+        if cfg.optim.epochs == 0 and not self.history:
+            self._keep_starting_weights(select)
         summary = {
             "best_epoch": self.best_epoch,
             f"best_val_{select}": self.best_score,
@@ -369,6 +371,26 @@ class Trainer:
             atomic_write_text(self.run_dir / "summary.json", json.dumps(summary, indent=2))
         distributed.barrier()
         return summary
+
+    def _keep_starting_weights(self, select: str) -> None:
+        """``optim.epochs=0``: validate the starting weights and keep them as best.safetensors (epoch 0)."""
+        t0 = time.time()
+        evaluation, val = self._validate()
+        score = val.get(select)
+        if score is None:
+            raise ConfigError(f"select_metric {select!r} is not a validation metric; have {sorted(val)}")
+        row = {"epoch": 0, **{f"val_{k}": v for k, v in val.items()}, "seconds": round(time.time() - t0, 2)}
+        self.history.append(row)
+        self.best_score, self.best_epoch = float(score), 0
+        if self.is_main:
+            save_weights(self.model, self.run_dir / "best.safetensors", self.cfg, {"epoch": 0, "val": {select: score}})
+            self._write_metrics()
+            grid_png = self.run_dir / "val_retrieval.png"
+            write_retrieval_grid(evaluation, grid_png, title="validation retrieval (starting weights)")
+            self.task.on_best(self.run_dir)
+        if self.progress:
+            print(f"optim.epochs=0: kept the starting weights, val {select} {score:.2f}", file=sys.stderr)
+        distributed.barrier()
 
     def _plan_from_budget(self, epoch: int, elapsed_s: float, budget_s: float) -> None:
         """Fit the LR schedule to the budget after every epoch: as many more epochs as the mean epoch so far
