@@ -48,6 +48,13 @@ def test_cv_trains_and_tests_each_fold_once(tiny_paired_dataset: Path, tmp_path:
     assert (out / "fold-1" / "metrics.csv").read_text() == before
     assert json.loads((out / "cv.json").read_text())["per_fold"] == report["per_fold"]
 
+    # Another recipe into the same folder is refused: reading the folds back would report the old recipe's numbers.
+    other = [*ARGS, "optim.lr=0.5"]
+    assert main(["cv", "--data", str(tiny_paired_dataset), "--folds", "3", "--out", str(out), *other]) == 2
+    err = capsys.readouterr().err
+    assert "holds a fold of another configuration" in err and "optim.lr" in err
+    assert json.loads((out / "cv.json").read_text())["per_fold"] == report["per_fold"]  # nothing lost
+
 
 def test_cv_refuses_a_category_task(tmp_path: Path, capsys):
     data = make_category_dataset(tmp_path / "cat", ("circle", "square", "star"), n_photos=3, n_sketches=3)

@@ -21,9 +21,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from sbir.config import TrainConfig
+from sbir.config import TrainConfig, load_config, to_dict
 from sbir.engine.evaluate import evaluate_run
-from sbir.engine.tasks import task_spec
+from sbir.engine.tasks import task_spec, with_defaults
 from sbir.engine.trainer import Trainer
 from sbir.errors import ConfigError
 from sbir.fileio import atomic_write_text
@@ -35,6 +35,50 @@ def _mean_std(values: list[float]) -> tuple[float, float]:
     mean = sum(values) / len(values)
     var = sum((v - mean) ** 2 for v in values) / (len(values) - 1) if len(values) > 1 else 0.0
     return mean, math.sqrt(var)
+
+
+# Settings that do not change what a fold trains or how it is tested.
+_RUN_ONLY_KEYS = ("device", "data.num_workers")
+# Settings a fold fills in from its data when they are unset (zero-shot folds: their unseen classes; category
+# models: the number of training classes).
+_DERIVED_KEYS = ("data.unseen", "model.num_classes")
+
+
+def _flat(d: dict, prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        if isinstance(v, dict) and k != "backbone_kwargs":
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def _check_same_recipe(run_dir: Path, fold_cfg: TrainConfig) -> None:
+    """ConfigError if ``run_dir`` holds a fold of another configuration: reading it back would report that
+    recipe's numbers under this one's name."""
+    saved = run_dir / "config.yaml"
+    if not saved.is_file():
+        return
+    try:
+        old = _flat(to_dict(load_config(saved)))
+    except ConfigError as exc:
+        raise ConfigError(f"{saved} cannot be read back ({exc}); delete {run_dir} or pass another --out") from exc
+    new = _flat(to_dict(with_defaults(copy.deepcopy(fold_cfg))))  # as the trainer fills it in and saves it
+    for cfg_dict in (old, new):
+        if cfg_dict.get("data.path"):
+            cfg_dict["data.path"] = str(Path(cfg_dict["data.path"]).expanduser().resolve())
+    differ = [
+        k
+        for k in sorted(set(old) | set(new))
+        if k not in _RUN_ONLY_KEYS and old.get(k) != new.get(k) and not (k in _DERIVED_KEYS and new.get(k) is None)
+    ]
+    if differ:
+        k = differ[0]
+        raise ConfigError(
+            f"{run_dir} holds a fold of another configuration ({len(differ)} setting(s) differ, e.g. {k}: "
+            f"{old.get(k)!r} there, {new.get(k)!r} now); pass another --out, or delete it to train this one"
+        )
 
 
 def cross_validate(cfg: TrainConfig, out_dir: str | Path, folds: int = DEFAULT_FOLDS, progress: bool = True) -> dict:
@@ -49,6 +93,7 @@ def cross_validate(cfg: TrainConfig, out_dir: str | Path, folds: int = DEFAULT_F
         run_dir = out / f"fold-{fold}"
         fold_cfg = copy.deepcopy(cfg)
         fold_cfg.data.cv_folds, fold_cfg.data.cv_fold = folds, fold
+        _check_same_recipe(run_dir, fold_cfg)
         if (run_dir / "summary.json").is_file():
             summary = json.loads((run_dir / "summary.json").read_text())
         else:
