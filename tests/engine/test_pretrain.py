@@ -138,6 +138,22 @@ def test_init_from_loads_the_encoder_into_both_finegrained_branches(pretrain_run
     assert not torch.equal(fresh.sketch_encoder.state_dict()[k], tensors[f"encoder.{k}"])
 
 
+def test_init_from_fills_a_backbone_cut_for_grid_features(pretrain_run: Path):
+    # The fine-grained recipe cuts the backbone after block 4 (model.feature_level=3): it takes the pretraining
+    # encoder's layers up to the cut and leaves the rest behind.
+    from sbir.engine.checkpoint import read_weights
+    from sbir.engine.tasks import build_model
+
+    tensors, _ = read_weights(pretrain_run / "best.safetensors")
+    cfg = TrainConfig()
+    cfg.model.pretrained, cfg.model.shared_encoder = False, True
+    cfg.model.feature_level, cfg.model.pool_grid, cfg.model.init_from = 3, 4, str(pretrain_run)
+    model = build_model(cfg)
+    sd = model.sketch_encoder.backbone.state_dict()
+    assert "model.blocks.4.0.conv_pw.weight" in sd and "model.blocks.5.0.conv_pw.weight" not in sd
+    assert all(torch.equal(v, tensors[f"encoder.{k}"]) for k, v in sd.items())
+
+
 def test_init_from_errors_are_one_line(pretrain_run: Path, tmp_path: Path):
     from sbir.engine.tasks import build_model
 

@@ -23,6 +23,7 @@ from torch import nn
 
 from sbir.engine.checkpoint import read_weights
 from sbir.errors import CheckpointError
+from sbir.models.grid_features import GridFeatures
 
 # State-dict prefixes of backbones in sbir checkpoints (see each model's backbone_encoders()).
 SOURCE_PREFIXES = ("encoder", "sketch_encoder", "photo_encoder", "backbone")
@@ -103,15 +104,23 @@ def load_backbone_weights(model: nn.Module, spec: str | Path) -> dict[str, str]:
         mapping[name] = src_name
         if id(module) in loaded:  # a shared encoder appears under two names
             continue
-        own = module.state_dict()
-        problem = _mismatch(own, sources[src_name])
+        source, target = sources[src_name], module
+        if isinstance(module, GridFeatures):
+            # A backbone cut at model.feature_level takes the source's layers up to the cut; the source may be
+            # whole (a pretraining run) or cut the same way. Layers past the cut are left behind.
+            target = module.backbone
+            source = {k.removeprefix("backbone."): v for k, v in source.items()}
+            own_keys = set(target.state_dict())
+            source = {k: v for k, v in source.items() if k in own_keys}
+        own = target.state_dict()
+        problem = _mismatch(own, source)
         if problem is not None:
             mine = getattr(getattr(model, "cfg", None), "backbone", "?")
             raise CheckpointError(
                 f"model.init_from {path}: its {src_name} ({src_backbone}) does not fit this model's {name} "
                 f"({mine}): {problem}; pretrain with the same model.backbone"
             )
-        module.load_state_dict({k: v.to(own[k].dtype) for k, v in sources[src_name].items()}, strict=True)
+        target.load_state_dict({k: v.to(own[k].dtype) for k, v in source.items()}, strict=True)
         loaded.add(id(module))
     return mapping
 
