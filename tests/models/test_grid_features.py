@@ -102,3 +102,12 @@ def test_equal_cells_match_adaptive_pooling_and_uneven_maps_still_pool():
     ref = torch.nn.functional.adaptive_avg_pool2d(feats, 4).permute(0, 2, 3, 1).flatten(1)
     assert torch.allclose(grid.forward_head(feats), ref, atol=1e-6)
     assert grid.forward_head(torch.randn(2, 112, 7, 9)).shape == (2, 112 * 16)  # 112 px input: 7 x 7 maps
+
+
+def test_other_tasks_refuse_grid_settings():
+    from sbir.engine.tasks import check_config
+
+    cfg = TrainConfig(task="category", model=ModelConfig(feature_level=3, pool_grid=4))
+    with pytest.raises(ConfigError, match="model.feature_level is for fine-grained runs; remove it for task category"):
+        check_config(cfg)
+    check_config(TrainConfig(task="finegrained", model=ModelConfig(feature_level=3, pool_grid=4)))

@@ -223,5 +223,6 @@ register_task(
         evaluate=evaluate_finegrained,
         make_sampler=unique_photo_sampler,
         rerank=True,
+        grid_features=True,
     )
 )
