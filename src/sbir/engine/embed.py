@@ -35,6 +35,7 @@ from sbir.data.transforms import eval_transform, multiview_transform
 from sbir.engine import distributed
 from sbir.errors import ImageLoadError
 
+_PLURAL = {"sketch": "sketches", "photo": "photos"}  # progress-bar labels
 
 def resolve_device(name: str = "auto") -> torch.device:
     if name == "auto":
@@ -182,9 +183,8 @@ def embed_images(
     indices: list[int] = []
     errors: list[tuple[int, str]] = []
     token_blocks: list[torch.Tensor] = []
-    bar = tqdm(
-        total=len(refs), desc=desc or f"embed {domain}s", unit="img", disable=not progress, file=sys.stderr, leave=False
-    )
+    label = desc or f"embed {_PLURAL.get(domain, domain + 's')}"
+    bar = tqdm(total=len(refs), desc=label, unit="img", disable=not progress, file=sys.stderr, leave=False)
     for idx, x, errs in loader:
         if x is not None:
             x = x.to(device)
