@@ -37,6 +37,7 @@ from sbir.errors import ImageLoadError
 
 _PLURAL = {"sketch": "sketches", "photo": "photos"}  # progress-bar labels
 
+
 def resolve_device(name: str = "auto") -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
