@@ -279,6 +279,8 @@ ABLATION_ROWS = (
     ("recipe + multi-view testing (eval.multiview)", "fg_qmul_v1-cv", "multiview", GRID),
     ("recipe + flip averaging (eval.flip_tta=true)", "fg_qmul_v1-cv-flip", "", GRID),
     ("grid 8 x 8 (model.pool_grid=8), untrained", "fg_qmul_v1-cv-grid8-untrained", "", GRID),
+    ("grid at 192 px (data.image_size=192), untrained", "fg_qmul_v1-cv-grid-untrained-192", "", GRID),
+    ("grid at 256 px (data.image_size=256), untrained", "fg_qmul_v1-cv-grid-untrained-256", "", GRID),
     ("block 2 (model.feature_level=2, stride 8), 4 x 4, untrained", "fg_qmul_v1-cv-level2-untrained", "", GRID),
     ("grid features, EfficientNet-Lite1, untrained", "fg_qmul_v1-cv-grid-untrained-lite1", "", GRID),
     ("grid features, EfficientNet-Lite2, untrained", "fg_qmul_v1-cv-grid-untrained-lite2", "", GRID),
