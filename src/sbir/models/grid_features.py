@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from sbir.errors import ConfigError
+from sbir.models.registry import TimmBackbone
 
 
 def feature_levels(backbone: nn.Module) -> list[dict]:
@@ -91,15 +92,10 @@ class GridFeatures(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_head(self.forward_features(x))
 
-    def tokens_from_features(self, feats: torch.Tensor) -> torch.Tensor:
-        return feats.flatten(2).transpose(1, 2)
-
-    def tokens(self, x: torch.Tensor) -> torch.Tensor:
-        return self.tokens_from_features(self.forward_features(x))
-
-    def forward_with_tokens(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        feats = self.forward_features(x)
-        return self.forward_head(feats), self.tokens_from_features(feats)
+    # The token interface is TimmBackbone's, run on this class's cut feature map (its positions are the tokens).
+    tokens_from_features = TimmBackbone.tokens_from_features
+    tokens = TimmBackbone.tokens
+    forward_with_tokens = TimmBackbone.forward_with_tokens
 
     @property
     def token_dim(self) -> int:
