@@ -73,6 +73,25 @@ def test_any_timm_model_and_local_weights_file(tmp_path):
         create_backbone("resnet18", weights_path=bad)
 
 
+def test_efficientnet_lite_from_a_local_weights_file(tmp_path):
+    """A timm EfficientNet-Lite state dict, ImageNet classifier included or not, loads as model.weights_path."""
+    from safetensors.torch import save_file
+
+    b = create_backbone("efficientnet_lite0", pretrained=False)
+    sd = {k: v.contiguous() for k, v in b.model.state_dict().items()}
+    x = torch.randn(2, 3, 64, 64)
+    for name, tensors in (("full", sd), ("headless", {k: v for k, v in sd.items() if not k.startswith("classifier.")})):
+        path = tmp_path / f"{name}.safetensors"
+        save_file(tensors, str(path))
+        b2 = create_backbone("efficientnet_lite0", pretrained=False, weights_path=path)
+        with torch.no_grad():
+            np.testing.assert_allclose(b.eval()(x).numpy(), b2.eval()(x).numpy(), atol=1e-5)
+    incomplete = tmp_path / "incomplete.safetensors"
+    save_file({k: v for k, v in sd.items() if not k.startswith("conv_stem.")}, str(incomplete))
+    with pytest.raises(CheckpointError, match="1 missing keys"):
+        create_backbone("efficientnet_lite0", pretrained=False, weights_path=incomplete)
+
+
 def test_unknown_backbone_is_config_error():
     with pytest.raises(ConfigError, match="unknown backbone"):
         create_backbone("not_a_model_xyz")

