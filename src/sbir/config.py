@@ -96,7 +96,11 @@ class ModelConfig:
     backbone_kwargs: dict[str, Any] = field(default_factory=dict)
     shared_encoder: bool = False  # ARNet: separate sketch and photo encoders
     embed_dim: int = 512
-    head: str = "linear"  # linear | mlp | identity (no projection: off-the-shelf features)
+    head: str = "linear"  # linear | mlp | identity (no projection: off-the-shelf features) | ridge (see below)
+    # head=ridge (fine-grained): each domain's features are centred on that domain's training mean and the
+    # sketch side is mapped by W = argmin ||a W^T - b||^2 + ridge_lambda ||W - I||^2 over the training pairs,
+    # in closed form before every validation (sbir.models.heads.ridge_map), not by gradients.
+    ridge_lambda: float = 1.0
     dropout: float = 0.0
     # Freeze the first N backbone stages ("blocks") to train faster on CPU; 0 trains all.
     freeze_stages: int = 0
@@ -148,8 +152,10 @@ class ModelConfig:
             raise ConfigError(f"model.rerank_negatives must be >= 1, got {self.rerank_negatives}")
         if self.embed_dim < 2:
             raise ConfigError(f"model.embed_dim must be >= 2, got {self.embed_dim}")
-        if self.head not in ("linear", "mlp", "identity"):
-            raise ConfigError(f"model.head must be 'linear', 'mlp' or 'identity', got {self.head!r}")
+        if self.head not in ("linear", "mlp", "identity", "ridge"):
+            raise ConfigError(f"model.head must be 'linear', 'mlp', 'identity' or 'ridge', got {self.head!r}")
+        if not self.ridge_lambda > 0:
+            raise ConfigError(f"model.ridge_lambda must be > 0, got {self.ridge_lambda}")
         if self.freeze_stages < 0:
             raise ConfigError(f"model.freeze_stages must be >= 0, got {self.freeze_stages}")
         if self.feature_level is not None and self.feature_level < 0:

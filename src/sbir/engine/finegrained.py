@@ -37,16 +37,18 @@ def unique_photo_sampler(task) -> Any:
     return UniquePhotoBatchSampler(groups, task.cfg.optim.batch_size, seed=task.cfg.seed, drop_last=True)
 
 
-class _PooledPhotoFeatures(nn.Module):
-    """The photo encoder's pooled, L2-normalised backbone features (no projection head)."""
+class _BackboneFeatures(nn.Module):
+    """A domain's pooled backbone features (no projection head), L2-normalised unless ``normalize=False``."""
 
-    def __init__(self, model: nn.Module):
+    def __init__(self, model: nn.Module, normalize: bool = True):
         super().__init__()
         self.model = model
+        self.normalize = normalize  # also read by sbir.engine.embed.outputs_normalized
         self.mean, self.std = model.mean, model.std
 
     def embed(self, x: torch.Tensor, domain: str) -> torch.Tensor:
-        return F.normalize(self.model.encoder(domain)(x), dim=-1)
+        z = self.model.encoder(domain)(x)
+        return F.normalize(z, dim=-1) if self.normalize else z
 
 
 def pretrained_photo_distances(model: nn.Module, photos, cfg: TrainConfig, progress: bool = True) -> torch.Tensor:
@@ -54,7 +56,7 @@ def pretrained_photo_distances(model: nn.Module, photos, cfg: TrainConfig, progr
     from sbir.engine.embed import embed_images
 
     emb = embed_images(
-        _PooledPhotoFeatures(model),
+        _BackboneFeatures(model),
         [p.image for p in photos],
         "photo",
         cfg.data.image_size,
@@ -112,6 +114,42 @@ class FineGrainedTask(SplitTask):
         )
         # loss.topology_meta: the trainer calls train_step instead of one backward of compute_loss.
         self.train_step = self._topology_meta_step if cfg.loss.topology_meta else None
+        # model.head=ridge: the trainer calls fit_closed_form before every validation.
+        self.fit_closed_form = self._fit_ridge_heads if cfg.model.head == "ridge" else None
+
+    @torch.no_grad()
+    def _fit_ridge_heads(self) -> None:
+        """Fit the ``ridge`` heads (:class:`sbir.models.heads.CentredMap`) on the training pairs as the encoders
+        are now: each domain's mean, and the sketch map ``W`` (:func:`sbir.models.heads.ridge_map`, shrunk
+        towards the identity by ``model.ridge_lambda``) that takes a centred sketch to its centred photo. The
+        photo map stays the identity. Eval transforms, no augmentation: the map sees what search sees."""
+        from sbir.engine.embed import embed_images
+        from sbir.models.heads import ridge_map
+
+        split, cfg = self.train_split, self.cfg
+        sketches = [s for s in split.sketches if s.photo_id is not None]
+        photo_index = split.photo_index()
+        features = _BackboneFeatures(self.model, normalize=False)
+        was_training = self.model.training
+        self.model.eval()
+        kw = dict(image_size=cfg.data.image_size, batch_size=cfg.eval.batch_size, progress=self.progress)
+        s_raw = torch.from_numpy(
+            embed_images(features, [s.image for s in sketches], "sketch", desc="ridge head: sketches", **kw).embeddings
+        ).double()
+        p_raw = torch.from_numpy(
+            embed_images(features, [p.image for p in split.photos], "photo", desc="ridge head: photos", **kw).embeddings
+        ).double()
+        self.model.train(was_training)
+        s_mean, p_mean = s_raw.mean(0), p_raw.mean(0)
+        a = F.normalize(s_raw - s_mean, dim=-1)
+        b = F.normalize(p_raw - p_mean, dim=-1)[torch.tensor([photo_index[s.photo_id] for s in sketches])]
+        w = ridge_map(a, b, cfg.model.ridge_lambda)
+        for head, mean, weight in (
+            (self.model.sketch_head.proj, s_mean, w),
+            (self.model.photo_head.proj, p_mean, torch.eye(len(p_mean), dtype=torch.float64)),
+        ):
+            head.mean.copy_(mean.to(head.mean))
+            head.weight.copy_(weight.to(head.weight))
 
     def _trainable(self) -> list[torch.Tensor]:
         seen: set[int] = set()
@@ -224,5 +262,6 @@ register_task(
         make_sampler=unique_photo_sampler,
         rerank=True,
         grid_features=True,
+        ridge_head=True,
     )
 )

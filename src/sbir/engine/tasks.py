@@ -69,6 +69,7 @@ class TaskSpec:
     method: str | None = None  # cfg.method this spec answers for (None: the task's default method)
     rerank: bool = False  # supports model.rerank (a trained token re-ranker of the embedding top-K)
     grid_features: bool = False  # supports model.feature_level / model.pool_grid (sbir.models.grid_features)
+    ridge_head: bool = False  # supports model.head=ridge (its task_class fits it: fit_closed_form)
 
 
 _TASKS: dict[tuple[str, str | None], TaskSpec] = {}
@@ -157,6 +158,10 @@ def check_config(cfg: TrainConfig) -> TrainConfig:
         raise ConfigError(f"model.rerank is for fine-grained runs; remove it for task {spec.name}")
     if cfg.model.feature_level is not None and not spec.grid_features:
         raise ConfigError(f"model.feature_level is for fine-grained runs; remove it for task {spec.name}")
+    if cfg.model.head == "ridge" and not spec.ridge_head:
+        raise ConfigError(
+            f"model.head=ridge is for fine-grained runs; choose linear, mlp or identity for task {spec.name}"
+        )
     if cfg.loss.weight_distill and spec.loss_kind != "classes":
         raise ConfigError(f"loss.weight_distill is for category / zero-shot runs; remove it for task {spec.name}")
     if cfg.loss.weight_distill and not (cfg.model.pretrained or cfg.model.weights_path):

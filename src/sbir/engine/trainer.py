@@ -71,6 +71,9 @@ class Task(Protocol):
     # that are not one backward of one loss, e.g. the topology term's first-order meta update
     # (loss.topology_meta, sbir.engine.finegrained). The trainer zeroes the gradients before it, then clips and
     # steps as usual. Single-process only: the task refuses it under torchrun.
+    # Optional (attribute; None or absent: nothing): fit_closed_form() fits the parts of the model that are
+    # solved rather than trained (model.head=ridge) on the training split; the trainer calls it before every
+    # validation, so each saved checkpoint holds the fit for its own weights.
 
 
 def seed_everything(seed: int) -> None:
@@ -291,6 +294,9 @@ class Trainer:
         the metrics of the full matrices, those of one process. Rank 0's are still broadcast so that all
         ranks take the same best-epoch decision bit for bit; only rank 0 keeps the Evaluation (the grid).
         """
+        fit_closed_form = getattr(self.task, "fit_closed_form", None)
+        if fit_closed_form is not None:
+            fit_closed_form()  # every rank fits the same heads on the whole training split
         with distributed.sharded_evaluation():
             evaluation = self.task.evaluate()
         val = {k: v for k, v in evaluation.metrics.items() if _is_number(v)} if self.is_main else None
