@@ -257,6 +257,7 @@ def cross_validate_categories(args, argv) -> int:
 # With several files, a category is taken from the first file that holds it. A fourth element names the row an
 # option is compared with when it is not the recipe (options measured on top of another option), None for none.
 GRID = "mid-level grid features, untrained (model.feature_level=3, model.pool_grid=4; --untrained)"
+RECIPE = "recipe: grid + ridge head, no gradient training (configs/fg_qmul_v1.yaml: model.head=ridge)"
 ABLATION_ROWS = (
     (
         "ImageNet Lite0 features, untrained (last layer, globally pooled)",
@@ -275,9 +276,9 @@ ABLATION_ROWS = (
         "",
     ),
     (GRID, "fg_qmul_v1-cv-grid-untrained", ""),
-    ("recipe: grid features, no training (configs/fg_qmul_v1.yaml, through sbir cv)", "fg_qmul_v1-cv", "", None),
-    ("recipe + multi-view testing (eval.multiview)", "fg_qmul_v1-cv", "multiview", GRID),
-    ("recipe + flip averaging (eval.flip_tta=true)", "fg_qmul_v1-cv-flip", "", GRID),
+    ("grid features, no head, through sbir cv (the recipe before the ridge head)", "fg_qmul_v1-cv-nohead", "", None),
+    ("grid, no head + multi-view testing (eval.multiview)", "fg_qmul_v1-cv-nohead", "multiview", GRID),
+    ("grid, no head + flip averaging (eval.flip_tta=true)", "fg_qmul_v1-cv-flip", "", GRID),
     ("grid 8 x 8 (model.pool_grid=8), untrained", "fg_qmul_v1-cv-grid8-untrained", "", GRID),
     ("grid at 192 px (data.image_size=192), untrained", "fg_qmul_v1-cv-grid-untrained-192", "", GRID),
     ("grid at 256 px (data.image_size=256), untrained", "fg_qmul_v1-cv-grid-untrained-256", "", GRID),
@@ -292,6 +293,15 @@ ABLATION_ROWS = (
         "",
         GRID,
     ),
+    (
+        "grid + domain centring alone (ridge head with model.ridge_lambda=1e9: no map)",
+        "fg_qmul_v1-cv-centring",
+        "",
+        GRID,
+    ),
+    (RECIPE, "fg_qmul_v1-cv", "", GRID),
+    ("recipe + multi-view testing (eval.multiview)", "fg_qmul_v1-cv", "multiview", RECIPE),
+    ("recipe with model.ridge_lambda=3", "fg_qmul_v1-cv-ridge3", "", RECIPE),
 )
 REFERENCE_ROW = 1  # the recipe the options above the grid rows were measured against
 
@@ -365,7 +375,8 @@ def ablation_table() -> int:
         minutes = f"{sum(times) / len(times) / 60:.1f}" if times else "-"  # no training of its own
         verdict = ""
         if "delta_acc1" in row:
-            versus = "" if row["versus"] == ABLATION_ROWS[REFERENCE_ROW][0] else " vs untrained grid"
+            names = {ABLATION_ROWS[REFERENCE_ROW][0]: "", GRID: " vs untrained grid", RECIPE: " vs recipe"}
+            versus = names[row["versus"]]
             verdict = f"{row['delta_acc1']:+.1f}{versus} (spread {row['pooled_std']:.1f}): " + (
                 "adopt" if row["wins"] else "not adopted"
             )

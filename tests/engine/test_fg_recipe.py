@@ -26,7 +26,7 @@ def test_recipe_trains_and_evaluates_on_a_folder_with_test_files(tmp_path: Path)
         sio.savemat(data / f"chairs_{kind}_db_train.mat", {"data": arr[:160]})
         sio.savemat(data / f"chairs_{kind}_db_test.mat", {"data": arr[160:]})
     cfg = load_config(REPO / "configs" / "fg_qmul_v1.yaml")
-    assert (cfg.model.feature_level, cfg.model.pool_grid, cfg.model.head, cfg.optim.epochs) == (3, 4, "identity", 0)
+    assert (cfg.model.feature_level, cfg.model.pool_grid, cfg.model.head, cfg.optim.epochs) == (3, 4, "ridge", 0)
 
     run = tmp_path / "run"
     config = str(REPO / "configs" / "fg_qmul_v1.yaml")
