@@ -320,6 +320,12 @@ ABLATION_ROWS = (
     (RECIPE, "fg_qmul_v1-cv", "", GRID),
     ("recipe + multi-view testing (eval.multiview)", "fg_qmul_v1-cv", "multiview", RECIPE),
     ("recipe with model.ridge_lambda=3", "fg_qmul_v1-cv-ridge3", "", RECIPE),
+    (
+        "recipe from sketch-domain pretraining (model.init_from; 4 epochs, 50 min of configs/pretrain_sketch.yaml)",
+        "fg_qmul_v1-cv-pretrain",
+        "",
+        RECIPE,
+    ),
 )
 REFERENCE_ROW = 1  # the recipe the options above the grid rows were measured against
 
