@@ -23,7 +23,6 @@ from torch import nn
 
 from sbir.engine.checkpoint import read_weights
 from sbir.errors import CheckpointError
-from sbir.models.grid_features import GridFeatures
 
 # State-dict prefixes of backbones in sbir checkpoints (see each model's backbone_encoders()).
 SOURCE_PREFIXES = ("encoder", "sketch_encoder", "photo_encoder", "backbone")
@@ -104,14 +103,9 @@ def load_backbone_weights(model: nn.Module, spec: str | Path) -> dict[str, str]:
         mapping[name] = src_name
         if id(module) in loaded:  # a shared encoder appears under two names
             continue
-        source, target = sources[src_name], module
-        if isinstance(module, GridFeatures):
-            # A backbone cut at model.feature_level takes the source's layers up to the cut; the source may be
-            # whole (a pretraining run) or cut the same way. Layers past the cut are left behind.
-            target = module.backbone
-            source = {k.removeprefix("backbone."): v for k, v in source.items()}
-            own_keys = set(target.state_dict())
-            source = {k: v for k, v in source.items() if k in own_keys}
+        # A backbone holding only part of its source (GridFeatures, cut at model.feature_level) says which part.
+        loadable_part = getattr(module, "loadable_part", None)
+        target, source = loadable_part(sources[src_name]) if loadable_part else (module, sources[src_name])
         own = target.state_dict()
         problem = _mismatch(own, source)
         if problem is not None:

@@ -92,6 +92,14 @@ class GridFeatures(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_head(self.forward_features(x))
 
+    def loadable_part(self, source: dict[str, torch.Tensor]) -> tuple[nn.Module, dict[str, torch.Tensor]]:
+        """``(module, tensors)`` that ``model.init_from`` loads from a source backbone's state dict: the wrapped
+        backbone, from the source's layers up to the cut. The source may be whole (a pretraining run) or cut
+        the same way (its keys then start with ``backbone.``); layers past the cut are left behind."""
+        source = {k.removeprefix("backbone."): v for k, v in source.items()}
+        own = set(self.backbone.state_dict())
+        return self.backbone, {k: v for k, v in source.items() if k in own}
+
     # The token interface is TimmBackbone's, run on this class's cut feature map (its positions are the tokens).
     tokens_from_features = TimmBackbone.tokens_from_features
     tokens = TimmBackbone.tokens
