@@ -376,7 +376,7 @@ def ablation_table() -> int:
         )
     by_label = {row["option"]: row for row in rows}
     for row in rows:
-        if row["versus"] is None:  # the adopted recipe itself, measured again through `sbir cv`
+        if row["versus"] is None:  # shown for reference, compared with nothing
             continue
         ref = by_label[row["versus"]]["categories"]
         common = [c for c in CATEGORIES if c in row["categories"] and c in ref]
