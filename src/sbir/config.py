@@ -109,6 +109,10 @@ class ModelConfig:
     # (sbir.models.grid_features). Unset: the last layer, globally pooled.
     feature_level: int | None = None
     pool_grid: int = 1
+    # Fine-grained grid features only: more timm backbones, each cut at feature_level and pooled to pool_grid
+    # like `backbone`, their grids concatenated after its grid: an ensemble in one embedding
+    # (sbir.models.grid_features.ConcatGridFeatures), e.g. [efficientnet_lite1, efficientnet_lite2].
+    extra_backbones: list[str] = field(default_factory=list)
     # Category / zero-shot models only (one shared encoder; see sbir.models.category):
     dase: bool = True  # domain-aware squeeze-and-excitation blocks
     dase_where: str = "auto"  # auto | se | stages (sbir.models.dase.insert_dase)
@@ -167,6 +171,21 @@ class ModelConfig:
                 "model.pool_grid needs model.feature_level (the feature map to pool); set both, e.g. "
                 "model.feature_level=3 model.pool_grid=4"
             )
+        if self.extra_backbones:
+            if self.feature_level is None:
+                raise ConfigError(
+                    "model.extra_backbones concatenates grid features: set model.feature_level (e.g. 3) with it"
+                )
+            if self.rerank or self.weights_path or self.init_from:
+                raise ConfigError(
+                    "model.extra_backbones cannot be combined with model.rerank, model.weights_path or "
+                    "model.init_from (they concern one backbone); unset model.extra_backbones or those keys"
+                )
+            if len(set([self.backbone, *self.extra_backbones])) != len(self.extra_backbones) + 1:
+                raise ConfigError(
+                    f"model.extra_backbones repeats a backbone ({self.backbone}, {', '.join(self.extra_backbones)}): "
+                    "each one once"
+                )
         if self.dase_where not in ("auto", "se", "stages"):
             raise ConfigError(f"model.dase_where must be 'auto', 'se' or 'stages', got {self.dase_where!r}")
         if self.num_classes is not None and self.num_classes < 2:
@@ -337,6 +356,11 @@ class EvalConfig:
     # enlarged by multiview_scale, each also mirrored; the view scores are averaged (sbir.metrics.multiview_scores).
     multiview: bool = False
     multiview_scale: float = 256 / 224
+    # Fine-grained: hubness correction of the scores (sbir.metrics.hubness), as `sbir index build --hubness`
+    # applies it: none | center | csls. The sketch statistics set is the run's training sketches (validation:
+    # the training split; `sbir eval`: its split.json replayed on the data), never the queries; an index built
+    # from the run defaults to the same correction.
+    hubness: str = "none"
     # Category / zero-shot: hash-code lengths (any of 32, 64, 128) learned on the training split's
     # embeddings after the best epoch; evaluation then also reports Hamming-distance metrics.
     hash_bits: list[int] = field(default_factory=list)
@@ -348,6 +372,12 @@ class EvalConfig:
             raise ConfigError(f"eval.flip_mode must be auto, average or pairings, got {self.flip_mode!r}")
         if self.batch_size < 1:
             raise ConfigError(f"eval.batch_size must be >= 1, got {self.batch_size}")
+        if self.hubness not in ("none", "center", "csls"):
+            raise ConfigError(f"eval.hubness must be none, center or csls, got {self.hubness!r}")
+        if self.hubness != "none" and self.multiview:
+            raise ConfigError(
+                f"eval.hubness={self.hubness} corrects one view's scores; unset eval.multiview or set eval.hubness=none"
+            )
         if not 1.0 <= self.multiview_scale <= 2.0:
             raise ConfigError(f"eval.multiview_scale must be in [1, 2], got {self.multiview_scale}")
         bits = self.hash_bits

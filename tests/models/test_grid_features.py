@@ -11,7 +11,7 @@ from sbir.engine.inference import load_model
 from sbir.errors import ConfigError
 from sbir.models import create_backbone
 from sbir.models.fgsbir import SBIRModel
-from sbir.models.grid_features import GridFeatures
+from sbir.models.grid_features import ConcatGridFeatures, GridFeatures
 
 
 def _lite0() -> torch.nn.Module:
@@ -111,3 +111,85 @@ def test_other_tasks_refuse_grid_settings():
     with pytest.raises(ConfigError, match="model.feature_level is for fine-grained runs; remove it for task category"):
         check_config(cfg)
     check_config(TrainConfig(task="finegrained", model=ModelConfig(feature_level=3, pool_grid=4)))
+
+
+def _concat_model(**kw) -> SBIRModel:
+    torch.manual_seed(0)
+    cfg = ModelConfig(
+        pretrained=False,
+        shared_encoder=True,
+        feature_level=3,
+        pool_grid=2,
+        head="identity",
+        extra_backbones=["efficientnet_lite1"],
+        **kw,
+    )
+    cfg.validate()
+    return SBIRModel(cfg).eval()
+
+
+def test_extra_backbones_concatenate_each_backbones_grid_in_order(tmp_path):
+    model = _concat_model()
+    enc = model.encoder("sketch")
+    assert isinstance(enc, ConcatGridFeatures) and enc.name == "efficientnet_lite0+efficientnet_lite1"
+    lite0, lite1 = enc.members
+    assert (lite0.channels, lite1.channels) == (112, 112)  # block 4 of Lite0 and of Lite1
+    assert enc.num_features == (112 + 112) * 4
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        out = enc(x)
+        assert torch.equal(out, torch.cat([lite0(x), lite1(x)], dim=1))
+        emb = model.embed(x, "photo")
+    assert emb.shape == (2, 896)
+    # Saved and loaded as one model: the config rebuilds both backbones.
+    cfg = TrainConfig(task="finegrained", model=model.cfg)
+    cfg.data.image_size = 64
+    save_weights(model, tmp_path / "m.safetensors", cfg)
+    loaded, loaded_cfg, _ = load_model(tmp_path / "m.safetensors")
+    assert loaded_cfg.model.extra_backbones == ["efficientnet_lite1"]
+    with torch.no_grad():
+        assert torch.allclose(loaded.eval().embed(x, "photo"), emb, atol=1e-5)
+
+
+def test_extra_backbones_freeze_the_first_stages_of_every_backbone():
+    model = _concat_model(freeze_stages=3)
+    stages = model.sketch_encoder.stages()
+    assert len(stages) == 6 and all(len(group) == 2 for group in stages)  # stem + blocks 0..4 of each
+    assert not any(p.requires_grad for s in stages[:3] for p in s.parameters())
+    assert all(p.requires_grad for s in stages[3:] for p in s.parameters())
+
+
+def test_extra_backbones_must_share_the_input_normalisation():
+    a = GridFeatures(_lite0(), level=3, grid=2)
+    b = GridFeatures(create_backbone("efficientnet_lite1", pretrained=False), level=3, grid=2)
+    b.mean = (0.485, 0.456, 0.406)
+    with pytest.raises(ConfigError, match="efficientnet_lite1 normalises its input with mean"):
+        ConcatGridFeatures([a, b])
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"extra_backbones": ["efficientnet_lite1"]}, "set model.feature_level"),
+        (
+            {"extra_backbones": ["efficientnet_lite1"], "feature_level": 3, "rerank": True},
+            "cannot be combined with model.rerank",
+        ),
+        (
+            {"extra_backbones": ["efficientnet_lite1"], "feature_level": 3, "init_from": "runs/pre"},
+            "cannot be combined with",
+        ),
+        ({"extra_backbones": ["efficientnet_lite0"], "feature_level": 3}, "repeats a backbone"),
+    ],
+)
+def test_config_rejects_bad_extra_backbones(kwargs, match):
+    with pytest.raises(ConfigError, match=match):
+        ModelConfig(**kwargs).validate()
+
+
+def test_other_tasks_refuse_extra_backbones():
+    from sbir.engine.tasks import check_config
+
+    cfg = TrainConfig(task="category", model=ModelConfig(extra_backbones=["efficientnet_lite1"], feature_level=3))
+    with pytest.raises(ConfigError, match="is for fine-grained runs"):
+        check_config(cfg)

@@ -73,8 +73,12 @@ class SplitTask(SampledBatchesMixin):
 
     def evaluate(self):
         """The validation split's :class:`~sbir.engine.evaluate.Evaluation` (metrics beside the embeddings)."""
+        # eval.hubness: the training sketches are the statistics set (never the validation queries).
+        stats = (
+            {"stat_sketches": [s.image for s in self.train_split.sketches]} if self.cfg.eval.hubness != "none" else {}
+        )
         self.last_evaluation = self.spec.evaluate(
-            self.model, self.cfg, self.val_split, flip_tta=self.cfg.eval.flip_tta, progress=self.progress
+            self.model, self.cfg, self.val_split, flip_tta=self.cfg.eval.flip_tta, progress=self.progress, **stats
         )
         return self.last_evaluation
 

@@ -84,11 +84,14 @@ def evaluate_finegrained(
     batch_size: int | None = None,
     num_workers: int | None = 0,
     multiview: bool | None = None,
+    stat_sketches: list | None = None,
 ) -> Evaluation:
     """Acc@1/5/10 (and %corr when the split has triplets); the gallery is the split's unique photos.
 
     ``multiview`` (default ``cfg.eval.multiview``): 10-view testing, the view scores averaged
     (:func:`sbir.metrics.multiview_scores` with the mirrored correspondence); flip TTA is then implied.
+    ``stat_sketches``: image refs of the sketch statistics set that ``cfg.eval.hubness`` (center, csls)
+    needs, the run's training sketches (:func:`sbir.metrics.hubness.hubness_scores`).
     """
     from sbir.data.transforms import MIRRORED_VIEWS, MULTIVIEW_NAMES
     from sbir.metrics import finegrained_report, finegrained_report_from_scores, multiview_scores, percent_correct
@@ -115,13 +118,18 @@ def evaluate_finegrained(
         s_res = embed_images(model, [s.image for s in sketches], "sketch", flip_tta=bool(flip_tta), **tok, **kw)
         p_res = embed_images(model, [p.image for p in split.photos], "photo", flip_tta=bool(flip_tta), **tok, **kw)
         s_emb, p_emb = s_res.embeddings, p_res.embeddings
-        report = finegrained_report(s_emb, p_emb, true_index, ks=KS_FINEGRAINED, distance=dist)
-        if split.triplets is not None and len(split.triplets):
-            report["%corr"] = percent_correct(s_emb, p_emb, split.triplets, distance=dist)
+        if cfg.eval.hubness != "none":
+            scores = _hubness_scores(model, cfg, s_emb, p_emb, stat_sketches, dist, flip_tta, kw)
+            report = finegrained_report_from_scores(scores, true_index, KS_FINEGRAINED, split.triplets)
+        else:
+            report = finegrained_report(s_emb, p_emb, true_index, ks=KS_FINEGRAINED, distance=dist)
+            if split.triplets is not None and len(split.triplets):
+                report["%corr"] = percent_correct(s_emb, p_emb, split.triplets, distance=dist)
         if reranker is not None:  # (multi-view testing does not re-rank)
             report.update(_rerank_report(model, reranker, s_res, p_res, true_index, report["ranks"], dist))
     report["distance"] = dist
     report["views"] = len(MULTIVIEW_NAMES) if use_multiview else 1
+    report["hubness"] = cfg.eval.hubness
     return Evaluation(
         metrics=report,
         queries=sketches,
@@ -133,6 +141,56 @@ def evaluate_finegrained(
         distance=dist,
         scores=scores,
     )
+
+
+def _hubness_scores(model, cfg, s_emb, p_emb, stat_sketches, dist: str, flip_tta, kw: dict) -> np.ndarray:
+    """Scores under ``cfg.eval.hubness``, with the statistics set embedded as the queries are."""
+    from sbir.metrics.hubness import hubness_scores
+
+    if dist != "cosine":
+        raise ConfigError(
+            f"eval.hubness={cfg.eval.hubness} corrects cosine scores, but this run ranks by {dist} distance; "
+            "set eval.hubness=none or eval.distance=cosine"
+        )
+    if not stat_sketches:
+        raise DataError(
+            f"eval.hubness={cfg.eval.hubness} needs the run's training sketches as its statistics set, and none "
+            "were found: pass --data with the folder the run trained on (its train split), or set eval.hubness=none"
+        )
+    stats = embed_images(
+        model, list(stat_sketches), "sketch", flip_tta=bool(flip_tta), desc="hubness: training sketches", **kw
+    ).embeddings
+    return hubness_scores(cfg.eval.hubness, s_emb, p_emb, stats)
+
+
+def training_sketches(cfg: TrainConfig, run_dir: Path) -> list | None:
+    """Image refs of a trained run's training sketches (its ``split.json`` replayed on ``cfg.data.path``), or
+    None when the record or the data is not there. The train split only: never the validation split, the
+    unseen classes or a held-out test split."""
+    from sbir.data.policies import prepare_splits
+    from sbir.data.splits import load_split_record
+    from sbir.errors import SbirError
+
+    run_dir = Path(run_dir)
+    if not cfg.data.path or not (run_dir / "split.json").is_file() or not Path(cfg.data.path).is_dir():
+        return None
+    try:
+        record = load_split_record(run_dir / "split.json")
+        _, train, _ = prepare_splits(cfg, run_dir, record, False, task_spec(cfg).split_policy)
+    except SbirError:
+        return None
+    return [sk.image for sk in train.sketches] or None
+
+
+def _stat_kwargs(cfg: TrainConfig, run_dir: Path, data_path: str | None) -> dict:
+    """``{"stat_sketches": ...}`` for a run evaluated with ``eval.hubness``, else ``{}``."""
+    if cfg.eval.hubness == "none":
+        return {}
+    import copy
+
+    replay = copy.deepcopy(cfg)
+    replay.data.path = str(data_path or cfg.data.path or "")
+    return {"stat_sketches": training_sketches(replay, run_dir)}
 
 
 def _rerank_report(model, reranker, s_res, p_res, true_index, plain_ranks, dist: str) -> dict[str, Any]:
@@ -230,7 +288,9 @@ def _scores(ev: Evaluation) -> np.ndarray:
     return ev.scores if ev.scores is not None else similarity_matrix(ev.query_emb, ev.gallery_emb, ev.distance)
 
 
-def _ensemble(first: Evaluation, members, spec, target: Split, flip_tta, progress: bool, extra) -> Evaluation:
+def _ensemble(
+    first: Evaluation, members, spec, target: Split, flip_tta, progress: bool, extra, data_path=None
+) -> Evaluation:
     """Average the score matrices of ``first`` and of each member model on the same queries and gallery."""
     import dataclasses
 
@@ -246,7 +306,11 @@ def _ensemble(first: Evaluation, members, spec, target: Split, flip_tta, progres
         if task_spec(cfg).evaluate is not evaluate_finegrained:
             raise ConfigError(f"ensemble member {member} is a {cfg.task} model; an ensemble needs fine-grained runs")
         use_flip = cfg.eval.flip_tta if flip_tta is None else flip_tta
-        scores += _scores(evaluate_finegrained(model, cfg, target, flip_tta=use_flip, progress=progress, **extra))
+        member_dir = Path(member) if Path(member).is_dir() else Path(member).parent
+        stats = _stat_kwargs(cfg, member_dir, data_path)
+        scores += _scores(
+            evaluate_finegrained(model, cfg, target, flip_tta=use_flip, progress=progress, **extra, **stats)
+        )
         ids.append(model_id)
     scores = (scores / (len(members) + 1)).astype(np.float32)
     report = finegrained_report_from_scores(scores, first.query_keys, KS_FINEGRAINED, target.triplets)
@@ -316,9 +380,11 @@ def evaluate_run_full(
         if spec.evaluate is not evaluate_finegrained:
             raise ConfigError(f"multi-view testing is a fine-grained evaluation; this run's task is {spec.name}")
         extra["multiview"] = multiview
-    result = spec.evaluate(model, cfg, target, flip_tta=use_flip, progress=progress, **extra)
+    run_dir = run if run.is_dir() else run.parent
+    stats = _stat_kwargs(cfg, run_dir, data_path)
+    result = spec.evaluate(model, cfg, target, flip_tta=use_flip, progress=progress, **extra, **stats)
     if ensemble:
-        result = _ensemble(result, ensemble, spec, target, use_flip, progress, extra)
+        result = _ensemble(result, ensemble, spec, target, use_flip, progress, extra, data_path)
     write_retrieval_grid(result, out / "retrieval.png", title=f"{split} retrieval")
     metrics = {
         "split": split,

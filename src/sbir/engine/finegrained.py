@@ -143,13 +143,10 @@ class FineGrainedTask(SplitTask):
         s_mean, p_mean = s_raw.mean(0), p_raw.mean(0)
         a = F.normalize(s_raw - s_mean, dim=-1)
         b = F.normalize(p_raw - p_mean, dim=-1)[torch.tensor([photo_index[s.photo_id] for s in sketches])]
-        w = ridge_map(a, b, cfg.model.ridge_lambda)
-        for head, mean, weight in (
-            (self.model.sketch_head.proj, s_mean, w),
-            (self.model.photo_head.proj, p_mean, torch.eye(len(p_mean), dtype=torch.float64)),
-        ):
-            head.mean.copy_(mean.to(head.mean))
-            head.weight.copy_(weight.to(head.weight))
+        left, right = ridge_map(a, b, cfg.model.ridge_lambda)
+        self.model.sketch_head.proj.set_map(s_mean, left, right)
+        no_map = torch.zeros(len(p_mean), 0, dtype=torch.float64)
+        self.model.photo_head.proj.set_map(p_mean, no_map, no_map.T)
 
     def _trainable(self) -> list[torch.Tensor]:
         seen: set[int] = set()
@@ -263,5 +260,6 @@ register_task(
         rerank=True,
         grid_features=True,
         ridge_head=True,
+        hubness_eval=True,
     )
 )

@@ -70,6 +70,7 @@ class TaskSpec:
     rerank: bool = False  # supports model.rerank (a trained token re-ranker of the embedding top-K)
     grid_features: bool = False  # supports model.feature_level / model.pool_grid (sbir.models.grid_features)
     ridge_head: bool = False  # supports model.head=ridge (its task_class fits it: fit_closed_form)
+    hubness_eval: bool = False  # supports eval.hubness (its evaluate takes stat_sketches)
 
 
 _TASKS: dict[tuple[str, str | None], TaskSpec] = {}
@@ -158,6 +159,12 @@ def check_config(cfg: TrainConfig) -> TrainConfig:
         raise ConfigError(f"model.rerank is for fine-grained runs; remove it for task {spec.name}")
     if cfg.model.feature_level is not None and not spec.grid_features:
         raise ConfigError(f"model.feature_level is for fine-grained runs; remove it for task {spec.name}")
+    if cfg.model.extra_backbones and not spec.grid_features:
+        raise ConfigError(f"model.extra_backbones is for fine-grained runs; remove it for task {spec.name}")
+    if cfg.eval.hubness != "none" and not spec.hubness_eval:
+        raise ConfigError(f"eval.hubness is for fine-grained runs; set eval.hubness=none for task {spec.name}")
+    if cfg.eval.hubness != "none" and cfg.model.rerank:
+        raise ConfigError("eval.hubness corrects embedding scores, model.rerank replaces them: choose one")
     if cfg.model.head == "ridge" and not spec.ridge_head:
         raise ConfigError(
             f"model.head=ridge is for fine-grained runs; choose linear, mlp or identity for task {spec.name}"

@@ -618,25 +618,14 @@ def _ray_embed_fn(address: str, load, image_size: int, flip_tta: bool, **options
 
 
 def run_training_sketches(cfg, weights_path: str | None) -> tuple[list, str] | None:
-    """The training sketches of a trained run (its ``split.json`` replayed on ``data.path``), or None.
+    """The training sketches of a trained run (:func:`sbir.engine.evaluate.training_sketches`) and where they
+    are, or None."""
+    from sbir.engine.evaluate import training_sketches
 
-    The train split only: never the validation split, the unseen classes or a held-out test split.
-    """
-    from sbir.data.policies import prepare_splits
-    from sbir.data.splits import load_split_record
-    from sbir.engine.tasks import task_spec
-
-    if weights_path is None or not cfg.data.path:
+    if weights_path is None:
         return None
     run_dir = Path(weights_path) if Path(weights_path).is_dir() else Path(weights_path).parent
-    if not (run_dir / "split.json").is_file() or not Path(cfg.data.path).is_dir():
-        return None
-    try:
-        record = load_split_record(run_dir / "split.json")
-        _, train, _ = prepare_splits(cfg, run_dir, record, False, task_spec(cfg).split_policy)
-    except SbirError:
-        return None
-    refs = [sk.image for sk in train.sketches]
+    refs = training_sketches(cfg, run_dir)
     return (refs, f"training sketches of {run_dir} on {Path(cfg.data.path).resolve()}") if refs else None
 
 
@@ -654,9 +643,10 @@ def _hubness_setup(
     """(method, sketch statistics or None, a note for the user) for a new index.
 
     Sketch statistics: ``--sketch-stats DIR``; else the ones shipped for the model and size; else, for an
-    explicit ``--hubness center|csls`` with a trained run, the run's training sketches. Without an explicit
-    choice an index gets :data:`DEFAULT_HUBNESS` only with given or shipped statistics (trained runs keep
-    ``none`` by default: they rank exactly as ``sbir eval`` does).
+    explicit ``--hubness center|csls`` with a trained run, or a run that evaluates with ``eval.hubness``, the
+    run's training sketches. Without an explicit choice a trained run gets its ``eval.hubness`` (so it ranks
+    exactly as ``sbir eval`` does); other models get :data:`DEFAULT_HUBNESS` only with given or shipped
+    statistics.
     """
     metric, normalize = metric_for(model, cfg)
     if metric != "ip":
@@ -684,7 +674,9 @@ def _hubness_setup(
         )
     else:
         stats = load_default_stats(model_id, size)
-    if stats is None and hubness is not None:
+    # A trained run evaluated with eval.hubness gets the same correction by default, so search ranks as eval.
+    run_hubness = cfg.eval.hubness if weights_path is not None else "none"
+    if stats is None and (hubness is not None or run_hubness != "none"):
         found = run_training_sketches(cfg, weights_path)
         if found is not None:
             refs, where = found
@@ -698,12 +690,21 @@ def _hubness_setup(
                 batch_size=batch_size,
                 progress=progress,
             )
-    method = hubness or DEFAULT_HUBNESS
+    method = hubness or (run_hubness if run_hubness != "none" else DEFAULT_HUBNESS)
     if stats is None:
         if hubness is not None:
             raise HubnessError(
                 f"--hubness {hubness} needs sketch statistics and sbir ships none for {model_id} at {size} px; "
                 "pass --sketch-stats DIR (a folder of sketches like your queries, e.g. the run's training sketches)"
+            )
+        if run_hubness != "none":
+            return (
+                "none",
+                None,
+                (
+                    f"none (the run evaluates with eval.hubness={run_hubness}, but its training sketches are not found "
+                    f"under data.path {cfg.data.path!r}; pass --sketch-stats DIR to correct as sbir eval does)"
+                ),
             )
         return "none", None, f"none (no sketch statistics for {model_id} at {size} px; pass --sketch-stats DIR)"
     return method, stats, f"{method} (sketch statistics: {stats.source})"

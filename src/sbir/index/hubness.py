@@ -23,11 +23,13 @@ The sketch statistics set is, in order of preference, the sketch images of
 for the model and image size (``sbir/index/stats/<model>@<size>.npz``, from
 Sketchy sketches of the classes outside ``sketchy_unseen21`` and Quick, Draw!
 drawings; see ``benchmarks/hubness.py --write-default``), or, for a trained
-run and an explicit ``--hubness center|csls``, the run's training sketches
-(its ``split.json`` replayed on ``data.path``: never validation, unseen or
-test sketches). Without ``--hubness`` an index is corrected (``csls``) only
-with given or shipped statistics; trained runs keep ``none`` by default, so
-they rank exactly as ``sbir eval`` does. Its embeddings are
+run and an explicit ``--hubness center|csls`` (or a run that evaluates with
+``eval.hubness``), the run's training sketches (its ``split.json`` replayed on
+``data.path``: never validation, unseen or test sketches). Without
+``--hubness`` a trained run gets its own ``eval.hubness`` (``none`` unless set),
+so it ranks exactly as ``sbir eval`` does; other models are corrected
+(``csls``) only with given or shipped statistics. The math is
+:mod:`sbir.metrics.hubness`, shared with ``sbir eval``. Its embeddings are
 stored in the index, so an update re-estimates ``mean_photo`` and ``r_g``
 without the sketches. Corrections need cosine indexes (metric ``ip``).
 
@@ -48,11 +50,11 @@ from pathlib import Path
 import numpy as np
 
 from sbir.errors import SbirError
+from sbir.metrics.hubness import CSLS_K, HUBNESS_METHODS, center, knn_mean_cosine, normalize_rows
 
-HUBNESS_CHOICES = ("none", "center", "csls")
+HUBNESS_CHOICES = HUBNESS_METHODS
 # What ``--hubness`` means when not given and sketch statistics exist (benchmarks/hubness.py decides).
 DEFAULT_HUBNESS = "csls"
-CSLS_K = 10
 MAX_STAT_SKETCHES = 2000  # sketch statistics set kept in an index (evenly subsampled above this)
 STATS_DIR = Path(__file__).resolve().parent / "stats"
 STATS_FILE = "hubness.npz"
@@ -60,31 +62,6 @@ STATS_FILE = "hubness.npz"
 
 class HubnessError(SbirError):
     """A hubness correction cannot be set up (unknown method, no sketch statistics, wrong metric)."""
-
-
-def normalize_rows(v: np.ndarray) -> np.ndarray:
-    v = np.asarray(v, dtype=np.float32)
-    if v.ndim == 1:
-        return v / max(float(np.linalg.norm(v)), 1e-12)
-    return v / np.maximum(np.linalg.norm(v, axis=1, keepdims=True), 1e-12)
-
-
-def center(v: np.ndarray, mean: np.ndarray) -> np.ndarray:
-    """``normalise(v - mean)`` row by row."""
-    return normalize_rows(np.asarray(v, dtype=np.float32) - np.asarray(mean, dtype=np.float32))
-
-
-def knn_mean_cosine(a: np.ndarray, b: np.ndarray, k: int, chunk: int = 4096) -> np.ndarray:
-    """For each row of ``a`` the mean of its ``k`` largest inner products with the rows of ``b`` (both normalised)."""
-    a = np.asarray(a, dtype=np.float32)
-    b = np.asarray(b, dtype=np.float32)
-    k = max(1, min(int(k), len(b)))
-    out = np.empty(len(a), np.float32)
-    for s in range(0, len(a), chunk):
-        sims = a[s : s + chunk] @ b.T
-        top = np.partition(sims, sims.shape[1] - k, axis=1)[:, -k:]
-        out[s : s + chunk] = top.mean(axis=1)
-    return out
 
 
 def check_method(method: str) -> str:

@@ -20,7 +20,7 @@ from torch import nn
 
 from sbir.config import ModelConfig
 from sbir.models.factory import register_model
-from sbir.models.grid_features import GridFeatures
+from sbir.models.grid_features import ConcatGridFeatures, GridFeatures
 from sbir.models.heads import ProjectionHead
 from sbir.models.registry import create_backbone
 from sbir.models.rerank import TokenReranker
@@ -38,6 +38,16 @@ class SBIRModel(nn.Module):
         )
         if cfg.feature_level is not None:
             sketch_backbone = GridFeatures(sketch_backbone, cfg.feature_level, cfg.pool_grid)
+        if cfg.extra_backbones:
+            extras = [
+                GridFeatures(
+                    create_backbone(name, pretrained=use_pretrained, **cfg.backbone_kwargs),
+                    cfg.feature_level,
+                    cfg.pool_grid,
+                )
+                for name in cfg.extra_backbones
+            ]
+            sketch_backbone = ConcatGridFeatures([sketch_backbone, *extras])
         self.sketch_encoder = sketch_backbone
         # A deep copy keeps both branches initialised from the same weights without loading twice.
         self.photo_encoder = sketch_backbone if cfg.shared_encoder else copy.deepcopy(sketch_backbone)

@@ -19,12 +19,19 @@ layer by far in all three categories.
   row-major, channels within a cell together: ``num_features = C * grid**2``.
   ``grid = 1`` is global average pooling.
 
-It keeps the interface the models use (``mean``, ``std``, ``stages()``,
+``ConcatGridFeatures([GridFeatures, ...])`` runs several such backbones on the
+same input and concatenates their grids (``model.extra_backbones``): an ensemble
+of backbones in one embedding, so one index and one ridge head serve it. Their
+input normalisation must agree (EfficientNet-Lite0/1/2 share it).
+
+``GridFeatures`` keeps the interface the models use (``mean``, ``std``, ``stages()``,
 ``tokens``, ``forward_with_tokens``), so heads, freezing, the re-ranker and
 export work unchanged.
 """
 
 from __future__ import annotations
+
+from itertools import zip_longest
 
 import torch
 import torch.nn.functional as F
@@ -113,4 +120,36 @@ class GridFeatures(nn.Module):
         return self.backbone.stages() if hasattr(self.backbone, "stages") else []
 
 
-__all__ = ["GridFeatures", "feature_levels"]
+class ConcatGridFeatures(nn.Module):
+    """Several :class:`GridFeatures` on one input, their grids concatenated in order (``model.extra_backbones``).
+
+    No token interface: the members' channels differ, so the token re-ranker refuses it (config check).
+    """
+
+    def __init__(self, members: list[GridFeatures]):
+        super().__init__()
+        if len(members) < 2:
+            raise ConfigError(f"ConcatGridFeatures needs at least 2 backbones, got {len(members)}")
+        first = members[0]
+        for m in members[1:]:
+            if (tuple(m.mean), tuple(m.std)) != (tuple(first.mean), tuple(first.std)):
+                raise ConfigError(
+                    f"model.extra_backbones: {m.name} normalises its input with mean {m.mean} / std {m.std} but "
+                    f"{first.name} with {first.mean} / {first.std}; one input tensor feeds them all, so choose "
+                    "backbones with the same normalisation"
+                )
+        self.members = nn.ModuleList(members)
+        self.name = "+".join(m.name for m in members)
+        self.num_features = sum(m.num_features for m in members)
+        self.mean, self.std = tuple(first.mean), tuple(first.std)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.cat([m(x) for m in self.members], dim=1)
+
+    def stages(self) -> list[nn.Module]:
+        """Stage ``i`` is every member's stage ``i``: freezing the first N stages freezes N in each backbone."""
+        groups = zip_longest(*(m.stages() for m in self.members))
+        return [nn.ModuleList([s for s in group if s is not None]) for group in groups]
+
+
+__all__ = ["ConcatGridFeatures", "GridFeatures", "feature_levels"]

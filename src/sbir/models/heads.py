@@ -7,13 +7,19 @@ import torch.nn.functional as F
 from torch import nn
 
 
-def ridge_map(a: torch.Tensor, b: torch.Tensor, lam: float) -> torch.Tensor:
-    """The ``(D, D)`` linear map ``W`` nearest the identity that takes the rows of ``a`` to those of ``b``.
+def ridge_map(a: torch.Tensor, b: torch.Tensor, lam: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """The linear map ``W`` nearest the identity that takes the rows of ``a`` to those of ``b``, as factors.
 
     Ridge regression shrunk towards the identity rather than towards zero, so that with few pairs the map
     stays close to "compare the features as they are":
 
-        W = argmin_W ||a W^T - b||^2 + lam ||W - I||^2   =>   W^T = (a^T a + lam I)^(-1) (a^T b + lam I)
+        W = argmin_W ||a W^T - b||^2 + lam ||W - I||^2
+        =>  W^T = (a^T a + lam I)^(-1) (a^T b + lam I) = I + a^T (a a^T + lam I)^(-1) (b - a)
+
+    The second form (Woodbury's identity) solves an N x N system instead of a D x D one, and its correction is
+    of rank <= N: returns ``(left, right) = (a^T, (a a^T + lam I)^(-1) (b - a))``, shapes ``(D, N)`` and
+    ``(N, D)``, with ``W^T = I + left @ right`` (2 N D numbers to store instead of D^2; D is 1,792 to 5,504
+    for the fine-grained grids, N a few hundred pairs).
 
     ``a``, ``b``: ``(N, D)`` paired rows (a sketch's features, its photo's); ``lam > 0``. Solved in float64.
     """
@@ -22,28 +28,59 @@ def ridge_map(a: torch.Tensor, b: torch.Tensor, lam: float) -> torch.Tensor:
     if not lam > 0:
         raise ValueError(f"ridge_map needs lam > 0, got {lam}")
     a64, b64 = a.double(), b.double()
-    eye = torch.eye(a.shape[1], dtype=torch.float64, device=a.device)
-    wt = torch.linalg.solve(a64.T @ a64 + lam * eye, a64.T @ b64 + lam * eye)
-    return wt.T.to(a.dtype).contiguous()
+    eye = torch.eye(a.shape[0], dtype=torch.float64, device=a.device)
+    right = torch.linalg.solve(a64 @ a64.T + lam * eye, b64 - a64)
+    return a64.T.to(a.dtype).contiguous(), right.to(a.dtype).contiguous()
 
 
 class CentredMap(nn.Module):
-    """``x -> W normalize(x - mean)``: one domain's centring and linear map, fitted in closed form.
+    """``x -> z + (z @ left) @ right`` with ``z = normalize(x - mean)``: one domain's centring and linear map
+    ``W^T = I + left @ right``, fitted in closed form.
 
-    ``mean`` and ``W`` are buffers, not parameters: the fine-grained task fits them on the training split
-    (``model.head=ridge``; :meth:`sbir.engine.finegrained.FineGrainedTask.fit_closed_form`). Subtracting each
-    domain's own mean removes what all sketches (or all edge maps) share, which otherwise dominates the
-    cosine between a sketch and a photo. Until fitted (``mean`` 0, ``W`` the identity) it is the identity
-    head.
+    ``mean``, ``left`` and ``right`` are buffers, not parameters: the fine-grained task fits them on the
+    training split (``model.head=ridge``; :meth:`sbir.engine.finegrained.FineGrainedTask.fit_closed_form`,
+    :func:`ridge_map`). Subtracting each domain's own mean removes what all sketches (or all edge maps) share,
+    which otherwise dominates the cosine between a sketch and a photo. Until fitted (``mean`` 0, rank 0) it is
+    the identity head. The rank is the number of training pairs, so loading a fitted state resizes the
+    factors to the saved ones.
     """
 
     def __init__(self, dim: int):
         super().__init__()
         self.register_buffer("mean", torch.zeros(dim))
-        self.register_buffer("weight", torch.eye(dim))
+        self.register_buffer("left", torch.zeros(dim, 0))
+        self.register_buffer("right", torch.zeros(0, dim))
+
+    def set_map(self, mean: torch.Tensor, left: torch.Tensor, right: torch.Tensor) -> None:
+        """Store a fitted centring and map (``left`` ``(D, R)``, ``right`` ``(R, D)``; ``R = 0``: no map)."""
+        dim = len(self.mean)
+        if mean.shape != (dim,) or left.ndim != 2 or left.shape[0] != dim or right.shape != (left.shape[1], dim):
+            raise ValueError(
+                f"CentredMap({dim}) needs mean ({dim},), left ({dim}, R) and right (R, {dim}); got "
+                f"{tuple(mean.shape)}, {tuple(left.shape)}, {tuple(right.shape)}"
+            )
+        like = self.mean
+        self.mean = mean.to(like).clone()
+        self.left = left.to(like).contiguous().clone()
+        self.right = right.to(like).contiguous().clone()
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        old = state_dict.pop(prefix + "weight", None)
+        if old is not None and prefix + "left" not in state_dict:  # a run saved with the full (D, D) map
+            eye = torch.eye(len(old), dtype=old.dtype)
+            state_dict[prefix + "left"], state_dict[prefix + "right"] = eye, old.T - eye
+        # The factors' rank is the fitted run's number of training pairs: take the saved shapes.
+        for name in ("left", "right"):
+            saved = state_dict.get(prefix + name)
+            if saved is not None and saved.ndim == 2 and saved.shape != getattr(self, name).shape:
+                setattr(self, name, torch.empty_like(saved, dtype=self.mean.dtype, device=self.mean.device))
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(F.normalize(x - self.mean, dim=-1), self.weight)
+        z = F.normalize(x - self.mean, dim=-1)
+        if self.left.shape[1] == 0:  # unfitted or centring only: no matmul with an empty factor (ONNX)
+            return z
+        return z + (z @ self.left) @ self.right
 
 
 class ProjectionHead(nn.Module):
