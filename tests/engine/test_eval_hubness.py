@@ -101,3 +101,16 @@ def test_hubness_settings_are_checked_early():
         check_config(TrainConfig(task="category", eval=EvalConfig(hubness="csls")))
     with pytest.raises(ConfigError, match="choose one"):
         check_config(TrainConfig(model=ModelConfig(rerank=True), eval=EvalConfig(hubness="center")))
+
+
+def test_multiview_testing_of_a_corrected_run_is_refused(csls_run):
+    from sbir.engine.evaluate import evaluate_run
+
+    with pytest.raises(ConfigError, match="multi-view testing averages ten views' scores"):
+        evaluate_run(csls_run, split="val", multiview=True, progress=False)
+
+
+def test_export_checks_a_corrected_run_with_its_training_sketches(csls_run, tmp_path):
+    out = tmp_path / "onnx"
+    assert main(["export", str(csls_run), "--out", str(out), "--no-speed", "--no-openvino", "--no-progress"]) == 0
+    assert (out / "sketch.onnx").is_file() and (out / "photo.onnx").is_file()

@@ -27,6 +27,7 @@ def test_recipe_trains_and_evaluates_on_a_folder_with_test_files(tmp_path: Path)
         sio.savemat(data / f"chairs_{kind}_db_test.mat", {"data": arr[160:]})
     cfg = load_config(REPO / "configs" / "fg_qmul_v1.yaml")
     assert (cfg.model.feature_level, cfg.model.pool_grid, cfg.model.head, cfg.optim.epochs) == (3, 4, "ridge", 0)
+    assert cfg.model.extra_backbones == ["efficientnet_lite1", "efficientnet_lite2"] and cfg.eval.hubness == "csls"
 
     run = tmp_path / "run"
     config = str(REPO / "configs" / "fg_qmul_v1.yaml")
@@ -36,6 +37,7 @@ def test_recipe_trains_and_evaluates_on_a_folder_with_test_files(tmp_path: Path)
     assert main(["eval", str(run), "--data", str(data), "--split", "test", "--no-progress"]) == 0
     metrics = json.loads((run / "eval-test" / "metrics.json").read_text())
     assert metrics["n_queries"] == metrics["n_gallery"] == 40
+    assert metrics["hubness"] == "csls"  # scored against the run's training sketches, found on the same folder
     ranks = np.asarray(metrics["ranks"])
     # Real sketches against their own chairs' edge maps: far above chance (1 in 40 at rank 1).
     assert metrics["acc@1"] > 40.0 and np.mean(ranks <= 10) > 0.8

@@ -105,6 +105,11 @@ def evaluate_finegrained(
     kw = _embed_kwargs(cfg, progress, batch_size, num_workers)
     use_multiview = cfg.eval.multiview if multiview is None else multiview
     scores = None
+    if use_multiview and cfg.eval.hubness != "none":
+        raise ConfigError(
+            f"multi-view testing averages ten views' scores and eval.hubness={cfg.eval.hubness} corrects one view's; "
+            "test one of them (drop --multiview, or --set eval.hubness=none)"
+        )
     if use_multiview:
         kw["multiview_scale"] = cfg.eval.multiview_scale
         s_views = embed_images(model, [s.image for s in sketches], "sketch", **kw).embeddings

@@ -254,7 +254,13 @@ def _embed_set(model_like, cfg, cs: _CheckSet, progress: bool):
     from sbir.engine.tasks import get_task
 
     if cs.split is not None:
-        ev = get_task(cfg.task).evaluate(model_like, cfg, cs.split, flip_tta=bool(cfg.eval.flip_tta), progress=progress)
+        # eval.hubness: scored as sbir eval scores, against the training sketches embedded by this runtime
+        stats = (
+            {"stat_sketches": [s.image for s in cs.train.sketches]} if cfg.eval.hubness != "none" and cs.train else {}
+        )
+        ev = get_task(cfg.task).evaluate(
+            model_like, cfg, cs.split, flip_tta=bool(cfg.eval.flip_tta), progress=progress, **stats
+        )
         return ev.query_emb, ev.gallery_emb, ev.metrics, ev.distance
     kw = dict(image_size=cfg.data.image_size, flip_tta=bool(cfg.eval.flip_tta), progress=progress)
     q = embed_images(model_like, cs.images, "sketch", **kw).embeddings
