@@ -20,17 +20,9 @@ from sbir.engine.tasks import check_config
 from sbir.errors import ConfigError
 from sbir.metrics import true_match_ranks
 from sbir.metrics.hubness import hubness_scores
+from tests.engine.test_ridge_head import GRID as RIDGE_GRID
 
-GRID = [
-    "data.image_size=64",
-    "data.num_workers=0",
-    "model.shared_encoder=true",
-    "model.feature_level=3",
-    "model.pool_grid=2",
-    "model.head=ridge",
-    "optim.batch_size=8",
-    "eval.hubness=csls",
-]
+GRID = [*RIDGE_GRID, "eval.hubness=csls"]  # the ridge-head run of test_ridge_head, corrected
 
 
 @pytest.fixture(scope="module")
