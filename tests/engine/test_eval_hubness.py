@@ -56,17 +56,46 @@ def test_validation_and_eval_score_against_the_training_sketches(tiny_paired_dat
     assert not np.array_equal(ranks, plain)  # the correction changes the ranking on this data
 
 
-def test_eval_without_the_training_sketches_is_one_clear_error(tiny_paired_dataset, csls_run, tmp_path, capsys):
+def _without_training_sketches(data: Path, tmp_path: Path) -> Path:
+    """A copy of ``data`` whose test split is there but whose training split is another one."""
     moved = tmp_path / "data"
-    shutil.copytree(tiny_paired_dataset, moved)
-    # The test split is there, the run's training sketches are not: another training split in their place.
+    shutil.copytree(data, moved)
     for name, new in (("trainA", "99999_01.png"), ("trainB", "99999.png")):
         one = sorted((moved / name).iterdir())[0]
         shutil.copy(one, tmp_path / new)
         shutil.rmtree(moved / name)
         (moved / name).mkdir()
         shutil.copy(tmp_path / new, moved / name / new)
-    code = main(["eval", str(csls_run), "--data", str(moved), "--split", "test", "--no-progress"])
+    return moved
+
+
+def test_the_ridge_head_holds_its_training_sketches_embeddings(tiny_paired_dataset, csls_run, tmp_path):
+    model, _, _ = load_model(csls_run)
+    full = load_dataset(tiny_paired_dataset).split("train")
+    train, _ = apply_split_record(full, load_split_record(csls_run / "split.json"))
+    embedded = embed_images(model, [s.image for s in train.sketches], "sketch", 64, progress=False).embeddings
+    held = model.hubness_statistics()
+    assert held.shape == embedded.shape
+    np.testing.assert_allclose(held, embedded, atol=1e-4)
+    # So `sbir eval` needs only the test split: the same metrics on a folder without the training images.
+    assert main(["eval", str(csls_run), "--data", str(tiny_paired_dataset), "--split", "test", "--no-progress"]) == 0
+    with_images = json.loads((csls_run / "eval-test" / "metrics.json").read_text())
+    moved = _without_training_sketches(tiny_paired_dataset, tmp_path)
+    out = tmp_path / "eval"
+    args = ["eval", str(csls_run), "--data", str(moved), "--split", "test", "--out", str(out), "--no-progress"]
+    assert main(args) == 0
+    without = json.loads((out / "metrics.json").read_text())
+    assert without["ranks"] == with_images["ranks"] and without["hubness"] == "csls"
+
+
+def test_a_run_without_held_statistics_needs_its_training_sketches(tiny_paired_dataset, tmp_path, capsys):
+    run = tmp_path / "linear"
+    args = ["train", "--data", str(tiny_paired_dataset), "--out", str(run), "--epochs", "0", "--no-progress"]
+    assert main([*args, "--set", *GRID, "model.head=linear", "model.embed_dim=16"]) == 0
+    model, _, _ = load_model(run)
+    assert model.hubness_statistics() is None
+    moved = _without_training_sketches(tiny_paired_dataset, tmp_path)
+    code = main(["eval", str(run), "--data", str(moved), "--split", "test", "--no-progress"])
     assert code == 2
     err = capsys.readouterr().err
     assert "eval.hubness=csls needs the run's training sketches" in err and "Traceback" not in err
@@ -80,8 +109,12 @@ def test_an_index_built_from_the_run_corrects_as_eval_does(tiny_paired_dataset, 
     idx = Index.open(tmp_path / "idx")
     full = load_dataset(tiny_paired_dataset).split("train")
     train, _ = apply_split_record(full, load_split_record(csls_run / "split.json"))
-    assert rep.hubness == "csls" and "training sketches" in idx.model.hubness_source
+    assert rep.hubness == "csls" and "training sketches held by" in idx.model.hubness_source
     assert len(idx.hubness.sketch_vectors) == len(train.sketches)
+    # Without the ridge head's held embeddings, the same run's images are embedded: the same statistics.
+    model, _, _ = load_model(csls_run)
+    embedded = embed_images(model, [s.image for s in train.sketches], "sketch", 64, progress=False).embeddings
+    np.testing.assert_allclose(idx.hubness.sketch_vectors, embedded, atol=2e-3)  # stored as float16
 
 
 def test_hubness_settings_are_checked_early():

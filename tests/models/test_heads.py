@@ -67,6 +67,9 @@ def test_unfitted_ridge_head_is_the_identity_head_and_a_fitted_one_centres_then_
     assert torch.allclose(legacy(x), expected, atol=1e-5)
     with pytest.raises(ValueError, match="CentredMap"):
         head.proj.set_map(mean, left, right[:, :3])
+    # The left factor holds the fitted inputs: the map's outputs for them, before the final normalisation.
+    assert torch.allclose(head.proj.fitted_outputs(), left.T @ (torch.eye(6) + left @ right), atol=1e-6)
+    assert ProjectionHead(6, kind="ridge").proj.fitted_outputs() is None
 
 
 def test_centred_map_output_width_is_its_input_width():

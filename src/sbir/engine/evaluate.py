@@ -91,7 +91,8 @@ def evaluate_finegrained(
     ``multiview`` (default ``cfg.eval.multiview``): 10-view testing, the view scores averaged
     (:func:`sbir.metrics.multiview_scores` with the mirrored correspondence); flip TTA is then implied.
     ``stat_sketches``: image refs of the sketch statistics set that ``cfg.eval.hubness`` (center, csls)
-    needs, the run's training sketches (:func:`sbir.metrics.hubness.hubness_scores`).
+    needs, the run's training sketches (:func:`sbir.metrics.hubness.hubness_scores`), used when the model
+    does not hold their embeddings itself (a fitted ridge head does: ``hubness_statistics``).
     """
     from sbir.data.transforms import MIRRORED_VIEWS, MULTIVIEW_NAMES
     from sbir.metrics import finegrained_report, finegrained_report_from_scores, multiview_scores, percent_correct
@@ -157,6 +158,9 @@ def _hubness_scores(model, cfg, s_emb, p_emb, stat_sketches, dist: str, flip_tta
             f"eval.hubness={cfg.eval.hubness} corrects cosine scores, but this run ranks by {dist} distance; "
             "set eval.hubness=none or eval.distance=cosine"
         )
+    stored = model.hubness_statistics() if hasattr(model, "hubness_statistics") else None
+    if stored is not None:  # a fitted ridge head holds its training sketches' embeddings: no images needed
+        return hubness_scores(cfg.eval.hubness, s_emb, p_emb, stored)
     if not stat_sketches:
         raise DataError(
             f"eval.hubness={cfg.eval.hubness} needs the run's training sketches as its statistics set, and none "

@@ -644,9 +644,10 @@ def _hubness_setup(
 
     Sketch statistics: ``--sketch-stats DIR``; else the ones shipped for the model and size; else, for an
     explicit ``--hubness center|csls`` with a trained run, or a run that evaluates with ``eval.hubness``, the
-    run's training sketches. Without an explicit choice a trained run gets its ``eval.hubness`` (so it ranks
-    exactly as ``sbir eval`` does); other models get :data:`DEFAULT_HUBNESS` only with given or shipped
-    statistics.
+    run's training sketches: their embeddings held by the model (a fitted ridge head), else the images
+    (``split.json`` replayed on ``data.path``). Without an explicit choice a trained run gets its
+    ``eval.hubness`` (so it ranks exactly as ``sbir eval`` does); other models get :data:`DEFAULT_HUBNESS`
+    only with given or shipped statistics.
     """
     metric, normalize = metric_for(model, cfg)
     if metric != "ip":
@@ -676,7 +677,11 @@ def _hubness_setup(
         stats = load_default_stats(model_id, size)
     # A trained run evaluated with eval.hubness gets the same correction by default, so search ranks as eval.
     run_hubness = cfg.eval.hubness if weights_path is not None else "none"
-    if stats is None and (hubness is not None or run_hubness != "none"):
+    wants_run_stats = hubness is not None or run_hubness != "none"
+    stored = model.hubness_statistics() if wants_run_stats and hasattr(model, "hubness_statistics") else None
+    if stats is None and stored is not None:  # a fitted ridge head holds its training sketches' embeddings
+        stats = SketchStats(post(stored[subsample(list(range(len(stored))))]), f"training sketches held by {model_id}")
+    if stats is None and wants_run_stats:
         found = run_training_sketches(cfg, weights_path)
         if found is not None:
             refs, where = found

@@ -24,8 +24,10 @@ for the model and image size (``sbir/index/stats/<model>@<size>.npz``, from
 Sketchy sketches of the classes outside ``sketchy_unseen21`` and Quick, Draw!
 drawings; see ``benchmarks/hubness.py --write-default``), or, for a trained
 run and an explicit ``--hubness center|csls`` (or a run that evaluates with
-``eval.hubness``), the run's training sketches (its ``split.json`` replayed on
-``data.path``: never validation, unseen or test sketches). Without
+``eval.hubness``), the run's training sketches: their embeddings held by the
+model (a fitted ridge head, ``SBIRModel.hubness_statistics``), else the images
+(its ``split.json`` replayed on ``data.path``): never validation, unseen or test
+sketches. Without
 ``--hubness`` a trained run gets its own ``eval.hubness`` (``none`` unless set),
 so it ranks exactly as ``sbir eval`` does; other models are corrected
 (``csls``) only with given or shipped statistics. The math is

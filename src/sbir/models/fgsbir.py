@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import copy
 
+import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from sbir.config import ModelConfig
@@ -98,6 +100,18 @@ class SBIRModel(nn.Module):
 
     def tokens(self, x: torch.Tensor, domain: str) -> torch.Tensor:
         return self.encoder(domain).tokens(x)
+
+    @torch.no_grad()
+    def hubness_statistics(self) -> np.ndarray | None:
+        """``(N, embed)`` float32 embeddings of the training sketches, as ``embed`` gives them, when the
+        sketch head is a fitted ridge head (:meth:`sbir.models.heads.CentredMap.fitted_outputs`), else None.
+        They are the statistics set of ``eval.hubness`` and of an index built from the model, so a run
+        corrects hubness the same way without its training images (another machine, an exported pack)."""
+        proj = getattr(self.sketch_head, "proj", None)
+        outputs = proj.fitted_outputs() if hasattr(proj, "fitted_outputs") else None
+        if outputs is None:
+            return None
+        return F.normalize(outputs.float(), dim=-1).cpu().numpy()
 
     def embed_sketch(self, x: torch.Tensor) -> torch.Tensor:
         return self.embed(x, "sketch")

@@ -76,6 +76,17 @@ class CentredMap(nn.Module):
                 setattr(self, name, torch.empty_like(saved, dtype=self.mean.dtype, device=self.mean.device))
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
+    def fitted_outputs(self) -> torch.Tensor | None:
+        """``(N, D)`` what this map makes of its own N training inputs, or None before a map is fitted.
+
+        :func:`ridge_map`'s ``left`` factor is the centred, normalised training inputs themselves
+        (``a^T``), so the fitted head knows its training sketches' features without the images: the
+        fine-grained model's hubness statistics set (``SBIRModel.hubness_statistics``)."""
+        if self.left.shape[1] == 0:
+            return None
+        z = self.left.T
+        return z + (z @ self.left) @ self.right
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         z = F.normalize(x - self.mean, dim=-1)
         if self.left.shape[1] == 0:  # unfitted or centring only: no matmul with an empty factor (ONNX)
