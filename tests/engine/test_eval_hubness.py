@@ -110,6 +110,7 @@ def test_an_index_built_from_the_run_corrects_as_eval_does(tiny_paired_dataset, 
     full = load_dataset(tiny_paired_dataset).split("train")
     train, _ = apply_split_record(full, load_split_record(csls_run / "split.json"))
     assert rep.hubness == "csls" and "training sketches held by" in idx.model.hubness_source
+    assert idx.model.expand == 0  # as sbir eval ranks: no query expansion unless asked
     assert len(idx.hubness.sketch_vectors) == len(train.sketches)
     # Without the ridge head's held embeddings, the same run's images are embedded: the same statistics.
     model, _, _ = load_model(csls_run)

@@ -542,7 +542,9 @@ def build_index(
         hubness, sketch_stats, model, cfg, model_id, size, batch_size, progress, path
     )
     if expand is None:
-        expand = DEFAULT_EXPAND if method != "none" else 0
+        # A run's own eval.hubness is the correction sbir eval scores with, and eval does not expand queries.
+        from_run = hubness is None and path is not None and method == cfg.eval.hubness != "none"
+        expand = DEFAULT_EXPAND if method != "none" and not from_run else 0
     elif expand and metric_for(model, cfg)[0] != "ip":
         raise SbirError(
             f"--expand needs a cosine index, but model {model_id} ranks by euclidean distance; use --expand 0"
