@@ -191,9 +191,12 @@ def training_sketches(cfg: TrainConfig, run_dir: Path) -> list | None:
     return [sk.image for sk in train.sketches] or None
 
 
-def _stat_kwargs(cfg: TrainConfig, run_dir: Path, data_path: str | None) -> dict:
-    """``{"stat_sketches": ...}`` for a run evaluated with ``eval.hubness``, else ``{}``."""
+def _stat_kwargs(cfg: TrainConfig, model, run_dir: Path, data_path: str | None) -> dict:
+    """``{"stat_sketches": ...}`` for a run evaluated with ``eval.hubness`` whose model does not hold its
+    training sketches' embeddings (a fitted ridge head does: no need to load the training split), else ``{}``."""
     if cfg.eval.hubness == "none":
+        return {}
+    if hasattr(model, "hubness_statistics") and model.hubness_statistics() is not None:
         return {}
     import copy
 
@@ -316,7 +319,7 @@ def _ensemble(
             raise ConfigError(f"ensemble member {member} is a {cfg.task} model; an ensemble needs fine-grained runs")
         use_flip = cfg.eval.flip_tta if flip_tta is None else flip_tta
         member_dir = Path(member) if Path(member).is_dir() else Path(member).parent
-        stats = _stat_kwargs(cfg, member_dir, data_path)
+        stats = _stat_kwargs(cfg, model, member_dir, data_path)
         scores += _scores(
             evaluate_finegrained(model, cfg, target, flip_tta=use_flip, progress=progress, **extra, **stats)
         )
@@ -390,7 +393,7 @@ def evaluate_run_full(
             raise ConfigError(f"multi-view testing is a fine-grained evaluation; this run's task is {spec.name}")
         extra["multiview"] = multiview
     run_dir = run if run.is_dir() else run.parent
-    stats = _stat_kwargs(cfg, run_dir, data_path)
+    stats = _stat_kwargs(cfg, model, run_dir, data_path)
     result = spec.evaluate(model, cfg, target, flip_tta=use_flip, progress=progress, **extra, **stats)
     if ensemble:
         result = _ensemble(result, ensemble, spec, target, use_flip, progress, extra, data_path)
