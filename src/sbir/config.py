@@ -100,7 +100,12 @@ class ModelConfig:
     # head=ridge (fine-grained): each domain's features are centred on that domain's training mean and the
     # sketch side is mapped by W = argmin ||a W^T - b||^2 + ridge_lambda ||W - I||^2 over the training pairs,
     # in closed form before every validation (sbir.models.heads.ridge_map), not by gradients.
+    # Category / zero-shot (one shared encoder): the same map, each training sketch's target being the mean of
+    # its class's centred photos, solved in the primal (sbir.models.heads.ridge_map_low_rank).
     ridge_lambda: float = 1.0
+    # Category / zero-shot ridge head: keep the map's correction W - I to its ridge_rank largest singular
+    # directions (2 * rank * D numbers instead of D^2, for a small shipped file); unset keeps all.
+    ridge_rank: int | None = None
     dropout: float = 0.0
     # Freeze the first N backbone stages ("blocks") to train faster on CPU; 0 trains all.
     freeze_stages: int = 0
@@ -109,9 +114,10 @@ class ModelConfig:
     # (sbir.models.grid_features). Unset: the last layer, globally pooled.
     feature_level: int | None = None
     pool_grid: int = 1
-    # Fine-grained grid features only: more timm backbones, each cut at feature_level and pooled to pool_grid
-    # like `backbone`, their grids concatenated after its grid: an ensemble in one embedding
-    # (sbir.models.grid_features.ConcatGridFeatures), e.g. [efficientnet_lite1, efficientnet_lite2].
+    # More timm backbones on the same input, their features concatenated after `backbone`'s: an ensemble in
+    # one embedding (sbir.models.grid_features.ConcatFeatures), e.g. [efficientnet_lite1, efficientnet_lite2].
+    # Fine-grained: each cut at feature_level and pooled to pool_grid like `backbone` (needs feature_level).
+    # Category / zero-shot: their globally pooled last layers (no DASE blocks, no loss.weight_distill).
     extra_backbones: list[str] = field(default_factory=list)
     # Category / zero-shot models only (one shared encoder; see sbir.models.category):
     dase: bool = True  # domain-aware squeeze-and-excitation blocks
@@ -171,11 +177,9 @@ class ModelConfig:
                 "model.pool_grid needs model.feature_level (the feature map to pool); set both, e.g. "
                 "model.feature_level=3 model.pool_grid=4"
             )
+        if self.ridge_rank is not None and self.ridge_rank < 1:
+            raise ConfigError(f"model.ridge_rank must be >= 1 (or unset: full rank), got {self.ridge_rank}")
         if self.extra_backbones:
-            if self.feature_level is None:
-                raise ConfigError(
-                    "model.extra_backbones concatenates grid features: set model.feature_level (e.g. 3) with it"
-                )
             if self.rerank or self.weights_path or self.init_from:
                 raise ConfigError(
                     "model.extra_backbones cannot be combined with model.rerank, model.weights_path or "

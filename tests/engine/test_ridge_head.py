@@ -86,8 +86,14 @@ def test_ridge_head_is_refitted_after_gradient_training(tiny_paired_dataset: Pat
     assert torch.allclose(model.sketch_head.proj.mean, s.mean(0), atol=1e-4)
 
 
-def test_other_tasks_refuse_the_ridge_head():
-    with pytest.raises(ConfigError, match="model.head=ridge is for fine-grained runs"):
-        check_config(TrainConfig(task="category", model=ModelConfig(head="ridge")))
+@pytest.mark.parametrize(
+    ("task", "method"), [("pretrain", None), ("category", "clip-prompt"), ("zeroshot", "clip-prompt")]
+)
+def test_other_tasks_refuse_the_ridge_head(task, method):
+    with pytest.raises(ConfigError, match="model.head=ridge is for fine-grained, category and zero-shot runs"):
+        check_config(TrainConfig(task=task, method=method, model=ModelConfig(head="ridge")))
+
+
+def test_ridge_head_settings_are_checked():
     with pytest.raises(ConfigError, match="model.ridge_lambda must be > 0"):
         ModelConfig(head="ridge", ridge_lambda=0.0).validate()

@@ -11,7 +11,7 @@ from sbir.engine.inference import load_model
 from sbir.errors import ConfigError
 from sbir.models import create_backbone
 from sbir.models.fgsbir import SBIRModel
-from sbir.models.grid_features import ConcatGridFeatures, GridFeatures
+from sbir.models.grid_features import ConcatFeatures, GridFeatures
 
 
 def _lite0() -> torch.nn.Module:
@@ -131,7 +131,7 @@ def _concat_model(**kw) -> SBIRModel:
 def test_extra_backbones_concatenate_each_backbones_grid_in_order(tmp_path):
     model = _concat_model()
     enc = model.encoder("sketch")
-    assert isinstance(enc, ConcatGridFeatures) and enc.name == "efficientnet_lite0+efficientnet_lite1"
+    assert isinstance(enc, ConcatFeatures) and enc.name == "efficientnet_lite0+efficientnet_lite1"
     lite0, lite1 = enc.members
     assert (lite0.channels, lite1.channels) == (112, 112)  # block 4 of Lite0 and of Lite1
     assert enc.num_features == (112 + 112) * 4
@@ -164,13 +164,12 @@ def test_extra_backbones_must_share_the_input_normalisation():
     b = GridFeatures(create_backbone("efficientnet_lite1", pretrained=False), level=3, grid=2)
     b.mean = (0.485, 0.456, 0.406)
     with pytest.raises(ConfigError, match="efficientnet_lite1 normalises its input with mean"):
-        ConcatGridFeatures([a, b])
+        ConcatFeatures([a, b])
 
 
 @pytest.mark.parametrize(
     ("kwargs", "match"),
     [
-        ({"extra_backbones": ["efficientnet_lite1"]}, "set model.feature_level"),
         (
             {"extra_backbones": ["efficientnet_lite1"], "feature_level": 3, "rerank": True},
             "cannot be combined with model.rerank",
@@ -187,9 +186,46 @@ def test_config_rejects_bad_extra_backbones(kwargs, match):
         ModelConfig(**kwargs).validate()
 
 
-def test_other_tasks_refuse_extra_backbones():
+def test_fine_grained_extra_backbones_need_a_feature_level():
     from sbir.engine.tasks import check_config
 
-    cfg = TrainConfig(task="category", model=ModelConfig(extra_backbones=["efficientnet_lite1"], feature_level=3))
-    with pytest.raises(ConfigError, match="is for fine-grained runs"):
+    model = ModelConfig(extra_backbones=["efficientnet_lite1"])
+    model.validate()  # the model section alone is fine: a category run pools the backbones globally
+    with pytest.raises(ConfigError, match="set model.feature_level"):
+        check_config(TrainConfig(task="finegrained", model=model))
+    check_config(
+        TrainConfig(task="finegrained", model=ModelConfig(extra_backbones=["efficientnet_lite1"], feature_level=3))
+    )
+
+
+@pytest.mark.parametrize(
+    ("task", "method"), [("pretrain", None), ("category", "clip-prompt"), ("zeroshot", "clip-prompt")]
+)
+def test_other_tasks_refuse_extra_backbones(task, method):
+    from sbir.engine.tasks import check_config
+
+    cfg = TrainConfig(task=task, method=method, model=ModelConfig(extra_backbones=["efficientnet_lite1"], dase=False))
+    with pytest.raises(ConfigError, match="is for fine-grained and category runs"):
         check_config(cfg)
+
+
+@pytest.mark.parametrize("task", ["category", "zeroshot"])
+def test_category_extra_backbones_refuse_dase_and_distillation(task):
+    from sbir.config import LossConfig
+    from sbir.engine.tasks import check_config
+
+    extra = ["efficientnet_lite1"]
+    with pytest.raises(ConfigError, match="cannot take DASE blocks"):
+        check_config(TrainConfig(task=task, model=ModelConfig(extra_backbones=extra)))  # model.dase defaults to true
+    with pytest.raises(ConfigError, match="cannot take DASE blocks"):
+        check_config(
+            TrainConfig(
+                task=task,
+                model=ModelConfig(extra_backbones=extra, dase=False, pretrained=True),
+                loss=LossConfig(weight_distill=1.0),
+            )
+        )
+    check_config(TrainConfig(task=task, model=ModelConfig(extra_backbones=extra, dase=False)))
+    # A category run has no grid: model.feature_level stays a fine-grained setting.
+    with pytest.raises(ConfigError, match="model.feature_level is for fine-grained runs"):
+        check_config(TrainConfig(task=task, model=ModelConfig(extra_backbones=extra, dase=False, feature_level=3)))

@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 
 from sbir.config import TrainConfig
 from sbir.engine.batches import SplitTask
@@ -69,6 +70,20 @@ def category_model_kwargs(cfg: TrainConfig, loss) -> dict:
     return {"num_classes": cfg.model.num_classes, "normalize": loss.normalized}
 
 
+class _PooledFeatures(nn.Module):
+    """The category model's pooled backbone features of one domain, before the head (what the ridge head maps)."""
+
+    normalize = False  # read by sbir.engine.embed.outputs_normalized
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+        self.mean, self.std = model.mean, model.std
+
+    def embed(self, x: torch.Tensor, domain: str) -> torch.Tensor:
+        return self.model.features(x, domain)
+
+
 class CategoryTask(SplitTask):
     """The :class:`sbir.engine.trainer.Task` of ``task=category`` and ``task=zeroshot``."""
 
@@ -95,6 +110,50 @@ class CategoryTask(SplitTask):
         self.sampler = spec.make_sampler(self)
         self.criterion = build_criterion(cfg, len(self.classes), self.model.embed_dim)
         self.teacher, self.distill = self._knowledge_preservation() if cfg.loss.weight_distill else (None, None)
+        # model.head=ridge: the trainer calls fit_closed_form before every validation.
+        self.fit_closed_form = self._fit_ridge_head if cfg.model.head == "ridge" else None
+
+    @torch.no_grad()
+    def _fit_ridge_head(self) -> None:
+        """Fit the ridge head (:class:`sbir.models.heads.DomainCentredMaps`) on the training split as the encoder
+        is now: each domain's mean, and the sketch map ``W`` nearest the identity (``model.ridge_lambda``) that
+        takes a centred sketch to the mean of its class's centred photos, renormalised
+        (:func:`sbir.models.heads.class_centre_ridge`, kept to ``model.ridge_rank`` directions). Photos are only
+        centred. Sketches of a class without photos have no target and are left out. Eval transforms, no
+        augmentation: the map sees what search sees."""
+        from sbir.engine.embed import embed_images
+        from sbir.models.heads import class_centre_ridge
+
+        split, cfg = self.train_split, self.cfg
+        photo_classes = sorted({p.label for p in split.photos})
+        sketches = [s for s in split.sketches if s.label in set(photo_classes)]
+        if not sketches:
+            raise DataError(
+                f"model.head=ridge maps sketches to their class's photos, but no training sketch of {cfg.data.path} "
+                "has a class with photos; add photos of the sketches' classes"
+            )
+        features = _PooledFeatures(self.model)
+        was_training = self.model.training
+        self.model.eval()
+        kw = dict(image_size=cfg.data.image_size, batch_size=cfg.eval.batch_size, progress=self.progress)
+        s_raw = torch.from_numpy(
+            embed_images(features, [s.image for s in sketches], "sketch", desc="ridge head: sketches", **kw).embeddings
+        ).double()
+        p_raw = torch.from_numpy(
+            embed_images(features, [p.image for p in split.photos], "photo", desc="ridge head: photos", **kw).embeddings
+        ).double()
+        self.model.train(was_training)
+        s_mean, left, right, p_mean = class_centre_ridge(
+            s_raw,
+            [s.label for s in sketches],
+            p_raw,
+            [p.label for p in split.photos],
+            cfg.model.ridge_lambda,
+            cfg.model.ridge_rank,
+        )
+        self.model.head.sketch.set_map(s_mean, left, right)
+        no_map = torch.zeros(len(p_mean), 0, dtype=torch.float64)
+        self.model.head.photo.set_map(p_mean, no_map, no_map.T)
 
     def _knowledge_preservation(self):
         """The frozen ImageNet backbone and the distillation term of ``loss.weight_distill``."""
@@ -123,7 +182,7 @@ class CategoryTask(SplitTask):
         y = batch["label"].to(device)
         labels = torch.cat([y, y])
         feats = self.model.features(x, domain)
-        z = self.model.project(feats).float()
+        z = self.model.project(feats, domain).float()
         # Under torchrun the loss stays local: MEMS and CosFace are means over samples of a cross-entropy against
         # shared class centres, with no statistic over the batch, so DDP's mean of the equal-sized ranks'
         # gradients is the global batch's gradient (tested against one process in tests/engine/test_ddp_tasks.py).
@@ -184,5 +243,6 @@ for _name, _policy in (("category", "class"), ("zeroshot", "unseen")):
             make_sampler=class_balanced_sampler,
             model_kwargs=category_model_kwargs,
             hash_codes=True,
+            ridge_head=True,
         )
     )

@@ -159,15 +159,37 @@ def check_config(cfg: TrainConfig) -> TrainConfig:
         raise ConfigError(f"model.rerank is for fine-grained runs; remove it for task {spec.name}")
     if cfg.model.feature_level is not None and not spec.grid_features:
         raise ConfigError(f"model.feature_level is for fine-grained runs; remove it for task {spec.name}")
-    if cfg.model.extra_backbones and not spec.grid_features:
-        raise ConfigError(f"model.extra_backbones is for fine-grained runs; remove it for task {spec.name}")
+    if cfg.model.extra_backbones and spec.grid_features and cfg.model.feature_level is None:
+        raise ConfigError(
+            "model.extra_backbones concatenates grid features in a fine-grained run: set model.feature_level "
+            "(e.g. 3) with it"
+        )
+    if cfg.model.extra_backbones and not (spec.grid_features or spec.model == "category"):
+        raise ConfigError(
+            f"model.extra_backbones is for fine-grained and category runs; remove it for task {spec.name}"
+        )
+    if cfg.model.extra_backbones and spec.model == "category" and (cfg.model.dase or cfg.loss.weight_distill):
+        raise ConfigError(
+            "model.extra_backbones (concatenated backbones) cannot take DASE blocks or loss.weight_distill (they "
+            "concern one backbone): set model.dase=false and unset loss.weight_distill, or drop extra_backbones"
+        )
+    if cfg.model.ridge_rank is not None and not (cfg.model.head == "ridge" and spec.model == "category"):
+        raise ConfigError(
+            "model.ridge_rank truncates a category / zero-shot ridge head (model.head=ridge); unset it here"
+        )
     if cfg.eval.hubness != "none" and not spec.hubness_eval:
         raise ConfigError(f"eval.hubness is for fine-grained runs; set eval.hubness=none for task {spec.name}")
     if cfg.eval.hubness != "none" and cfg.model.rerank:
         raise ConfigError("eval.hubness corrects embedding scores, model.rerank replaces them: choose one")
     if cfg.model.head == "ridge" and not spec.ridge_head:
         raise ConfigError(
-            f"model.head=ridge is for fine-grained runs; choose linear, mlp or identity for task {spec.name}"
+            f"model.head=ridge is for fine-grained, category and zero-shot runs; choose linear, mlp or identity "
+            f"for task {spec.name}"
+        )
+    if cfg.model.head == "ridge" and spec.model == "category" and not loss_spec(cfg).normalized:
+        raise ConfigError(
+            f"model.head=ridge gives cosine embeddings, but loss {loss_name(cfg)} tests with euclidean distance; "
+            "use loss.name=cosface with the ridge head"
         )
     if cfg.loss.weight_distill and spec.loss_kind != "classes":
         raise ConfigError(f"loss.weight_distill is for category / zero-shot runs; remove it for task {spec.name}")

@@ -23,7 +23,8 @@ from torch import nn
 from sbir.config import ModelConfig
 from sbir.models.dase import DomainAwareSE, DomainLike, dase_modules, domain_context, insert_dase
 from sbir.models.factory import register_model
-from sbir.models.heads import ProjectionHead
+from sbir.models.grid_features import ConcatFeatures
+from sbir.models.heads import DomainCentredMaps, ProjectionHead
 from sbir.models.registry import create_backbone
 
 
@@ -61,10 +62,17 @@ class CategorySBIRModel(nn.Module):
         self.backbone = create_backbone(
             cfg.backbone, pretrained=use_pretrained, weights_path=cfg.weights_path, **cfg.backbone_kwargs
         )
+        if cfg.extra_backbones:  # an ensemble in one embedding: the backbones' pooled features, concatenated
+            extras = [create_backbone(name, pretrained=use_pretrained) for name in cfg.extra_backbones]
+            self.backbone = ConcatFeatures([self.backbone, *extras])
         self.dase_blocks = insert_dase(self.backbone, where=dase_where) if dase else []
         nf = self.backbone.num_features
-        self.head = ProjectionHead(nf, cfg.embed_dim, cfg.head, cfg.dropout)
-        self.embed_dim = nf if cfg.head == "identity" else cfg.embed_dim
+        if cfg.head == "ridge":  # fitted in closed form by the task; cosine, like the fine-grained ridge head
+            self.head = DomainCentredMaps(nf)
+            self.normalize = True
+        else:
+            self.head = ProjectionHead(nf, cfg.embed_dim, cfg.head, cfg.dropout)
+        self.embed_dim = nf if cfg.head in ("identity", "ridge") else cfg.embed_dim
         self.mean = tuple(self.backbone.mean)
         self.std = tuple(self.backbone.std)
         if cfg.freeze_stages > 0:
@@ -116,9 +124,13 @@ class CategorySBIRModel(nn.Module):
 
     # ------------------------------------------------------------ forward
 
-    def project(self, feats: torch.Tensor) -> torch.Tensor:
-        """Pooled backbone features -> embedding (normalised when ``self.normalize``)."""
-        z = self.head.proj(self.head.dropout(feats))
+    def project(self, feats: torch.Tensor, domain: DomainLike) -> torch.Tensor:
+        """Pooled backbone features -> embedding (normalised when ``self.normalize``). Only the ridge head
+        (one centred map per domain) reads ``domain``; the others are shared."""
+        if isinstance(self.head, DomainCentredMaps):
+            z = self.head(feats, domain)
+        else:
+            z = self.head.proj(self.head.dropout(feats))
         return F.normalize(z, dim=-1) if self.normalize else z
 
     def features(self, x: torch.Tensor, domain: DomainLike) -> torch.Tensor:
@@ -133,7 +145,7 @@ class CategorySBIRModel(nn.Module):
         return self.backbone.classify(feats)
 
     def embed(self, x: torch.Tensor, domain: DomainLike) -> torch.Tensor:
-        return self.project(self.features(x, domain))
+        return self.project(self.features(x, domain), domain)
 
     def embed_sketch(self, x: torch.Tensor) -> torch.Tensor:
         return self.embed(x, "sketch")

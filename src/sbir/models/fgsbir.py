@@ -22,7 +22,7 @@ from torch import nn
 
 from sbir.config import ModelConfig
 from sbir.models.factory import register_model
-from sbir.models.grid_features import ConcatGridFeatures, GridFeatures
+from sbir.models.grid_features import ConcatFeatures, GridFeatures
 from sbir.models.heads import ProjectionHead
 from sbir.models.registry import create_backbone
 from sbir.models.rerank import TokenReranker
@@ -49,7 +49,7 @@ class SBIRModel(nn.Module):
                 )
                 for name in cfg.extra_backbones
             ]
-            sketch_backbone = ConcatGridFeatures([sketch_backbone, *extras])
+            sketch_backbone = ConcatFeatures([sketch_backbone, *extras])
         self.sketch_encoder = sketch_backbone
         # A deep copy keeps both branches initialised from the same weights without loading twice.
         self.photo_encoder = sketch_backbone if cfg.shared_encoder else copy.deepcopy(sketch_backbone)

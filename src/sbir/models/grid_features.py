@@ -19,10 +19,11 @@ layer by far in all three categories.
   row-major, channels within a cell together: ``num_features = C * grid**2``.
   ``grid = 1`` is global average pooling.
 
-``ConcatGridFeatures([GridFeatures, ...])`` runs several such backbones on the
-same input and concatenates their grids (``model.extra_backbones``): an ensemble
-of backbones in one embedding, so one index and one ridge head serve it. Their
-input normalisation must agree (EfficientNet-Lite0/1/2 share it).
+``ConcatFeatures([GridFeatures, ...])`` runs several such backbones on the
+same input and concatenates their grids (category models: their pooled last
+layers) (``model.extra_backbones``): an ensemble of backbones in one
+embedding, so one index and one ridge head serve it. Their input
+normalisation must agree (EfficientNet-Lite0/1/2 share it).
 
 ``GridFeatures`` keeps the interface the models use (``mean``, ``std``, ``stages()``,
 ``tokens``, ``forward_with_tokens``), so heads, freezing, the re-ranker and
@@ -120,16 +121,18 @@ class GridFeatures(nn.Module):
         return self.backbone.stages() if hasattr(self.backbone, "stages") else []
 
 
-class ConcatGridFeatures(nn.Module):
-    """Several :class:`GridFeatures` on one input, their grids concatenated in order (``model.extra_backbones``).
+class ConcatFeatures(nn.Module):
+    """Several backbones on one input, their features concatenated in order (``model.extra_backbones``).
 
+    Members are :class:`GridFeatures` (fine-grained grids) or plain backbones with globally pooled features
+    (category / zero-shot models): anything with ``name``, ``mean``, ``std``, ``num_features`` and ``stages()``.
     No token interface: the members' channels differ, so the token re-ranker refuses it (config check).
     """
 
-    def __init__(self, members: list[GridFeatures]):
+    def __init__(self, members: list[nn.Module]):
         super().__init__()
         if len(members) < 2:
-            raise ConfigError(f"ConcatGridFeatures needs at least 2 backbones, got {len(members)}")
+            raise ConfigError(f"ConcatFeatures needs at least 2 backbones, got {len(members)}")
         first = members[0]
         for m in members[1:]:
             if (tuple(m.mean), tuple(m.std)) != (tuple(first.mean), tuple(first.std)):
@@ -152,4 +155,4 @@ class ConcatGridFeatures(nn.Module):
         return [nn.ModuleList([s for s in group if s is not None]) for group in groups]
 
 
-__all__ = ["ConcatGridFeatures", "GridFeatures", "feature_levels"]
+__all__ = ["ConcatFeatures", "GridFeatures", "feature_levels"]

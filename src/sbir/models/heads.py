@@ -33,6 +33,59 @@ def ridge_map(a: torch.Tensor, b: torch.Tensor, lam: float) -> tuple[torch.Tenso
     return a64.T.to(a.dtype).contiguous(), right.to(a.dtype).contiguous()
 
 
+def ridge_map_low_rank(
+    a: torch.Tensor, b: torch.Tensor, lam: float, rank: int | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`ridge_map`'s map solved in the primal, for many more pairs than dimensions, as rank-``rank`` factors.
+
+    The same ``W^T = (a^T a + lam I)^(-1) (a^T b + lam I) = I + C`` with ``C = (a^T a + lam I)^(-1) a^T (b - a)``
+    (a D x D system; the Woodbury form would store 2 N D numbers, and N is thousands of sketches for a
+    category-level head). ``C = U S V^T`` is kept to its ``rank`` largest singular values (Eckart-Young: the
+    nearest rank-``rank`` matrix), ``(left, right) = (U_r S_r, V_r^T)``, shapes ``(D, r)`` and ``(r, D)``;
+    ``rank`` None keeps all D. Unlike :func:`ridge_map`, ``left`` is not the training inputs, so a head fitted
+    this way holds no training embeddings (:meth:`CentredMap.fitted_outputs` is for ridge_map's factors).
+    """
+    if a.shape != b.shape or a.ndim != 2:
+        raise ValueError(
+            f"ridge_map_low_rank needs two (N, D) tensors of one shape, got {tuple(a.shape)} and {tuple(b.shape)}"
+        )
+    if not lam > 0:
+        raise ValueError(f"ridge_map_low_rank needs lam > 0, got {lam}")
+    if rank is not None and not 1 <= rank:
+        raise ValueError(f"ridge_map_low_rank needs rank >= 1 (or None), got {rank}")
+    a64, b64 = a.double(), b.double()
+    eye = torch.eye(a.shape[1], dtype=torch.float64, device=a.device)
+    c = torch.linalg.solve(a64.T @ a64 + lam * eye, a64.T @ (b64 - a64))
+    u, sv, vh = torch.linalg.svd(c)
+    r = len(sv) if rank is None else min(rank, len(sv))
+    return (u[:, :r] * sv[:r]).to(a.dtype).contiguous(), vh[:r].to(a.dtype).contiguous()
+
+
+def class_centre_ridge(
+    sketches: torch.Tensor, sketch_labels, photos: torch.Tensor, photo_labels, lam: float, rank: int | None = None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The category-level ridge head's fit: ``(sketch_mean, left, right, photo_mean)`` from raw features.
+
+    Each domain is centred on its own mean and normalised (``a`` the sketches, ``p`` the photos); a sketch's
+    target is its class's centre ``normalise(mean of p over the class's photos)``, and the sketch map is
+    :func:`ridge_map_low_rank` from ``a`` to those targets. Every sketch label must have photos.
+    """
+    s64, p64 = sketches.double(), photos.double()
+    s_mean, p_mean = s64.mean(0), p64.mean(0)
+    a = F.normalize(s64 - s_mean, dim=-1)
+    p = F.normalize(p64 - p_mean, dim=-1)
+    classes = sorted(set(photo_labels))
+    row = {c: i for i, c in enumerate(classes)}
+    missing = sorted(set(sketch_labels) - set(row))
+    if missing:
+        raise ValueError(f"class_centre_ridge: sketch classes without photos: {', '.join(map(str, missing[:5]))}")
+    owner = torch.tensor([row[c] for c in photo_labels])
+    centres = torch.zeros(len(classes), p.shape[1], dtype=p.dtype).index_add_(0, owner, p)
+    b = F.normalize(centres, dim=-1)[torch.tensor([row[c] for c in sketch_labels])]
+    left, right = ridge_map_low_rank(a, b, lam, rank)
+    return s_mean, left, right, p_mean
+
+
 class CentredMap(nn.Module):
     """``x -> z + (z @ left) @ right`` with ``z = normalize(x - mean)``: one domain's centring and linear map
     ``W^T = I + left @ right``, fitted in closed form.
@@ -92,6 +145,28 @@ class CentredMap(nn.Module):
         if self.left.shape[1] == 0:  # unfitted or centring only: no matmul with an empty factor (ONNX)
             return z
         return z + (z @ self.left) @ self.right
+
+
+class DomainCentredMaps(nn.Module):
+    """The ridge head of a shared encoder (category-level ``model.head=ridge``): a :class:`CentredMap` per domain.
+
+    ``forward(feats, domain)``, ``domain`` ``"sketch"`` / ``"photo"`` or a ``(B,)`` tensor of ids (0 = sketch,
+    1 = photo) for a mixed batch. The category task fits the sketch map (``ridge_map_low_rank``) and centres
+    photos (:meth:`sbir.engine.category.CategoryTask.fit_closed_form`); unfitted, both are the identity.
+    """
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.sketch = CentredMap(dim)
+        self.photo = CentredMap(dim)
+
+    def forward(self, feats: torch.Tensor, domain) -> torch.Tensor:
+        if isinstance(domain, str):
+            if domain not in ("sketch", "photo"):
+                raise ValueError(f"domain must be 'sketch' or 'photo', got {domain!r}")
+            return (self.sketch if domain == "sketch" else self.photo)(feats)
+        is_photo = torch.as_tensor(domain, device=feats.device).reshape(-1, 1) == 1
+        return torch.where(is_photo, self.photo(feats), self.sketch(feats))
 
 
 class ProjectionHead(nn.Module):
