@@ -30,8 +30,12 @@ def test_the_general_model_ships_inside_the_package():
     assert cfg["task"] == "zeroshot" and cfg["data"]["unseen"] == "sketchy_unseen21"
     model, loaded_cfg, model_id = load_model("general")
     assert default_model_spec() == "general" and model_id.startswith(f"{loaded_cfg.model.backbone}:")
-    z = model.embed(torch.rand(2, 3, 128, 128), "sketch")
-    assert z.shape == (2, loaded_cfg.model.embed_dim) and torch.isfinite(z).all()
+    size = loaded_cfg.data.image_size
+    z = model.embed(torch.rand(2, 3, size, size), "sketch")
+    assert z.shape == (2, model.embed_dim) and torch.isfinite(z).all()
+    # The card's recipe: a fitted ridge head (sketch map of rank model.ridge_rank, photos centred only).
+    assert loaded_cfg.model.head == "ridge" and model.head.sketch.left.shape[1] == loaded_cfg.model.ridge_rank
+    assert model.head.sketch.left.abs().sum() > 0 and model.head.photo.left.shape[1] == 0
     card = (zoo.ZOO_DIR / "README.md").read_text()
     for needle in ("sketchy_mini", "quickdraw_mini", "qmul_v1", "chairv2_strokes", "Licence", "mAP@all", "P@10"):
         assert needle in card, needle
