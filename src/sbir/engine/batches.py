@@ -71,6 +71,28 @@ class SplitTask(SampledBatchesMixin):
             )
         return classes
 
+    def features_for_fit(self, features, sketches: list, photos: list) -> tuple:
+        """``(sketch, photo)`` float64 tensors of ``features.embed`` (a head's inputs) over the given training
+        records, embedded in eval mode with eval transforms: what a closed-form head (``model.head=ridge``)
+        is fitted on, so the map sees what search sees."""
+        import torch
+
+        from sbir.engine.embed import embed_images
+
+        was_training = self.model.training
+        self.model.eval()
+        kw = dict(image_size=self.cfg.data.image_size, batch_size=self.cfg.eval.batch_size, progress=self.progress)
+        try:
+            out = tuple(
+                torch.from_numpy(
+                    embed_images(features, [r.image for r in recs], dom, desc=f"ridge head: {label}", **kw).embeddings
+                ).double()
+                for dom, label, recs in (("sketch", "sketches", sketches), ("photo", "photos", photos))
+            )
+        finally:
+            self.model.train(was_training)
+        return out
+
     def evaluate(self):
         """The validation split's :class:`~sbir.engine.evaluate.Evaluation` (metrics beside the embeddings)."""
         # eval.hubness: the training sketches are the statistics set (never the validation queries).

@@ -121,7 +121,6 @@ class CategoryTask(SplitTask):
         (:func:`sbir.models.heads.class_centre_ridge`, kept to ``model.ridge_rank`` directions). Photos are only
         centred. Sketches of a class without photos have no target and are left out. Eval transforms, no
         augmentation: the map sees what search sees."""
-        from sbir.engine.embed import embed_images
         from sbir.models.heads import class_centre_ridge
 
         split, cfg = self.train_split, self.cfg
@@ -132,17 +131,7 @@ class CategoryTask(SplitTask):
                 f"model.head=ridge maps sketches to their class's photos, but no training sketch of {cfg.data.path} "
                 "has a class with photos; add photos of the sketches' classes"
             )
-        features = _PooledFeatures(self.model)
-        was_training = self.model.training
-        self.model.eval()
-        kw = dict(image_size=cfg.data.image_size, batch_size=cfg.eval.batch_size, progress=self.progress)
-        s_raw = torch.from_numpy(
-            embed_images(features, [s.image for s in sketches], "sketch", desc="ridge head: sketches", **kw).embeddings
-        ).double()
-        p_raw = torch.from_numpy(
-            embed_images(features, [p.image for p in split.photos], "photo", desc="ridge head: photos", **kw).embeddings
-        ).double()
-        self.model.train(was_training)
+        s_raw, p_raw = self.features_for_fit(_PooledFeatures(self.model), sketches, split.photos)
         s_mean, left, right, p_mean = class_centre_ridge(
             s_raw,
             [s.label for s in sketches],

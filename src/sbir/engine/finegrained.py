@@ -123,23 +123,12 @@ class FineGrainedTask(SplitTask):
         are now: each domain's mean, and the sketch map ``W`` (:func:`sbir.models.heads.ridge_map`, shrunk
         towards the identity by ``model.ridge_lambda``) that takes a centred sketch to its centred photo. The
         photo map stays the identity. Eval transforms, no augmentation: the map sees what search sees."""
-        from sbir.engine.embed import embed_images
         from sbir.models.heads import ridge_map
 
         split, cfg = self.train_split, self.cfg
         sketches = [s for s in split.sketches if s.photo_id is not None]
         photo_index = split.photo_index()
-        features = _BackboneFeatures(self.model, normalize=False)
-        was_training = self.model.training
-        self.model.eval()
-        kw = dict(image_size=cfg.data.image_size, batch_size=cfg.eval.batch_size, progress=self.progress)
-        s_raw = torch.from_numpy(
-            embed_images(features, [s.image for s in sketches], "sketch", desc="ridge head: sketches", **kw).embeddings
-        ).double()
-        p_raw = torch.from_numpy(
-            embed_images(features, [p.image for p in split.photos], "photo", desc="ridge head: photos", **kw).embeddings
-        ).double()
-        self.model.train(was_training)
+        s_raw, p_raw = self.features_for_fit(_BackboneFeatures(self.model, normalize=False), sketches, split.photos)
         s_mean, p_mean = s_raw.mean(0), p_raw.mean(0)
         a = F.normalize(s_raw - s_mean, dim=-1)
         b = F.normalize(p_raw - p_mean, dim=-1)[torch.tensor([photo_index[s.photo_id] for s in sketches])]
