@@ -41,8 +41,7 @@ from query_expansion import expanded_scores, measure  # noqa: E402
 from sbir.config import load_config  # noqa: E402
 from sbir.data.formats import load_dataset  # noqa: E402
 from sbir.data.zeroshot import load_class_list, normalize_class_name  # noqa: E402
-from sbir.engine.category import _PooledFeatures  # noqa: E402
-from sbir.engine.embed import embed_images  # noqa: E402
+from sbir.engine.embed import PooledFeatures, embed_images  # noqa: E402
 from sbir.engine.tasks import build_model, with_defaults  # noqa: E402
 from sbir.index.expansion import DEFAULT_EXPAND, EXPAND_WEIGHT  # noqa: E402
 from sbir.index.hubness import Hubness, SketchStats  # noqa: E402
@@ -62,7 +61,7 @@ def encoder_features(cfg, data_dir: Path, cache_dir: Path, progress: bool) -> di
         return {k: z[k] for k in z.files}
     split = load_dataset(str(data_dir), None).splits["train"]
     model = build_model(cfg).eval()
-    feats = _PooledFeatures(model)
+    feats = PooledFeatures(model, normalize=False)
     out: dict = {}
     for dom, items in (("sketch", split.sketches), ("photo", split.photos)):
         r = embed_images(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import torch
 from torch.utils.data import DataLoader
 
 from sbir.data.policies import prepare_splits
@@ -75,8 +76,6 @@ class SplitTask(SampledBatchesMixin):
         """``(sketch, photo)`` float64 tensors of ``features.embed`` (a head's inputs) over the given training
         records, embedded in eval mode with eval transforms: what a closed-form head (``model.head=ridge``)
         is fitted on, so the map sees what search sees."""
-        import torch
-
         from sbir.engine.embed import embed_images
 
         was_training = self.model.training

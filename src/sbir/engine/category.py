@@ -32,7 +32,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
 
 from sbir.config import TrainConfig
 from sbir.engine.batches import SplitTask
@@ -68,20 +67,6 @@ def class_balanced_sampler(task) -> Any:
 def category_model_kwargs(cfg: TrainConfig, loss) -> dict:
     """The shared model records the class count and normalises its embeddings when the loss wants it."""
     return {"num_classes": cfg.model.num_classes, "normalize": loss.normalized}
-
-
-class _PooledFeatures(nn.Module):
-    """The category model's pooled backbone features of one domain, before the head (what the ridge head maps)."""
-
-    normalize = False  # read by sbir.engine.embed.outputs_normalized
-
-    def __init__(self, model: nn.Module):
-        super().__init__()
-        self.model = model
-        self.mean, self.std = model.mean, model.std
-
-    def embed(self, x: torch.Tensor, domain: str) -> torch.Tensor:
-        return self.model.features(x, domain)
 
 
 class CategoryTask(SplitTask):
@@ -121,6 +106,7 @@ class CategoryTask(SplitTask):
         (:func:`sbir.models.heads.class_centre_ridge`, kept to ``model.ridge_rank`` directions). Photos are only
         centred. Sketches of a class without photos have no target and are left out. Eval transforms, no
         augmentation: the map sees what search sees."""
+        from sbir.engine.embed import PooledFeatures
         from sbir.models.heads import class_centre_ridge
 
         split, cfg = self.train_split, self.cfg
@@ -131,7 +117,7 @@ class CategoryTask(SplitTask):
                 f"model.head=ridge maps sketches to their class's photos, but no training sketch of {cfg.data.path} "
                 "has a class with photos; add photos of the sketches' classes"
             )
-        s_raw, p_raw = self.features_for_fit(_PooledFeatures(self.model), sketches, split.photos)
+        s_raw, p_raw = self.features_for_fit(PooledFeatures(self.model, normalize=False), sketches, split.photos)
         s_mean, left, right, p_mean = class_centre_ridge(
             s_raw,
             [s.label for s in sketches],
@@ -141,8 +127,7 @@ class CategoryTask(SplitTask):
             cfg.model.ridge_rank,
         )
         self.model.head.sketch.set_map(s_mean, left, right)
-        no_map = torch.zeros(len(p_mean), 0, dtype=torch.float64)
-        self.model.head.photo.set_map(p_mean, no_map, no_map.T)
+        self.model.head.photo.set_map(p_mean)  # photos: centring only
 
     def _knowledge_preservation(self):
         """The frozen ImageNet backbone and the distillation term of ``loss.weight_distill``."""

@@ -52,6 +52,21 @@ def model_device(model) -> torch.device:
     return next(model.parameters()).device
 
 
+class PooledFeatures(torch.nn.Module):
+    """A model's pooled backbone features of a domain (``model.features(x, domain)``, no head), L2-normalised
+    unless ``normalize=False``: what a closed-form head is fitted on, and the pretrained-distance reference."""
+
+    def __init__(self, model: torch.nn.Module, normalize: bool = True):
+        super().__init__()
+        self.model = model
+        self.normalize = normalize  # also read by outputs_normalized
+        self.mean, self.std = model.mean, model.std
+
+    def embed(self, x: torch.Tensor, domain: str) -> torch.Tensor:
+        z = self.model.features(x, domain)
+        return torch.nn.functional.normalize(z, dim=-1) if self.normalize else z
+
+
 class _RefDataset(Dataset):
     def __init__(self, refs: Sequence[ImageRef], transform, skip_errors: bool, draft: int | None = None):
         self.refs = refs

@@ -37,26 +37,12 @@ def unique_photo_sampler(task) -> Any:
     return UniquePhotoBatchSampler(groups, task.cfg.optim.batch_size, seed=task.cfg.seed, drop_last=True)
 
 
-class _BackboneFeatures(nn.Module):
-    """A domain's pooled backbone features (no projection head), L2-normalised unless ``normalize=False``."""
-
-    def __init__(self, model: nn.Module, normalize: bool = True):
-        super().__init__()
-        self.model = model
-        self.normalize = normalize  # also read by sbir.engine.embed.outputs_normalized
-        self.mean, self.std = model.mean, model.std
-
-    def embed(self, x: torch.Tensor, domain: str) -> torch.Tensor:
-        z = self.model.encoder(domain)(x)
-        return F.normalize(z, dim=-1) if self.normalize else z
-
-
 def pretrained_photo_distances(model: nn.Module, photos, cfg: TrainConfig, progress: bool = True) -> torch.Tensor:
     """(P, P) cosine distances ``1 - cos`` between ``photos`` under ``model``'s photo backbone as it is now."""
-    from sbir.engine.embed import embed_images
+    from sbir.engine.embed import PooledFeatures, embed_images
 
     emb = embed_images(
-        _BackboneFeatures(model),
+        PooledFeatures(model),
         [p.image for p in photos],
         "photo",
         cfg.data.image_size,
@@ -123,19 +109,19 @@ class FineGrainedTask(SplitTask):
         are now: each domain's mean, and the sketch map ``W`` (:func:`sbir.models.heads.ridge_map`, shrunk
         towards the identity by ``model.ridge_lambda``) that takes a centred sketch to its centred photo. The
         photo map stays the identity. Eval transforms, no augmentation: the map sees what search sees."""
+        from sbir.engine.embed import PooledFeatures
         from sbir.models.heads import ridge_map
 
         split, cfg = self.train_split, self.cfg
         sketches = [s for s in split.sketches if s.photo_id is not None]
         photo_index = split.photo_index()
-        s_raw, p_raw = self.features_for_fit(_BackboneFeatures(self.model, normalize=False), sketches, split.photos)
+        s_raw, p_raw = self.features_for_fit(PooledFeatures(self.model, normalize=False), sketches, split.photos)
         s_mean, p_mean = s_raw.mean(0), p_raw.mean(0)
         a = F.normalize(s_raw - s_mean, dim=-1)
         b = F.normalize(p_raw - p_mean, dim=-1)[torch.tensor([photo_index[s.photo_id] for s in sketches])]
         left, right = ridge_map(a, b, cfg.model.ridge_lambda)
         self.model.sketch_head.proj.set_map(s_mean, left, right)
-        no_map = torch.zeros(len(p_mean), 0, dtype=torch.float64)
-        self.model.photo_head.proj.set_map(p_mean, no_map, no_map.T)
+        self.model.photo_head.proj.set_map(p_mean)  # photos: centring only
 
     def _trainable(self) -> list[torch.Tensor]:
         seen: set[int] = set()

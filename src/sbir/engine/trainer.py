@@ -46,15 +46,8 @@ from sbir.engine.evaluate import Evaluation
 from sbir.engine.schedule import warmup_cosine
 from sbir.engine.tasks import build_task, check_config, with_defaults
 from sbir.errors import CheckpointError, ConfigError
-from sbir.viz.curves import ACC_COLUMNS, LOSS_COLUMNS, plot_training_curves
+from sbir.viz.curves import has_training_curves, plot_training_curves
 from sbir.viz.grid import write_retrieval_grid
-
-
-def _finite(value) -> bool:
-    try:
-        return math.isfinite(float(value))
-    except (TypeError, ValueError):
-        return False
 
 
 class Task(Protocol):
@@ -444,6 +437,5 @@ class Trainer:
         for row in self.history:
             writer.writerow(row)
         atomic_write_text(self.run_dir / "metrics.csv", buf.getvalue())
-        if any(_finite(row.get(c)) for row in self.history for c in (*LOSS_COLUMNS, *ACC_COLUMNS)):
-            # Nothing to draw for a closed-form category run (no loss, map@all only): no figure.
+        if has_training_curves(self.run_dir / "metrics.csv"):  # a closed-form category run has none: no figure
             plot_training_curves(self.run_dir / "metrics.csv", self.run_dir / "acc.png")

@@ -83,6 +83,10 @@ class SBIRModel(nn.Module):
             return self.photo_encoder
         raise ValueError(f"domain must be one of {DOMAINS}, got {domain!r}")
 
+    def features(self, x: torch.Tensor, domain: str) -> torch.Tensor:
+        """Pooled backbone features of ``domain``'s encoder, before the head (as the category model's)."""
+        return self.encoder(domain)(x)
+
     def backbone_encoders(self) -> dict[str, nn.Module]:
         """The backbones ``model.init_from`` loads, by state-dict prefix (one shared module when tied)."""
         return {"sketch_encoder": self.sketch_encoder, "photo_encoder": self.photo_encoder}

@@ -104,9 +104,12 @@ class CentredMap(nn.Module):
         self.register_buffer("left", torch.zeros(dim, 0))
         self.register_buffer("right", torch.zeros(0, dim))
 
-    def set_map(self, mean: torch.Tensor, left: torch.Tensor, right: torch.Tensor) -> None:
-        """Store a fitted centring and map (``left`` ``(D, R)``, ``right`` ``(R, D)``; ``R = 0``: no map)."""
+    def set_map(self, mean: torch.Tensor, left: torch.Tensor | None = None, right: torch.Tensor | None = None) -> None:
+        """Store a fitted centring and map (``left`` ``(D, R)``, ``right`` ``(R, D)``; ``R = 0`` or both None:
+        centring only, no map)."""
         dim = len(self.mean)
+        if left is None and right is None:
+            left, right = mean.new_zeros(dim, 0), mean.new_zeros(0, dim)
         if mean.shape != (dim,) or left.ndim != 2 or left.shape[0] != dim or right.shape != (left.shape[1], dim):
             raise ValueError(
                 f"CentredMap({dim}) needs mean ({dim},), left ({dim}, R) and right (R, {dim}); got "

@@ -23,7 +23,7 @@ import numpy as np
 
 from sbir.errors import ConfigError, DataError
 
-__all__ = ["read_metrics_csv", "best_epoch", "plot_training_curves", "plot_columns"]
+__all__ = ["read_metrics_csv", "best_epoch", "has_training_curves", "plot_training_curves", "plot_columns"]
 
 PathLike = str | os.PathLike
 
@@ -139,6 +139,18 @@ def _integer_ticks(ax, x: np.ndarray):
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
 
 
+def _curve_columns(table: dict) -> tuple[list[str], list[str]]:
+    """The loss and accuracy columns of ``table`` that hold at least one value."""
+    losses = [c for c in LOSS_COLUMNS if c in table and np.isfinite(table[c]).any()]
+    accs = [c for c in ACC_COLUMNS if c in table and np.isfinite(table[c]).any()]
+    return losses, accs
+
+
+def has_training_curves(metrics_csv: PathLike) -> bool:
+    """Whether :func:`plot_training_curves` has anything to draw (a loss or an accuracy column with values)."""
+    return any(_curve_columns(read_metrics_csv(metrics_csv)))
+
+
 def plot_training_curves(
     metrics_csv: PathLike,
     out_path: PathLike,
@@ -154,8 +166,7 @@ def plot_training_curves(
     out = _check_figure(figsize, dpi, out_path)
     table = read_metrics_csv(metrics_csv)
     x, xlabel = _x(table)
-    losses = [c for c in LOSS_COLUMNS if c in table and np.isfinite(table[c]).any()]
-    accs = [c for c in ACC_COLUMNS if c in table and np.isfinite(table[c]).any()]
+    losses, accs = _curve_columns(table)
     if not losses and not accs:
         raise DataError(
             f"metrics file {metrics_csv} has none of the columns {list(LOSS_COLUMNS + ACC_COLUMNS)} with values "
