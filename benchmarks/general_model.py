@@ -11,8 +11,11 @@ and 256 Quick, Draw! training sketches, as shipped with the model, then query ex
 ``DEFAULT_EXPAND`` / ``EXPAND_WEIGHT``; ``benchmarks/query_expansion.py``'s ``expanded_scores``), and the
 metrics ``sbir.metrics.category``'s. Rows:
 
-* ``imagenet``: the config's encoder without the head (plain ImageNet features), index defaults;
-* ``ridge, no correction``, ``ridge, csls``, ``ridge, csls + expansion`` (how ``sbir index build`` uses it).
+* ``imagenet``: the config's encoder without the head (plain ImageNet features), csls and expansion,
+  without and with database-side augmentation (``sbir.index.dba``, ``DEFAULT_DBA`` neighbours);
+* ``ridge, no correction``, ``ridge, csls``, ``ridge, csls + expansion``, and ``+ dba K`` for each ``K`` of
+  ``DBA_GRID``: the folds choose ``DEFAULT_DBA``, and with it the row is how ``sbir index build`` uses the
+  model.
 
 The seen-class folds choose between recipes (``--set`` overrides, e.g. ``model.ridge_lambda=3``); the
 ``sketchy_unseen21`` split (the 21 classes of the standard zero-shot protocol, fitted on all 104 others) is
@@ -43,12 +46,14 @@ from sbir.data.formats import load_dataset  # noqa: E402
 from sbir.data.zeroshot import load_class_list, normalize_class_name  # noqa: E402
 from sbir.engine.embed import PooledFeatures, embed_images  # noqa: E402
 from sbir.engine.tasks import build_model, with_defaults  # noqa: E402
+from sbir.index.dba import DEFAULT_DBA  # noqa: E402
 from sbir.index.expansion import DEFAULT_EXPAND, EXPAND_WEIGHT  # noqa: E402
 from sbir.index.hubness import Hubness, SketchStats  # noqa: E402
 from sbir.models.heads import class_centre_ridge  # noqa: E402
 
 STATS_PER_SOURCE = 256  # as the shipped statistics: benchmarks/hubness.py --write-default --default-size 512
 QUERY_SOURCE = "sketchy_mini/"
+DBA_GRID = (3, 5, 10)  # database-side augmentation's k, chosen in the seen-class folds (sbir.index.dba)
 
 
 def encoder_features(cfg, data_dir: Path, cache_dir: Path, progress: bool) -> dict:
@@ -110,17 +115,24 @@ def evaluate_split(f: dict, held: list[str], excluded: list[str], cfg) -> dict:
     q_lab, g_lab = s_lab[queries], p_lab[gallery]
     rows: dict = {}
     plain_q, plain_g = f["sketch"][queries], f["photo"][gallery]
-    plain_hub = Hubness.fit("csls", plain_g, SketchStats(f["sketch"][stat_idx], "training sketches"))
-    rows["imagenet"] = measure(
-        expanded_scores(plain_hub, plain_q, plain_g, DEFAULT_EXPAND, EXPAND_WEIGHT), q_lab, g_lab
-    )
+    plain_stats = SketchStats(f["sketch"][stat_idx], "training sketches")
+    for dba in (0, DEFAULT_DBA):
+        name = "imagenet, csls + expansion" + (f" + dba {dba}" if dba else "")
+        plain_hub = Hubness.fit("csls", plain_g, plain_stats, dba=dba)
+        rows[name] = measure(expanded_scores(plain_hub, plain_q, plain_g, DEFAULT_EXPAND, EXPAND_WEIGHT), q_lab, g_lab)
     q = sketch_embed(queries)
     rows["ridge, no correction"] = measure(q @ photo_embed.T, q_lab, g_lab)
-    hub = Hubness.fit("csls", photo_embed, SketchStats(sketch_embed(stat_idx), "training sketches"))
+    stats = SketchStats(sketch_embed(stat_idx), "training sketches")
+    hub = Hubness.fit("csls", photo_embed, stats)
     rows["ridge, csls"] = measure(expanded_scores(hub, q, photo_embed, 0, EXPAND_WEIGHT), q_lab, g_lab)
     rows["ridge, csls + expansion"] = measure(
         expanded_scores(hub, q, photo_embed, DEFAULT_EXPAND, EXPAND_WEIGHT), q_lab, g_lab
     )
+    for dba in DBA_GRID:
+        hub = Hubness.fit("csls", photo_embed, stats, dba=dba)
+        rows[f"ridge, csls + expansion + dba {dba}"] = measure(
+            expanded_scores(hub, q, photo_embed, DEFAULT_EXPAND, EXPAND_WEIGHT), q_lab, g_lab
+        )
     return {
         "n_queries": int(len(queries)),
         "n_gallery": int(len(gallery)),

@@ -10,8 +10,9 @@
    so when they differ).
 2. **Measure** the chosen setting on the 21 ``sketchy_unseen21`` classes (525 photos, 525 sketches), as
    ``sbir index build`` sets an index up for each ``--models`` entry: csls with the statistics shipped for
-   the model, without and with expansion: mAP@all, P@10 and the top-10 hub share (as in
-   ``benchmarks/hubness.py``).
+   the model, without and with expansion, and with database-side augmentation (``sbir.index.dba``, its
+   ``DEFAULT_DBA`` as chosen by ``benchmarks/general_model.py``) before expanding: mAP@all, P@10 and the
+   top-10 hub share (as in ``benchmarks/hubness.py``).
 
 The scores are computed with the index's own functions (``Hubness``, ``expand_queries``);
 ``tests/index/test_expansion.py`` checks that ``Index.search_many`` ranks exactly so.
@@ -36,6 +37,7 @@ from sbir.data.records import FileRef  # noqa: E402
 from sbir.data.zeroshot import load_class_list, normalize_class_name  # noqa: E402
 from sbir.engine.embed import embed_images  # noqa: E402
 from sbir.engine.inference import load_model  # noqa: E402
+from sbir.index.dba import DEFAULT_DBA  # noqa: E402
 from sbir.index.expansion import DEFAULT_EXPAND, EXPAND_WEIGHT, expand_queries  # noqa: E402
 from sbir.index.hubness import Hubness, SketchStats, load_default_stats  # noqa: E402
 
@@ -45,7 +47,7 @@ W_GRID = (1.0, 2.0, 4.0, 8.0, 16.0)
 
 def expanded_scores(hub: Hubness, q: np.ndarray, g: np.ndarray, k: int, w: float) -> np.ndarray:
     """(Q, N) scores of raw queries against raw photos after expansion with the ``k`` best photos."""
-    qs, gs = hub.queries(q), hub.photos(g)
+    qs, gs = hub.queries(q), hub.gallery(g)
 
     def score(queries):
         s = queries @ gs.T
@@ -125,6 +127,11 @@ def main() -> None:
             "csls": measure(expanded_scores(hub, q, g, 0, 0.0), q_labels, g_labels),
             f"csls+expand(k={DEFAULT_EXPAND},w={EXPAND_WEIGHT:g})": measure(
                 expanded_scores(hub, q, g, DEFAULT_EXPAND, EXPAND_WEIGHT), q_labels, g_labels
+            ),
+            f"csls+dba({DEFAULT_DBA})+expand(k={DEFAULT_EXPAND},w={EXPAND_WEIGHT:g})": measure(
+                expanded_scores(Hubness.fit("csls", g, stats, dba=DEFAULT_DBA), q, g, DEFAULT_EXPAND, EXPAND_WEIGHT),
+                q_labels,
+                g_labels,
             ),
         }
     write_result(

@@ -46,17 +46,35 @@ def write_gallery(root: Path, n: int = 6, start: int = 0) -> list[str]:
 
 
 def synthetic_index(
-    tmp_path: Path, photos: np.ndarray, sketches: np.ndarray | None, method: str, kind: str = "none", expand: int = 0
+    tmp_path: Path,
+    photos: np.ndarray,
+    sketches: np.ndarray | None,
+    method: str,
+    kind: str = "none",
+    expand: int = 0,
+    dba: int = 0,
 ) -> Index:
     """An index over given photo vectors (no model), with the hubness ``method`` (sketch statistics
-    ``sketches``, k = 3) and query expansion ``expand`` recorded; its model id is ``synthetic``."""
-    hub = Hubness.fit(method, photos, SketchStats(sketches, "synthetic") if method != "none" else None, k=3)
+    ``sketches``, k = 3), query expansion ``expand`` and database-side augmentation ``dba`` recorded; its
+    model id is ``synthetic``."""
+    stats = SketchStats(sketches, "synthetic") if method != "none" else None
+    hub = Hubness.fit(method, photos, stats, k=3, dba=dba)
     info = ModelInfo(
-        "synthetic", "synthetic", None, {}, photos.shape[1], 32, False, hubness=method, hubness_k=3, expand=expand
+        "synthetic",
+        "synthetic",
+        None,
+        {},
+        photos.shape[1],
+        32,
+        False,
+        hubness=method,
+        hubness_k=3,
+        expand=expand,
+        dba=dba,
     )
     entries = [Entry(f"p{i}.png", 1, 1, f"{i:064x}") for i in range(len(photos))]
     findex, used = build_faiss(hub.faiss_vectors(photos), kind)
-    out = tmp_path / f"idx-{method}-{kind}-{expand}"
+    out = tmp_path / f"idx-{method}-{kind}-{expand}-{dba}"
     with write_lock(out):
         write_generation(out, tmp_path, entries, photos, info, findex, kind, used, requested=kind, hubness=hub)
     return Index.open(out)

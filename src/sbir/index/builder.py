@@ -41,6 +41,7 @@ from sbir.engine.embed import EmbedResult, embed_images
 from sbir.engine.inference import default_model_spec
 from sbir.errors import DataError, SbirError
 from sbir.fileio import sha256_file
+from sbir.index.dba import DEFAULT_DBA, check_dba
 from sbir.index.expansion import DEFAULT_EXPAND, check_expand
 from sbir.index.faiss_ops import AUTO_THRESHOLD, build_faiss, resolve_approx
 from sbir.index.hubness import (
@@ -112,6 +113,7 @@ class SyncReport:
     hubness: str = "none"  # the hubness correction of the written generation (sbir.index.hubness)
     hubness_note: str = ""  # where its sketch statistics came from, or why there is none
     expand: int = 0  # photos each query is expanded with (sbir.index.expansion), recorded in the index
+    dba: int = 0  # neighbours averaged into each photo (sbir.index.dba), recorded in the index
     ray: str | None = None  # None: embedded in this process; else the --ray address ("" = a local cluster)
 
     @property
@@ -480,6 +482,7 @@ def build_index(
     ray_workers: int | None = None,
     store: str | None = None,
     expand: int | None = None,
+    dba: int | None = None,
 ) -> SyncReport:
     """Embed every image under ``photos_dir`` with ``model_spec`` into a new index at ``out_dir``.
 
@@ -497,6 +500,9 @@ def build_index(
     the model and image size) and the index is a cosine one, else ``none``. Recorded; updates keep it.
     ``expand``: photos each query is expanded with (:mod:`sbir.index.expansion`; 0 = none); None =
     :data:`~sbir.index.expansion.DEFAULT_EXPAND` when the index corrects hubness, else 0. Recorded.
+    ``dba``: database-side augmentation, neighbours averaged into each photo (:mod:`sbir.index.dba`; 0 =
+    none; needs a hubness correction); None = :data:`~sbir.index.dba.DEFAULT_DBA` when the index corrects
+    hubness, else 0 (as ``expand``). Recorded; updates recompute the neighbours.
     ``ray``: embed on Ray (:mod:`sbir.index.ray_embed`): ``""`` starts a local cluster, ``auto`` or
     ``ray://host:10001`` joins one; ``ray_workers`` actors (default: one per cluster CPU) each load the
     model by its spec (``preloaded`` is then used only here, for the record). None: embed in this process.
@@ -528,6 +534,12 @@ def build_index(
             raise HubnessError("--sketch-stats is used only with --hubness center or csls; drop one of them")
     if expand is not None:
         check_expand(expand)
+    if dba is not None:
+        check_dba(dba)
+        if dba and hubness == "none":
+            raise HubnessError(
+                f"--dba {dba} averages the centred photos; it needs --hubness center or csls (or use --dba 0)"
+            )
     if sketch_stats is not None and not Path(sketch_stats).is_dir():
         raise HubnessError(f"--sketch-stats {sketch_stats} is not a folder; pass a folder of sketch images")
     _check_ray(ray, ray_workers)
@@ -548,6 +560,16 @@ def build_index(
     elif expand and metric_for(model, cfg)[0] != "ip":
         raise SbirError(
             f"--expand needs a cosine index, but model {model_id} ranks by euclidean distance; use --expand 0"
+        )
+    if dba is None:
+        # as expand: a trained run that ranks as sbir eval does is not augmented
+        from_run = hubness is None and path is not None and method == cfg.eval.hubness != "none"
+        dba = DEFAULT_DBA if method != "none" and not from_run else 0
+    elif dba and method == "none":
+        raise HubnessError(
+            f"--dba {dba} averages the centred photos, but this index has no hubness correction ({hub_note}); "
+            "pass --hubness center or csls (with --sketch-stats DIR if the model has no shipped statistics), "
+            "or use --dba 0"
         )
     embed_fn = None
     if ray is not None:
@@ -576,6 +598,7 @@ def build_index(
                 hubness_k=CSLS_K,
                 hubness_source=stats.source if stats is not None else "",
                 expand=expand,
+                dba=dba,
             ),
             None,
             approx,
@@ -587,7 +610,7 @@ def build_index(
             progress,
             force_write=True,
             jpeg_draft=jpeg_draft,
-            hub_fn=lambda v: Hubness.fit(method, v, stats),
+            hub_fn=lambda v: Hubness.fit(method, v, stats, dba=dba),
             embed_fn=embed_fn,
             store=store_spec,
             overwrite=overwrite,
@@ -596,6 +619,7 @@ def build_index(
     report.ray = ray
     report.hubness_note = hub_note
     report.expand = expand
+    report.dba = dba
     return report
 
 
@@ -801,4 +825,5 @@ def update_index(
     report.hubness = rec.hubness
     report.hubness_note = f"{rec.hubness} (recorded in the index; photo statistics re-estimated)"
     report.expand = rec.expand
+    report.dba = rec.dba
     return report

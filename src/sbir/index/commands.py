@@ -15,6 +15,7 @@ from pathlib import Path
 
 from sbir.engine.runtime import RUNTIME_CHOICES
 from sbir.errors import SbirError
+from sbir.index.dba import DEFAULT_DBA
 from sbir.index.expansion import DEFAULT_EXPAND, check_expand
 from sbir.index.faiss_ops import APPROX_CHOICES, AUTO_THRESHOLD
 from sbir.index.hubness import DEFAULT_HUBNESS, HUBNESS_CHOICES
@@ -40,6 +41,8 @@ def _print_report(report, as_json: bool, verb: str) -> None:
         print(f"hubness: {report.hubness_note}", file=sys.stderr)
         expansion = f"{_plural(report.expand, 'photo')} per query" if report.expand else "none"
         print(f"query expansion: {expansion} (recorded in the index)", file=sys.stderr)
+        augmentation = f"each photo averaged with its {_plural(report.dba, 'nearest photo')}" if report.dba else "none"
+        print(f"database-side augmentation: {augmentation} (recorded in the index)", file=sys.stderr)
     if report.ray is not None and report.embedded:
         print(f"embedded on Ray ({report.ray or 'local cluster'})", file=sys.stderr)
     if as_json:
@@ -103,6 +106,7 @@ def cmd_build(args: argparse.Namespace) -> int:
         sketch_stats=args.sketch_stats,
         store=args.store,
         expand=args.expand,
+        dba=args.dba,
         **_embed_kwargs(args),
     )
     _print_report(report, args.json, "built")
@@ -327,6 +331,15 @@ def add_index_commands(subparsers) -> None:
         metavar="K",
         help="query expansion (recorded): search again with each query moved toward its K best photos; 0 = none. "
         f"Default: {DEFAULT_EXPAND} when the index corrects hubness, else 0",
+    )
+    b.add_argument(
+        "--dba",
+        type=int,
+        default=None,
+        metavar="K",
+        help="database-side augmentation (recorded; updates recompute it): each photo is searched as the mean of "
+        f"itself and its K nearest gallery photos; 0 = none. Default: {DEFAULT_DBA} when the index corrects "
+        "hubness, else 0",
     )
     b.add_argument(
         "--sketch-stats",

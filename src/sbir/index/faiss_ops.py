@@ -28,6 +28,7 @@ the FAISS index from the stored vectors (no re-embedding).
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -159,10 +160,10 @@ class Searcher:
     # 10k x 512 search 15x slower (15 ms instead of 1 ms, benchmarks/index_search.py).
     threads: int | None = 1
     metric: str = "ip"
-    # Hubness correction (sbir.index.hubness): ``center`` is the photo mean subtracted from the raw ``vectors``
-    # (re-normalised) when re-ranking, ``bias`` (N,) is added to ``scale * q.v``; the FAISS index then holds
-    # ``[v, bias]`` and queries are searched as ``[scale * q, 1]``.
-    center: np.ndarray | None = None
+    # Hubness correction (sbir.index.hubness): ``gallery_rows(ids)`` gives the photos ``ids`` as searched
+    # (centred, augmented) for re-ranking instead of the raw ``vectors``; ``bias`` (N,) is added to
+    # ``scale * q.v``; the FAISS index then holds ``[v, bias]`` and queries are searched as ``[scale * q, 1]``.
+    gallery_rows: Callable[[np.ndarray], np.ndarray] | None = None
     bias: np.ndarray | None = None
     scale: float = 1.0
 
@@ -204,10 +205,10 @@ class Searcher:
                 if not len(c):
                     continue
                 c = np.sort(c)
-                cand_vecs = np.asarray(self.vectors[c], dtype=np.float32)
-                if self.center is not None:
-                    cand_vecs = cand_vecs - self.center
-                    cand_vecs /= np.maximum(np.linalg.norm(cand_vecs, axis=1, keepdims=True), 1e-12)
+                if self.gallery_rows is not None:
+                    cand_vecs = self.gallery_rows(c)
+                else:
+                    cand_vecs = np.asarray(self.vectors[c], dtype=np.float32)
                 if self.metric == "ip":
                     s = self.scale * (cand_vecs @ q[i])
                     if self.bias is not None:

@@ -18,6 +18,9 @@ sketch. Two corrections, chosen with ``sbir index build --hubness``:
   one query, so it cannot change the ranking: it is left out, and the reported
   score is ``2 cos(q, g) - r_g``.
 
+With ``--dba K`` (:mod:`sbir.index.dba`, on by default with a correction) each centred photo is then
+averaged with its ``K`` nearest gallery photos, and ``r_g`` is measured on the averaged photos.
+
 The sketch statistics set is, in order of preference, the sketch images of
 ``--sketch-stats DIR`` given at build time, the default shipped with sbir
 for the model and image size (``sbir/index/stats/<model>@<size>.npz``, from
@@ -32,8 +35,8 @@ sketches. Without
 so it ranks exactly as ``sbir eval`` does; other models are corrected
 (``csls``) only with given or shipped statistics. The math is
 :mod:`sbir.metrics.hubness`, shared with ``sbir eval``. Its embeddings are
-stored in the index, so an update re-estimates ``mean_photo`` and ``r_g``
-without the sketches. Corrections need cosine indexes (metric ``ip``).
+stored in the index, so an update re-estimates ``mean_photo``, ``r_g`` and
+the neighbours without the sketches. Corrections need cosine indexes (metric ``ip``).
 
 Everything is stored per generation (``hubness.npz``, written and fsynced with
 the rest, see :func:`sbir.index.store.write_generation`) and applied by
@@ -52,6 +55,8 @@ from pathlib import Path
 import numpy as np
 
 from sbir.errors import SbirError
+from sbir.index.dba import DBA_WEIGHT, check_dba, gallery_neighbours
+from sbir.index.expansion import expand_queries
 from sbir.metrics.hubness import CSLS_K, HUBNESS_METHODS, center, knn_mean_cosine, normalize_rows
 
 HUBNESS_CHOICES = HUBNESS_METHODS
@@ -93,7 +98,11 @@ class Hubness:
     photo_mean: np.ndarray | None = None  # (D,)
     sketch_mean: np.ndarray | None = None  # (D,)
     sketch_vectors: np.ndarray | None = None  # (M, D) raw statistics set (float16 values), for updates
-    r_g: np.ndarray | None = None  # (N,) csls: mean cosine of each centred photo to its k nearest centred sketches
+    r_g: np.ndarray | None = None  # (N,) csls: mean cosine of each photo as searched to its k nearest centred sketches
+    # Database-side augmentation (sbir.index.dba): neighbours averaged into each photo (0 = none) and their
+    # ids (N, dba), -1 where a small gallery has fewer.
+    dba: int = 0
+    neighbours: np.ndarray | None = None
 
     @property
     def active(self) -> bool:
@@ -104,10 +113,20 @@ class Hubness:
         return self.method == "csls"
 
     @classmethod
-    def fit(cls, method: str, photos: np.ndarray, sketches: SketchStats | None, k: int = CSLS_K) -> Hubness:
-        """Estimate the statistics for raw photo vectors (N, D) with a sketch statistics set."""
+    def fit(
+        cls, method: str, photos: np.ndarray, sketches: SketchStats | None, k: int = CSLS_K, dba: int = 0
+    ) -> Hubness:
+        """Estimate the statistics for raw photo vectors (N, D) with a sketch statistics set.
+
+        ``dba``: database-side augmentation with that many neighbours (:mod:`sbir.index.dba`); it works on
+        the centred photos, so it needs ``center`` or ``csls``."""
         check_method(method)
+        check_dba(dba)
         if method == "none":
+            if dba:
+                raise HubnessError(
+                    f"--dba {dba} averages the centred photos; it needs --hubness center or csls (or use --dba 0)"
+                )
             return cls("none", k)
         if sketches is None or not len(sketches.vectors):
             raise HubnessError(f"--hubness {method} needs sketch statistics: pass --sketch-stats DIR of sketch images")
@@ -123,26 +142,53 @@ class Hubness:
             )
         photo_mean = photos.mean(axis=0).astype(np.float32) if len(photos) else np.zeros(sk.shape[1], np.float32)
         sketch_mean = sk.mean(axis=0).astype(np.float32)
-        h = cls(method, int(k), photo_mean, sketch_mean, sk)
+        h = cls(method, int(k), photo_mean, sketch_mean, sk, dba=int(dba))
+        centred = center(photos, photo_mean) if len(photos) else np.zeros((0, sk.shape[1]), np.float32)
+        searched = centred
+        if dba:
+            h.neighbours = gallery_neighbours(centred, dba)
+            searched = h._augmented(centred, np.arange(len(centred)), lambda rows: centred[rows])
         if method == "csls":
-            h.r_g = (
-                knn_mean_cosine(center(photos, photo_mean), center(sk, sketch_mean), k)
-                if len(photos)
-                else np.zeros(0, np.float32)
-            )
+            h.r_g = knn_mean_cosine(searched, center(sk, sketch_mean), k) if len(photos) else np.zeros(0, np.float32)
         return h
 
     def refit(self, photos: np.ndarray) -> Hubness:
-        """The same method and sketch statistics for a new gallery (``sbir index update``)."""
+        """The same method, sketch statistics and augmentation for a new gallery (``sbir index update``)."""
         if not self.active:
             return Hubness("none", self.k)
-        return Hubness.fit(self.method, photos, SketchStats(self.sketch_vectors, ""), self.k)
+        return Hubness.fit(self.method, photos, SketchStats(self.sketch_vectors, ""), self.k, self.dba)
 
     # ------------------------------------------------------------------ applying
 
     def photos(self, vectors: np.ndarray) -> np.ndarray:
-        """Gallery vectors as searched (centred and normalised when active)."""
+        """Photo *query* vectors ("more like this") as searched: centred and normalised when active."""
         return center(vectors, self.photo_mean) if self.active else np.asarray(vectors, dtype=np.float32)
+
+    def gallery(self, vectors: np.ndarray, ids: np.ndarray | None = None, chunk: int = 65536) -> np.ndarray:
+        """Gallery photos ``ids`` (default: all) as searched, from the raw vectors (N, D) of the whole gallery.
+
+        Centred when active, and averaged with their stored neighbours with database-side augmentation.
+        ``vectors`` may be a memory map; only the rows needed are read."""
+        ids = np.arange(len(vectors)) if ids is None else np.asarray(ids, dtype=np.int64).reshape(-1)
+        if not self.dba:
+            return self.photos(np.asarray(vectors[ids], dtype=np.float32))
+
+        def searched_rows(rows: np.ndarray) -> np.ndarray:
+            return self.photos(vectors[rows])
+
+        parts = [
+            self._augmented(searched_rows(ids[s : s + chunk]), ids[s : s + chunk], searched_rows)
+            for s in range(0, len(ids), chunk)
+        ]
+        return np.concatenate(parts) if parts else np.zeros((0, vectors.shape[1]), np.float32)
+
+    def _augmented(self, own: np.ndarray, ids: np.ndarray, searched_rows) -> np.ndarray:
+        """``own`` (the centred photos ``ids``) averaged with their neighbours (``searched_rows(ids)``: centred)."""
+        nb = self.neighbours[ids]
+        valid = nb >= 0
+        rows = np.where(valid, nb, 0).reshape(-1)
+        neighbours = searched_rows(rows).reshape(*nb.shape, own.shape[1])
+        return expand_queries(own, neighbours, valid, DBA_WEIGHT)
 
     def queries(self, vectors: np.ndarray) -> np.ndarray:
         """Raw sketch query embeddings as searched (centred with the sketch mean and normalised when active)."""
@@ -150,14 +196,15 @@ class Hubness:
 
     def faiss_vectors(self, vectors: np.ndarray) -> np.ndarray:
         """What FAISS indexes: corrected photos, plus a last column ``-r_g`` for csls (queries get ``[2q, 1]``)."""
-        v = self.photos(vectors)
+        v = self.gallery(vectors)
         if self.csls:
             v = np.hstack([v, -self.r_g.astype(np.float32)[:, None]])
         return np.ascontiguousarray(v, dtype=np.float32)
 
     def scores(self, queries: np.ndarray, photos: np.ndarray) -> np.ndarray:
-        """Reference (Q, N) scores of raw queries against raw photos, ``2 cos - r_g`` for csls (tests, benchmarks)."""
-        s = self.queries(queries) @ self.photos(photos).T
+        """Reference (Q, N) scores of raw queries against the raw gallery, ``2 cos - r_g`` for csls (tests,
+        benchmarks)."""
+        s = self.queries(queries) @ self.gallery(photos).T
         return 2 * s - self.r_g[None, :] if self.csls else s
 
     def summary(self) -> dict:
@@ -174,6 +221,8 @@ class Hubness:
                 "mean": round(float(self.r_g.mean()), 4),
                 "max": round(float(self.r_g.max()), 4),
             }
+        if self.dba:
+            out["dba"] = self.dba
         return out
 
     # ------------------------------------------------------------------ storage
@@ -184,25 +233,32 @@ class Hubness:
             for k in ("photo_mean", "sketch_mean", "sketch_vectors", "r_g")
             if getattr(self, k) is not None
         }
+        if self.neighbours is not None:
+            small = len(self.neighbours) < 2**31
+            arrays["neighbours"] = np.asarray(self.neighbours, dtype=np.int32 if small else np.int64)
         buf = io.BytesIO()
         np.savez(buf, **arrays)
         return buf.getvalue()
 
     @classmethod
-    def load(cls, path: Path, method: str, k: int, n: int, dim: int) -> Hubness:
+    def load(cls, path: Path, method: str, k: int, n: int, dim: int, dba: int = 0) -> Hubness:
         """Read a generation's ``hubness.npz`` and check it against the index (``n`` photos, ``dim``)."""
         check_method(method)
         if method == "none":
             return cls("none", k)
         try:
             with np.load(path, allow_pickle=False) as z:
-                arrays = {name: np.asarray(z[name], dtype=np.float32) for name in z.files}
+                arrays = {
+                    name: np.asarray(z[name], dtype=np.int64 if name == "neighbours" else np.float32)
+                    for name in z.files
+                }
         except (OSError, ValueError, KeyError) as exc:
             raise HubnessError(
                 f"{path} is missing or unreadable ({exc}); rebuild the index with 'sbir index build --overwrite'"
             ) from exc
         h = cls(method, int(k), arrays.get("photo_mean"), arrays.get("sketch_mean"), arrays.get("sketch_vectors"))
         h.r_g = arrays.get("r_g")
+        h.dba, h.neighbours = int(dba), arrays.get("neighbours")
         ok = (
             h.photo_mean is not None
             and h.photo_mean.shape == (dim,)
@@ -212,10 +268,18 @@ class Hubness:
             and h.sketch_vectors.ndim == 2
             and h.sketch_vectors.shape[1] == dim
             and (method != "csls" or (h.r_g is not None and h.r_g.shape == (n,)))
+            and (
+                not dba
+                or (
+                    h.neighbours is not None
+                    and h.neighbours.shape == (n, dba)
+                    and bool(((h.neighbours >= -1) & (h.neighbours < n)).all())
+                )
+            )
         )
         if not ok:
             raise HubnessError(
-                f"{path} does not match the index ({n} photos, {dim}-d, --hubness {method}); "
+                f"{path} does not match the index ({n} photos, {dim}-d, --hubness {method}, --dba {dba}); "
                 "rebuild the index with 'sbir index build --overwrite'"
             )
         return h

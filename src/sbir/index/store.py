@@ -12,7 +12,8 @@ Layout of an index folder::
         model.json            model_id, the spec as given, its absolute path, the full config,
                               image size and flip TTA used for the embeddings, the hubness correction
         hubness.npz           hubness statistics (photo / sketch means, the sketch statistics set's
-                              embeddings, csls penalties r_g); only with --hubness center|csls
+                              embeddings, csls penalties r_g, the neighbour ids of database-side
+                              augmentation, sbir.index.dba); only with --hubness center|csls
       gen-000002/             the previous generation (kept for readers that are still loading)
       .lock                   held (flock) by the one process writing
       thumbs/                 thumbnail cache of ``sbir serve`` (disposable)
@@ -26,7 +27,8 @@ next write.
 
 ``vectors.npy`` holds the model's (post-processed) photo embeddings; with a
 hubness correction (:mod:`sbir.index.hubness`) ``index.faiss`` holds the
-corrected vectors (centred; for csls with a last column ``-r_g``) and
+corrected vectors (centred, averaged with their neighbours with ``--dba``; for
+csls with a last column ``-r_g``) and
 :meth:`Index.search_many` corrects the raw query embeddings before searching.
 
 Ids are positions in the manifest of one generation; they change when the
@@ -127,6 +129,8 @@ class ModelInfo:
     hubness_source: str = ""
     # Query expansion (sbir.index.expansion): photos each query is expanded with; 0 = none.
     expand: int = 0
+    # Database-side augmentation (sbir.index.dba): neighbours averaged into each photo; 0 = none.
+    dba: int = 0
 
     @property
     def load_spec(self) -> str:
@@ -185,11 +189,12 @@ def write_lock(index_dir: Path) -> Iterator[None]:
 # ---------------------------------------------------------------- reading
 
 
-def searcher_hubness(hub: Hubness) -> dict[str, Any]:
-    """Searcher keyword arguments for a hubness correction (photo centring, csls bias ``-r_g`` and scale 2)."""
+def searcher_hubness(hub: Hubness, vectors: np.ndarray) -> dict[str, Any]:
+    """Searcher keyword arguments for a hubness correction (the photos as searched, csls bias ``-r_g`` and
+    scale 2); ``vectors`` are the generation's raw photo vectors."""
     if not hub.active:
         return {}
-    out: dict[str, Any] = {"center": hub.photo_mean}
+    out: dict[str, Any] = {"gallery_rows": lambda ids: hub.gallery(vectors, ids)}
     if hub.csls:
         out.update(bias=-hub.r_g, scale=2.0)
     return out
@@ -306,7 +311,7 @@ class Index:
         if nprobe is not None:
             params["nprobe"] = int(nprobe)
         n = len(entries)
-        hub = Hubness.load(gdir / STATS_FILE, model.hubness, model.hubness_k, n, model.dim)
+        hub = Hubness.load(gdir / STATS_FILE, model.hubness, model.hubness_k, n, model.dim, model.dba)
         faiss_dim = model.dim + (1 if hub.csls else 0)
         if manifest.get("store"):
             # the vectors are searched in a Milvus collection (sbir.index.milvus_store), not index.faiss
@@ -340,7 +345,7 @@ class Index:
                 f"{gdir} is inconsistent ({n} manifest entries, vectors {tuple(vectors.shape)}, "
                 f"FAISS {findex.ntotal}x{findex.d}, model dim {model.dim}); rebuild with 'sbir index build --overwrite'"
             )
-        searcher = Searcher(findex, kind, params, vectors, metric=model.metric, **searcher_hubness(hub))
+        searcher = Searcher(findex, kind, params, vectors, metric=model.metric, **searcher_hubness(hub, vectors))
         return cls(index_dir, gen, Path(manifest["gallery"]), entries, model, vectors, searcher, manifest, hub)
 
     # -------------------------------------------------------------- queries
@@ -415,7 +420,7 @@ class Index:
             )
         _, top = self.searcher.search(searched, min(expand, len(self.entries)))
         valid = top >= 0  # IVF-PQ may find fewer candidates than asked
-        neighbours = self.hubness.photos(self.vectors[np.where(valid, top, 0)].reshape(-1, self.dim))
+        neighbours = self.hubness.gallery(self.vectors, np.where(valid, top, 0))
         return expand_queries(searched, neighbours.reshape(*top.shape, self.dim), valid, EXPAND_WEIGHT)
 
     def search(self, query: np.ndarray, k: int = 10, *, model_id: str) -> list[Hit]:
@@ -468,6 +473,7 @@ class Index:
             "metric": "cosine" if self.model.metric == "ip" else "euclidean",
             "hubness": self.hubness.summary() | ({"source": self.model.hubness_source} if self.hubness.active else {}),
             "expand": self.model.expand,
+            "dba": self.model.dba,
             "created": self.meta.get("created"),
             "disk_bytes": disk,
         }
