@@ -180,3 +180,17 @@ def test_build_records_the_default_and_updates_recompute_it(tmp_path, gallery, t
     idx = Index.open(corrected)
     assert idx.model.dba == DEFAULT_DBA and idx.hubness.neighbours.shape == (10, DEFAULT_DBA)
     assert (idx.hubness.neighbours >= 0).all()
+
+
+def test_large_galleries_find_nearly_the_same_neighbours_approximately():
+    """Above ``exact_up_to`` photos the neighbours come from an HNSW graph; on clustered photos
+    they are the exact ones."""
+    rng = np.random.default_rng(7)
+    centres = rng.normal(size=(40, 32))
+    x = unit(centres[rng.integers(0, 40, 3000)] + 0.6 * rng.normal(size=(3000, 32))).astype(np.float32)
+    exact = gallery_neighbours(x, 5)
+    approx = gallery_neighbours(x, 5, exact_up_to=1000)
+    assert approx.shape == (3000, 5) and (approx >= 0).all()
+    assert all(i not in row for i, row in enumerate(approx))
+    overlap = np.mean([len(set(a) & set(b)) / 5 for a, b in zip(exact, approx, strict=True)])
+    assert overlap > 0.95

@@ -20,6 +20,7 @@ folds, never on the classes it reports; ``benchmarks/query_expansion.py`` measur
 
 from __future__ import annotations
 
+import faiss
 import numpy as np
 
 from sbir.errors import SbirError
@@ -28,9 +29,9 @@ from sbir.index.faiss_ops import build_faiss
 # Neighbours each gallery photo is averaged with, when an index corrects hubness and --dba is not given.
 DEFAULT_DBA = 5
 DBA_WEIGHT = 1.0
-# Up to this many photos the neighbours are found by exact search; above it by an HNSW graph
-# (exact search is quadratic in the gallery: about 4 min for 100k 1,280-d photos on 2 cores).
-EXACT_NEIGHBOURS_UP_TO = 200_000
+# Up to this many photos the neighbours are found by exact search (quadratic in the gallery), above it in
+# an HNSW graph with the index's defaults (benchmarks/dba_neighbours.py times both).
+EXACT_NEIGHBOURS_UP_TO = 50_000
 
 
 def check_dba(dba: object) -> int:
@@ -42,20 +43,24 @@ def check_dba(dba: object) -> int:
     return dba
 
 
-def gallery_neighbours(vectors: np.ndarray, k: int, chunk: int = 4096) -> np.ndarray:
+def gallery_neighbours(vectors: np.ndarray, k: int, exact_up_to: int = EXACT_NEIGHBOURS_UP_TO) -> np.ndarray:
     """(N, k) int64 ids of each row's ``k`` nearest other rows by inner product; -1 pads galleries of <= k rows.
 
-    ``vectors`` (N, D) are normalised. A row is never its own neighbour (a duplicate file can be)."""
+    ``vectors`` (N, D) are normalised. A row is never its own neighbour (a duplicate file can be). Exact up
+    to ``exact_up_to`` rows, approximate (HNSW) above."""
     x = np.ascontiguousarray(vectors, dtype=np.float32)
-    n = len(x)
+    n, dim = x.shape
     out = np.full((n, k), -1, np.int64)
     if n < 2 or k < 1:
         return out
-    kind = "none" if n <= EXACT_NEIGHBOURS_UP_TO else "hnsw"
-    index, _ = build_faiss(x, kind)
+    if n <= exact_up_to:
+        index = faiss.IndexFlatIP(dim)
+        index.add(x)
+    else:
+        index, _ = build_faiss(x, "hnsw")
     fetch = min(k + 1, n)
-    for s in range(0, n, chunk):
-        _, ids = index.search(x[s : s + chunk], fetch)
+    for s in range(0, n, 4096):
+        _, ids = index.search(x[s : s + 4096], fetch)
         for r, row in enumerate(ids):
             others = row[(row >= 0) & (row != s + r)][:k]
             out[s + r, : len(others)] = others

@@ -147,7 +147,7 @@ class Hubness:
         searched = centred
         if dba:
             h.neighbours = gallery_neighbours(centred, dba)
-            searched = h._augmented(centred, np.arange(len(centred)), lambda rows: centred[rows])
+            searched = h._searched(np.arange(len(centred)), lambda rows: centred[rows])
         if method == "csls":
             h.r_g = knn_mean_cosine(searched, center(sk, sketch_mean), k) if len(photos) else np.zeros(0, np.float32)
         return h
@@ -164,31 +164,28 @@ class Hubness:
         """Photo *query* vectors ("more like this") as searched: centred and normalised when active."""
         return center(vectors, self.photo_mean) if self.active else np.asarray(vectors, dtype=np.float32)
 
-    def gallery(self, vectors: np.ndarray, ids: np.ndarray | None = None, chunk: int = 65536) -> np.ndarray:
+    def gallery(self, vectors: np.ndarray, ids: np.ndarray | None = None) -> np.ndarray:
         """Gallery photos ``ids`` (default: all) as searched, from the raw vectors (N, D) of the whole gallery.
 
         Centred when active, and averaged with their stored neighbours with database-side augmentation.
         ``vectors`` may be a memory map; only the rows needed are read."""
         ids = np.arange(len(vectors)) if ids is None else np.asarray(ids, dtype=np.int64).reshape(-1)
+        return self._searched(ids, lambda rows: self.photos(np.asarray(vectors[rows], dtype=np.float32)))
+
+    def _searched(self, ids: np.ndarray, centred_rows, chunk: int = 8192) -> np.ndarray:
+        """Photos ``ids`` as searched, given ``centred_rows(rows)``: the centred photos ``rows``.
+
+        In chunks: each photo reads its ``dba`` neighbours, (chunk, dba, D) floats at a time."""
         if not self.dba:
-            return self.photos(np.asarray(vectors[ids], dtype=np.float32))
-
-        def searched_rows(rows: np.ndarray) -> np.ndarray:
-            return self.photos(vectors[rows])
-
-        parts = [
-            self._augmented(searched_rows(ids[s : s + chunk]), ids[s : s + chunk], searched_rows)
-            for s in range(0, len(ids), chunk)
-        ]
-        return np.concatenate(parts) if parts else np.zeros((0, vectors.shape[1]), np.float32)
-
-    def _augmented(self, own: np.ndarray, ids: np.ndarray, searched_rows) -> np.ndarray:
-        """``own`` (the centred photos ``ids``) averaged with their neighbours (``searched_rows(ids)``: centred)."""
-        nb = self.neighbours[ids]
-        valid = nb >= 0
-        rows = np.where(valid, nb, 0).reshape(-1)
-        neighbours = searched_rows(rows).reshape(*nb.shape, own.shape[1])
-        return expand_queries(own, neighbours, valid, DBA_WEIGHT)
+            return centred_rows(ids)
+        parts = []
+        for s in range(0, len(ids), chunk):
+            own = centred_rows(ids[s : s + chunk])
+            nb = self.neighbours[ids[s : s + chunk]]
+            valid = nb >= 0
+            neighbours = centred_rows(np.where(valid, nb, 0).reshape(-1)).reshape(*nb.shape, own.shape[1])
+            parts.append(expand_queries(own, neighbours, valid, DBA_WEIGHT))
+        return np.concatenate(parts) if parts else np.zeros((0, len(self.photo_mean)), np.float32)
 
     def queries(self, vectors: np.ndarray) -> np.ndarray:
         """Raw sketch query embeddings as searched (centred with the sketch mean and normalised when active)."""
