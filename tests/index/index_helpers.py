@@ -112,3 +112,21 @@ def two_domain_vectors(seed: int, n_photos: int) -> tuple[np.ndarray, np.ndarray
     sketches = unit(rng.normal(size=(20, 8)) - 0.7).astype(np.float32)
     queries = unit(rng.normal(size=(5, 8)) - 0.5).astype(np.float32)
     return photos, sketches, queries
+
+
+def class_clusters(seed: int, photo_noise: float, queries_per_class: int, n_cls: int = 20, dim: int = 16):
+    """(photos, photo labels, queries, query labels, class prototypes): 10 photos per class near its
+    prototype (``photo_noise``), sketch queries further off (0.5), unit float32 vectors."""
+    rng = np.random.default_rng(seed)
+    protos = unit(rng.normal(size=(n_cls, dim)))
+    labels = np.repeat(np.arange(n_cls), 10)
+    photos = unit(protos[labels] + photo_noise * rng.normal(size=(len(labels), dim))).astype(np.float32)
+    q_labels = np.repeat(np.arange(n_cls), queries_per_class)
+    queries = unit(protos[q_labels] + 0.5 * rng.normal(size=(len(q_labels), dim))).astype(np.float32)
+    return photos, labels, queries, q_labels, protos
+
+
+def precision_at(index: Index, queries: np.ndarray, labels: np.ndarray, q_labels: np.ndarray, k: int, **kw) -> float:
+    """Mean share of each query's top ``k`` (``Index.search_many(..., **kw)``) that has the query's label."""
+    hits = index.search_many(queries, k, model_id="synthetic", **kw)
+    return float(np.mean([[labels[h.id] == q_labels[i] for h in row] for i, row in enumerate(hits)]))

@@ -12,7 +12,15 @@ from sbir.index.dba import DBA_WEIGHT, DEFAULT_DBA, check_dba, gallery_neighbour
 from sbir.index.hubness import Hubness, HubnessError, SketchStats
 from sbir.index.store import Index
 
-from .index_helpers import synthetic_index, two_domain_vectors, unit, write_gallery, write_sketches
+from .index_helpers import (
+    class_clusters,
+    precision_at,
+    synthetic_index,
+    two_domain_vectors,
+    unit,
+    write_gallery,
+    write_sketches,
+)
 
 
 def _hand_augmented(photos: np.ndarray, k: int, weight: float = DBA_WEIGHT) -> np.ndarray:
@@ -125,19 +133,16 @@ def test_augmentation_finds_more_of_the_class_when_photos_of_a_class_are_close(t
     toward its class centre, so more of a sketch's top 5 are of its class (mean over four galleries)."""
     gains = []
     for seed in range(4):
-        rng = np.random.default_rng(seed)
-        dim, n_cls = 16, 20
-        protos = unit(rng.normal(size=(n_cls, dim)))
-        labels = np.repeat(np.arange(n_cls), 10)
-        photos = unit(protos[labels] + 0.3 * rng.normal(size=(len(labels), dim))).astype(np.float32)
-        q_labels = np.repeat(np.arange(n_cls), 5)
-        queries = unit(protos[q_labels] + 0.5 * rng.normal(size=(len(q_labels), dim))).astype(np.float32)
-        sketches = unit(protos[rng.integers(0, n_cls, 60)] + 0.5 * rng.normal(size=(60, dim))).astype(np.float32)
-        precision = {}
-        for dba in (0, 5):
-            idx = synthetic_index(tmp_path / f"{seed}", photos, sketches, "center", dba=dba)
-            hits = idx.search_many(queries, 5, model_id="synthetic")
-            precision[dba] = np.mean([[labels[h.id] == q_labels[i] for h in row] for i, row in enumerate(hits)])
+        photos, labels, queries, q_labels, protos = class_clusters(seed, 0.3, 5)
+        rng = np.random.default_rng(100 + seed)
+        picked = rng.integers(0, len(protos), 60)
+        sketches = unit(protos[picked] + 0.5 * rng.normal(size=(60, protos.shape[1]))).astype(np.float32)
+        precision = {
+            dba: precision_at(
+                synthetic_index(tmp_path / f"{seed}", photos, sketches, "center", dba=dba), queries, labels, q_labels, 5
+            )
+            for dba in (0, 5)
+        }
         gains.append(precision[5] - precision[0])
     assert min(gains) >= 0 and np.mean(gains) > 0.02
 

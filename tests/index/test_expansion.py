@@ -12,7 +12,14 @@ from sbir.index.expansion import DEFAULT_EXPAND, EXPAND_WEIGHT, check_expand, ex
 from sbir.index.hubness import Hubness, SketchStats
 from sbir.index.store import Index
 
-from .index_helpers import synthetic_index, two_domain_vectors, unit, write_gallery, write_sketches
+from .index_helpers import (
+    class_clusters,
+    precision_at,
+    synthetic_index,
+    two_domain_vectors,
+    write_gallery,
+    write_sketches,
+)
 
 
 def test_expand_queries_by_hand():
@@ -63,23 +70,9 @@ def test_expansion_finds_more_of_the_class_when_photos_of_a_class_are_close(tmp_
     into its class, so more of the top 5 are of the right class (mean over four random galleries)."""
     gains = []
     for seed in range(4):
-        rng = np.random.default_rng(seed)
-        dim, n_cls = 16, 20
-        protos = unit(rng.normal(size=(n_cls, dim)))
-        labels = np.repeat(np.arange(n_cls), 10)
-        photos = unit(protos[labels] + 0.15 * rng.normal(size=(len(labels), dim))).astype(np.float32)
-        q_labels = np.repeat(np.arange(n_cls), 10)
-        queries = unit(protos[q_labels] + 0.5 * rng.normal(size=(len(q_labels), dim))).astype(np.float32)
+        photos, labels, queries, q_labels, _ = class_clusters(seed, 0.15, 10)
         idx = synthetic_index(tmp_path / str(seed), photos, None, "none", expand=3)
-        precision = {
-            expand: np.mean(
-                [
-                    [labels[h.id] == q_labels[i] for h in row]
-                    for i, row in enumerate(idx.search_many(queries, 5, model_id="synthetic", expand=expand))
-                ]
-            )
-            for expand in (0, 3)
-        }
+        precision = {expand: precision_at(idx, queries, labels, q_labels, 5, expand=expand) for expand in (0, 3)}
         gains.append(precision[3] - precision[0])
     assert min(gains) > 0 and np.mean(gains) > 0.02
 
