@@ -22,7 +22,7 @@ The seen-class folds choose between recipes (``--set`` overrides, e.g. ``model.r
 reported beside them once, and chooses nothing. Features are embedded once per encoder and cached under
 ``runs/bench-cache``.
 
-    python benchmarks/general_model.py [--folds 5] [--set model.ridge_lambda=10 ...] [--tag T]
+    python benchmarks/general_model.py [--folds 5] [--set model.ridge_lambda=10 ...] [--photos-per-class N] [--tag T]
 """
 
 from __future__ import annotations
@@ -86,8 +86,9 @@ def even(idx: np.ndarray, n: int) -> np.ndarray:
     return idx[np.linspace(0, len(idx) - 1, min(n, len(idx))).astype(int)] if len(idx) else idx
 
 
-def evaluate_split(f: dict, held: list[str], excluded: list[str], cfg) -> dict:
-    """Fit on every class outside ``held`` and ``excluded``; search ``held``'s Sketchy photos with its sketches."""
+def evaluate_split(f: dict, held: list[str], excluded: list[str], cfg, photos_per_class: int | None = None) -> dict:
+    """Fit on every class outside ``held`` and ``excluded``; search ``held``'s Sketchy photos (the first
+    ``photos_per_class`` of each class, default all) with its sketches."""
     s_lab, p_lab = f["sketch_label"], f["photo_label"]
     s_q = np.char.startswith(f["sketch_id"].astype(str), QUERY_SOURCE)
     p_q = np.char.startswith(f["photo_id"].astype(str), QUERY_SOURCE)
@@ -96,6 +97,8 @@ def evaluate_split(f: dict, held: list[str], excluded: list[str], cfg) -> dict:
     fit_s = np.where(~out_s & np.isin(s_lab, p_lab[fit_p]))[0]
     queries = np.where(np.isin(s_lab, held) & s_q)[0]
     gallery = np.where(np.isin(p_lab, held) & p_q)[0]
+    if photos_per_class is not None:
+        gallery = np.concatenate([gallery[p_lab[gallery] == c][:photos_per_class] for c in held])
     stat_idx = np.concatenate(
         [
             even(fit_s[np.char.startswith(f["sketch_id"][fit_s].astype(str), src)], STATS_PER_SOURCE)
@@ -149,11 +152,19 @@ def main() -> None:
     ap.add_argument("--folds", type=int, default=5)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="config overrides")
+    ap.add_argument(
+        "--photos-per-class",
+        type=int,
+        default=None,
+        help="gallery: only the first N photos of each held class (a small folder; default all 25)",
+    )
     ap.add_argument("--tag", default="")
     ap.add_argument("--no-progress", action="store_true")
     args = ap.parse_args()
     if args.folds < 2:
         ap.error(f"--folds must be >= 2, got {args.folds}")
+    if args.photos_per_class is not None and args.photos_per_class < 1:
+        ap.error(f"--photos-per-class must be >= 1, got {args.photos_per_class}")
     torch.set_num_threads(max(1, torch.get_num_threads()))
     cfg = with_defaults(load_config(args.config, resolve_overrides(args.set)))
     t0 = time.time()
@@ -162,10 +173,10 @@ def main() -> None:
     seen = sorted(set(f["photo_label"][np.char.startswith(f["photo_id"].astype(str), QUERY_SOURCE)]) - set(unseen))
     perm = np.random.default_rng(args.seed).permutation(seen)
     folds = [sorted(perm[i :: args.folds]) for i in range(args.folds)]
-    per_fold = [evaluate_split(f, held, unseen, cfg) for held in folds]
+    per_fold = [evaluate_split(f, held, unseen, cfg, args.photos_per_class) for held in folds]
     names = list(per_fold[0]["rows"])
     cv = {name: fold_stats([{k: r["rows"][name][k] for k in ("map@all", "p@10")} for r in per_fold]) for name in names}
-    final = evaluate_split(f, unseen, [], cfg)
+    final = evaluate_split(f, unseen, [], cfg, args.photos_per_class)
     lines = [
         "| zero-shot, by class | seen-class CV mAP@all (mean +- std) | CV P@10 | sketchy_unseen21 mAP@all | P@10 |",
         "|---|---|---|---|---|",
@@ -183,6 +194,7 @@ def main() -> None:
         {
             "config": str(Path(args.config).resolve()),
             "overrides": args.set,
+            "photos_per_class": args.photos_per_class,
             "model": {
                 "backbones": [cfg.model.backbone, *cfg.model.extra_backbones],
                 "image_size": cfg.data.image_size,
