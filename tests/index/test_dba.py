@@ -166,6 +166,8 @@ def test_build_records_the_default_and_updates_recompute_it(tmp_path, gallery, t
     for bad, kw, match in (
         ("neg", {"dba": -1}, "--dba must be"),
         ("nohub", {"dba": 3, "hubness": "none"}, "needs --hubness center or csls"),
+        # no --hubness, and this run has neither shipped statistics nor eval.hubness: no correction to augment
+        ("nostats", {"dba": 3}, r"needs --hubness center or csls \(this index has none"),
     ):
         with pytest.raises(SbirError, match=match):
             build_index(gallery, str(tiny_checkpoint), tmp_path / bad, progress=False, **kw)

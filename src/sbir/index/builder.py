@@ -41,7 +41,7 @@ from sbir.engine.embed import EmbedResult, embed_images
 from sbir.engine.inference import default_model_spec
 from sbir.errors import DataError, SbirError
 from sbir.fileio import sha256_file
-from sbir.index.dba import DEFAULT_DBA, check_dba
+from sbir.index.dba import DEFAULT_DBA
 from sbir.index.expansion import DEFAULT_EXPAND, check_expand
 from sbir.index.faiss_ops import AUTO_THRESHOLD, build_faiss, resolve_approx
 from sbir.index.hubness import (
@@ -50,6 +50,7 @@ from sbir.index.hubness import (
     Hubness,
     HubnessError,
     SketchStats,
+    check_dba_method,
     check_method,
     embed_sketch_dir,
     embed_sketch_refs,
@@ -535,11 +536,7 @@ def build_index(
     if expand is not None:
         check_expand(expand)
     if dba is not None:
-        check_dba(dba)
-        if dba and hubness == "none":
-            raise HubnessError(
-                f"--dba {dba} averages the centred photos; it needs --hubness center or csls (or use --dba 0)"
-            )
+        check_dba_method(dba, hubness or "csls")  # before the model is loaded; an unset --hubness is decided below
     if sketch_stats is not None and not Path(sketch_stats).is_dir():
         raise HubnessError(f"--sketch-stats {sketch_stats} is not a folder; pass a folder of sketch images")
     _check_ray(ray, ray_workers)
@@ -553,24 +550,20 @@ def build_index(
     method, stats, hub_note = _hubness_setup(
         hubness, sketch_stats, model, cfg, model_id, size, batch_size, progress, path
     )
+    # Query expansion and DBA are on by default when the index corrects hubness, except for a run whose own
+    # eval.hubness is the correction: it ranks as sbir eval scores, which neither expands nor augments.
+    from_run = hubness is None and path is not None and method == cfg.eval.hubness != "none"
+    extras_by_default = method != "none" and not from_run
     if expand is None:
-        # A run's own eval.hubness is the correction sbir eval scores with, and eval does not expand queries.
-        from_run = hubness is None and path is not None and method == cfg.eval.hubness != "none"
-        expand = DEFAULT_EXPAND if method != "none" and not from_run else 0
+        expand = DEFAULT_EXPAND if extras_by_default else 0
     elif expand and metric_for(model, cfg)[0] != "ip":
         raise SbirError(
             f"--expand needs a cosine index, but model {model_id} ranks by euclidean distance; use --expand 0"
         )
     if dba is None:
-        # as expand: a trained run that ranks as sbir eval does is not augmented
-        from_run = hubness is None and path is not None and method == cfg.eval.hubness != "none"
-        dba = DEFAULT_DBA if method != "none" and not from_run else 0
-    elif dba and method == "none":
-        raise HubnessError(
-            f"--dba {dba} averages the centred photos, but this index has no hubness correction ({hub_note}); "
-            "pass --hubness center or csls (with --sketch-stats DIR if the model has no shipped statistics), "
-            "or use --dba 0"
-        )
+        dba = DEFAULT_DBA if extras_by_default else 0
+    else:
+        check_dba_method(dba, method, hub_note)
     embed_fn = None
     if ray is not None:
         from sbir.index.ray_embed import load_spec_model

@@ -77,6 +77,18 @@ def check_method(method: str) -> str:
     return method
 
 
+def check_dba_method(dba: object, method: str, why: str = "") -> int:
+    """``dba`` validated (:func:`sbir.index.dba.check_dba`) for an index corrected by ``method``: database-side
+    augmentation averages the centred photos, so it needs ``center`` or ``csls``; ``why``: why there is none."""
+    check_dba(dba)
+    if dba and method == "none":
+        none = f" (this index has none: {why}; add --sketch-stats DIR if the model ships no statistics)" if why else ""
+        raise HubnessError(
+            f"--dba {dba} averages the centred photos; it needs --hubness center or csls{none}, or use --dba 0"
+        )
+    return dba
+
+
 @dataclass
 class SketchStats:
     """Raw (post-processed, uncentred) embeddings of a sketch statistics set and where they came from."""
@@ -121,12 +133,8 @@ class Hubness:
         ``dba``: database-side augmentation with that many neighbours (:mod:`sbir.index.dba`); it works on
         the centred photos, so it needs ``center`` or ``csls``."""
         check_method(method)
-        check_dba(dba)
+        check_dba_method(dba, method)
         if method == "none":
-            if dba:
-                raise HubnessError(
-                    f"--dba {dba} averages the centred photos; it needs --hubness center or csls (or use --dba 0)"
-                )
             return cls("none", k)
         if sketches is None or not len(sketches.vectors):
             raise HubnessError(f"--hubness {method} needs sketch statistics: pass --sketch-stats DIR of sketch images")
