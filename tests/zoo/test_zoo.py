@@ -12,7 +12,7 @@ from safetensors import safe_open
 
 from sbir import zoo
 from sbir.cli import main
-from sbir.engine.inference import default_model_spec, load_model, resolve_weights
+from sbir.engine.inference import PRETRAINED_TENSORS_KEY, default_model_spec, load_model, resolve_weights
 from sbir.errors import CheckpointError
 from sbir.index.store import Index
 from tests.conftest import REPO_ROOT
@@ -21,11 +21,19 @@ from tests.conftest import REPO_ROOT
 def test_the_general_model_ships_inside_the_package():
     path = zoo.shipped_path("general")
     assert path.is_file(), "src/sbir/zoo/general.safetensors is missing"
-    assert path.stat().st_size < 5_000_000  # a wheel, and the repository, stay small
+    # The limit is 10 MB (a wheel stays small); the repository's is 5 MB per tracked file.
+    assert path.stat().st_size < 5_000_000
     with safe_open(str(path), framework="pt") as fh:
-        floats = [fh.get_tensor(k) for k in fh.keys() if fh.get_tensor(k).is_floating_point()]
-        cfg = json.loads(fh.metadata()["config"])
-    assert floats and all(t.dtype == torch.float16 for t in floats)  # int8 matrices are not floating-point
+        tensors = {k: fh.get_tensor(k) for k in fh.keys()}
+        meta = fh.metadata()
+        cfg = json.loads(meta["config"])
+    assert tensors and all(t.dtype == torch.float16 for t in tensors.values())
+    # Only the fitted head is in the file; both backbones come from the pinned ImageNet packages, whose
+    # tensors it lists with their digest (load_model checks it).
+    assert set(tensors) == {f"head.{d}.{t}" for d in ("sketch", "photo") for t in ("mean", "left", "right")}
+    pretrained = json.loads(meta[PRETRAINED_TENSORS_KEY])["names"]
+    assert any(k.startswith("backbone.members.0.") for k in pretrained)
+    assert any(k.startswith("backbone.members.1.") for k in pretrained)
     # Trained zero-shot: the classes its card measures it on were never trained on.
     assert cfg["task"] == "zeroshot" and cfg["data"]["unseen"] == "sketchy_unseen21"
     model, loaded_cfg, model_id = load_model("general")
@@ -33,7 +41,9 @@ def test_the_general_model_ships_inside_the_package():
     size = loaded_cfg.data.image_size
     z = model.embed(torch.rand(2, 3, size, size), "sketch")
     assert z.shape == (2, model.embed_dim) and torch.isfinite(z).all()
-    # The card's recipe: a fitted ridge head (sketch map of rank model.ridge_rank, photos centred only).
+    # The card's recipe: Lite0 + Lite1 features with a fitted ridge head (sketch map of rank
+    # model.ridge_rank, photos centred only).
+    assert loaded_cfg.model.extra_backbones == ["efficientnet_lite1"] and model.embed_dim == 1280 + 1280
     assert loaded_cfg.model.head == "ridge" and model.head.sketch.left.shape[1] == loaded_cfg.model.ridge_rank
     assert model.head.sketch.left.abs().sum() > 0 and model.head.photo.left.shape[1] == 0
     card = (zoo.ZOO_DIR / "README.md").read_text()

@@ -17,7 +17,7 @@ def cmd_pack(args: argparse.Namespace) -> int:
     from sbir.engine.pack import pack_weights
 
     out = Path(args.out) if args.out else resolve_weights(args.run).with_name("model-fp16.safetensors")
-    r = pack_weights(args.run, out, int8_weights=args.int8)
+    r = pack_weights(args.run, out, int8_weights=args.int8, leave_out_pretrained=args.leave_out_pretrained)
     if args.json:
         print(
             json.dumps(
@@ -28,6 +28,7 @@ def cmd_pack(args: argparse.Namespace) -> int:
                     "bytes": r.bytes,
                     "source_bytes": r.source_bytes,
                     "unused_tensors": r.unused,
+                    "pretrained_tensors": len(r.pretrained),
                     "min_cosine": r.min_cosine,
                     "max_abs_diff": r.max_abs_diff,
                     "seconds": round(r.seconds, 2),
@@ -39,7 +40,9 @@ def cmd_pack(args: argparse.Namespace) -> int:
         print(
             f"packed {r.source_model_id} to {r.out} as {'fp16 + int8 weights' if args.int8 else 'fp16'}: "
             f"{r.bytes / 1e6:.2f} MB "
-            f"(was {r.source_bytes / 1e6:.2f} MB; {len(r.unused)} unused tensors left out), model id {r.model_id}"
+            f"(was {r.source_bytes / 1e6:.2f} MB; {len(r.unused)} unused tensors left out"
+            + (f", {len(r.pretrained)} taken from the installed ImageNet weights" if r.pretrained else "")
+            + f"), model id {r.model_id}"
         )
         print(
             f"  checked on random inputs, both domains: lowest cosine {r.min_cosine:.6f}, "
@@ -53,6 +56,8 @@ def cmd_export(args: argparse.Namespace) -> int:
 
     if args.format == "fp16":
         return cmd_pack(args)
+    if args.leave_out_pretrained:
+        raise ExportError("--leave-out-pretrained is for --format fp16 (a packed checkpoint); drop it for onnx")
 
     report = export_model(
         args.run,
@@ -127,7 +132,7 @@ def add_export_command(subparsers) -> None:
             "  sbir export runs/shoes --format onnx              # writes runs/shoes/export/\n"
             "  sbir export runs/shoes --format onnx --int8\n"
             "  sbir index build photos/ --model runs/shoes --out shoes.idx --runtime auto\n"
-            "  sbir export runs/general --format fp16 --out src/sbir/zoo/general.safetensors   # ship a model"
+            "  sbir export runs/general --format fp16 --leave-out-pretrained --out src/sbir/zoo/general.safetensors"
         ),
     )
     p.add_argument("run", metavar="RUN", help="run folder (or .safetensors) written by 'sbir train', or 'pretrained'")
@@ -149,6 +154,12 @@ def add_export_command(subparsers) -> None:
         action="store_true",
         help="onnx: also write int8 graphs (onnxruntime quantisation), gated on accuracy; fp16: store the weight "
         "matrices as int8 with a scale per output channel (embeddings checked the same way)",
+    )
+    p.add_argument(
+        "--leave-out-pretrained",
+        action="store_true",
+        help="fp16: leave out the tensors still equal to the ImageNet weights sbir's dependencies install (a frozen "
+        "backbone); loading rebuilds them and checks their digest. For shipping a ridge-head model",
     )
     p.add_argument(
         "--int8-mode",

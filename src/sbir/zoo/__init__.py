@@ -15,7 +15,7 @@ from pathlib import Path
 
 ZOO_DIR = Path(__file__).resolve().parent
 SHIPPED: dict[str, str] = {
-    # Category-level sketch -> photo model: ImageNet Lite0 with a ridge head fitted on every sketch and photo
+    # Category-level sketch -> photo model: ImageNet Lite0 + Lite1 with a ridge head fitted on every sketch and photo
     # in ../shared/data (configs/general_sketch.yaml); the default model of `sbir index build`.
     "general": "general.safetensors",
 }
