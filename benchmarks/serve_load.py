@@ -95,7 +95,14 @@ def ensure_index(args) -> Path:
         how = "reused (updated)"
     else:
         rep = build_index(
-            gallery, args.model, index_dir, progress=True, device=args.device, runtime=args.runtime, approx=args.approx
+            gallery,
+            args.model,
+            index_dir,
+            progress=True,
+            device=args.device,
+            runtime=args.runtime,
+            approx=args.approx,
+            export_dir=args.export if args.runtime != "torch" else None,
         )
         how = "built"
     index = Index.open(index_dir)
@@ -360,6 +367,12 @@ def main() -> None:
         "openvino (an exported runtime needs `sbir export RUN` first). With --capacity-curve each runtime gets "
         "its own index and curve in the same run (e.g. onnx torch: the eager baseline beside it); otherwise the "
         "first is used",
+    )
+    ap.add_argument(
+        "--export",
+        type=resolve_path,
+        default=None,
+        help="export folder of --model when it is not MODEL/export (sbir index build --export; e.g. for general)",
     )
     ap.add_argument("--approx", default="auto", help="index kind of the built index: auto, none (exact), hnsw, ivfpq")
     ap.add_argument("--index", type=resolve_path, default=None, help="use this existing index instead of building one")

@@ -232,7 +232,7 @@ def test_pick_runtime(fg_run: Path, fg_export: Path, tmp_path: Path):
     m["model_id"] = "test_efficientnet:0000000000000000"
     mf.write_text(json.dumps(m))
     assert pick_runtime("auto", bare)[0] == "torch"
-    with pytest.raises(RuntimeUnavailableError, match="retrained since the export"):
+    with pytest.raises(RuntimeUnavailableError, match="another model, or retrained since the export"):
         pick_runtime("onnx-int8", bare)
     enc, cfg, model_id, _ = load_encoder(str(fg_run), "onnx")
     assert enc.runtime == "onnx" and model_id == load_model(fg_run)[2] and cfg.data.image_size == 64
@@ -304,6 +304,57 @@ def test_index_auto_without_export_uses_torch(tiny_paired_dataset, fg_run, tmp_p
     index = Index.open(idx)
     assert index.model.runtime == "torch" and index.model.encoder_id == f"torch:{index.model.model_id}"
     assert index.model.jpeg_draft is True
+
+
+def test_index_build_takes_an_export_from_elsewhere(tiny_paired_dataset, fg_run, fg_export, tmp_path, capsys):
+    """--export DIR: the graphs of a model without a default export folder (the shipped models, a bare
+    checkpoint) are used and recorded; a folder that cannot serve is one line and exit 2, nothing written."""
+    from sbir.index import Index
+
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    shutil.copy(fg_run / "best.safetensors", bare / "best.safetensors")
+    graphs = tmp_path / "graphs elsewhere"
+    shutil.copytree(fg_export, graphs)
+    gallery = tiny_paired_dataset / "testB"
+    sketch = sorted((tiny_paired_dataset / "testA").iterdir())[0]
+    common = ["--no-progress", "--workers", "0"]
+
+    def build(out: Path, *extra: str) -> int:
+        return main(["index", "build", str(gallery), "--model", str(bare), "--out", str(out), *common, *extra])
+
+    idx = tmp_path / "idx"
+    assert build(idx, "--export", str(graphs), "--runtime", "onnx") == 0
+    index = Index.open(idx)
+    assert index.model.runtime == "onnx" and Path(index.model.export_dir) == graphs.resolve()
+    enc = open_export_encoder(graphs, "onnx")
+    from sbir.data.image_io import load_image
+
+    first = load_image(gallery / index.entries[0].path)
+    assert np.abs(enc.embed([first], "photo")[0] - index.vectors[0]).max() < 1e-5
+    capsys.readouterr()
+    assert main(["search", str(idx), str(sketch), "-k", "2", "--json"]) == 0  # queries on the same graphs
+    assert len(json.loads(capsys.readouterr().out)["results"]) == 2
+
+    # Named by the user, an export must serve: no silent fall-back to torch, even under auto.
+    other = tmp_path / "other model"
+    shutil.copytree(fg_export, other)
+    manifest = json.loads((other / "manifest.json").read_text())
+    (other / "manifest.json").write_text(json.dumps({**manifest, "model_id": "test_efficientnet:0000000000000000"}))
+    cases = [
+        (["--export", str(graphs), "--runtime", "torch"], "is for the exported runtimes"),
+        (["--export", str(tmp_path / "missing")], "is not a folder"),
+        (["--export", str(tmp_path)], "holds no export"),
+        (["--export", str(other)], "is of model 'test_efficientnet:0000000000000000'"),
+    ]
+    for extra, message in cases:
+        out = tmp_path / "refused"
+        assert build(out, *extra) == 2, extra
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and message in err[0], err
+        assert not out.exists()
+    # The hint for a shipped model names the option.
+    assert "--export DIR" in pick_runtime("auto", "general")[2]
 
 
 def test_grid_feature_model_exports_and_matches_pytorch(tmp_path: Path, tiny_paired_dataset: Path):

@@ -152,6 +152,19 @@ def usable_runtimes(manifest: dict[str, Any], export_dir: Path) -> dict[str, str
     return out
 
 
+def check_export_dir(export_dir: str | os.PathLike, runtime: str) -> None:
+    """An export folder named by the user (``--export``): only with an exported runtime, and holding an export."""
+    if runtime == "torch":
+        raise RuntimeUnavailableError(
+            f"--export {export_dir} is for the exported runtimes; drop it, or use --runtime auto / onnx / openvino"
+        )
+    if not Path(export_dir).is_dir():
+        raise RuntimeUnavailableError(
+            f"--export {export_dir} is not a folder; pass the folder 'sbir export MODEL --format onnx --out DIR' wrote"
+        )
+    read_manifest(export_dir)
+
+
 def pick_runtime(
     requested: str, spec: str | os.PathLike | None, export_dir: str | os.PathLike | None = None
 ) -> tuple[str, Path | None, str]:
@@ -174,17 +187,17 @@ def pick_runtime(
         if edir is None:
             raise RuntimeUnavailableError(
                 f"model {name} has no default export folder; export it with "
-                f"'sbir export {name} --format onnx --out DIR --images SOME_PHOTOS' and pass that folder"
+                f"'sbir export {name} --format onnx --out DIR --images SOME_PHOTOS' and pass --export DIR"
             )
         manifest = read_manifest(edir)
         want = current_model_id(name)
         if manifest.get("model_id") != want:
             raise RuntimeUnavailableError(
-                f"the export in {edir} is of model {manifest.get('model_id')!r} but the weights are now {want!r} "
-                f"(retrained since the export); run 'sbir export {name} --format onnx' again"
+                f"the export in {edir} is of model {manifest.get('model_id')!r} but {name} is {want!r} (another "
+                f"model, or retrained since the export); run 'sbir export {name} --format onnx' again"
             )
     except RuntimeUnavailableError as exc:
-        if requested == "auto":
+        if requested == "auto" and export_dir is None:  # an export named by the user must be usable
             return "torch", None, f"torch (auto: {exc})"
         raise
     usable = usable_runtimes(manifest, edir)
@@ -476,6 +489,7 @@ def _torch(spec, device, image_size, preloaded):
 
 __all__ = [
     "DOMAINS",
+    "check_export_dir",
     "EXPORT_FORMAT",
     "RUNTIMES",
     "RUNTIME_CHOICES",

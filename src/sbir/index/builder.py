@@ -39,6 +39,7 @@ from sbir.data.image_io import is_image_file
 from sbir.data.records import FileRef
 from sbir.engine.embed import EmbedResult, embed_images
 from sbir.engine.inference import default_model_spec
+from sbir.engine.runtime import check_export_dir
 from sbir.errors import DataError, SbirError
 from sbir.fileio import sha256_file
 from sbir.index.dba import DEFAULT_DBA
@@ -476,6 +477,7 @@ def build_index(
     progress: bool = True,
     preloaded: tuple | None = None,
     runtime: str = "auto",
+    export_dir: str | os.PathLike | None = None,
     jpeg_draft: bool = False,
     hubness: str | None = None,
     sketch_stats: str | os.PathLike | None = None,
@@ -495,6 +497,8 @@ def build_index(
     to avoid loading it again (tests, notebooks); used by the torch runtime.
     ``runtime``: ``auto`` (the fastest exported runtime, else torch), ``torch``, ``onnx``, ``onnx-int8``,
     ``openvino``, ``openvino-int8`` (:func:`sbir.engine.runtime.pick_runtime`); recorded in the index.
+    ``export_dir``: the folder ``sbir export`` wrote for this model, when it is not the default one
+    (``RUN/export``): needed for the shipped models and ``pretrained``, which have none.
     ``jpeg_draft``: decode JPEGs at reduced scale (recorded; updates do the same).
     ``hubness``: ``none``, ``center`` or ``csls`` (:mod:`sbir.index.hubness`); None = :data:`DEFAULT_HUBNESS`
     when sketch statistics exist (``sketch_stats``, a folder of sketch images, or the default shipped for
@@ -540,8 +544,10 @@ def build_index(
     if sketch_stats is not None and not Path(sketch_stats).is_dir():
         raise HubnessError(f"--sketch-stats {sketch_stats} is not a folder; pass a folder of sketch images")
     _check_ray(ray, ray_workers)
+    if export_dir is not None:
+        check_export_dir(export_dir, runtime)
     enc, cfg, model_id, path, note = load_encoder_for_index(
-        model_spec, runtime, device=device, image_size=image_size, preloaded=preloaded
+        model_spec, runtime, device=device, image_size=image_size, preloaded=preloaded, export_dir=export_dir
     )
     model = enc.as_model()
     size = int(image_size or cfg.data.image_size)
@@ -568,7 +574,7 @@ def build_index(
     if ray is not None:
         from sbir.index.ray_embed import load_spec_model
 
-        load = partial(load_spec_model, path or spec, enc.runtime, device, image_size, model_id)
+        load = partial(load_spec_model, path or spec, enc.runtime, device, image_size, model_id, export_dir)
         embed_fn = _ray_embed_fn(
             ray,
             load,

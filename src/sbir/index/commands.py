@@ -101,6 +101,7 @@ def cmd_build(args: argparse.Namespace) -> int:
         image_size=args.image_size,
         overwrite=args.overwrite,
         runtime=args.runtime,
+        export_dir=args.export,
         jpeg_draft=args.jpeg_draft,
         hubness=args.hubness,
         sketch_stats=args.sketch_stats,
@@ -314,6 +315,13 @@ def add_index_commands(subparsers) -> None:
         default="auto",
         help="encoder runtime (recorded in the index): auto = the fastest one 'sbir export' wrote and checked, "
         "else torch (default auto)",
+    )
+    b.add_argument(
+        "--export",
+        default=None,
+        metavar="DIR",
+        help="the folder 'sbir export MODEL --format onnx --out DIR' wrote, when it is not MODEL/export: needed for "
+        "--model general and pretrained (e.g. sbir export general --format onnx --out general-onnx --images PHOTOS)",
     )
     b.add_argument("--jpeg-draft", action="store_true", help="decode JPEGs at reduced scale (faster; recorded)")
     b.add_argument(

@@ -18,6 +18,7 @@ refused, since an int8 or re-calibrated encoder does not embed like the index's.
 
 from __future__ import annotations
 
+import os
 import threading
 from collections.abc import Sequence
 from pathlib import Path
@@ -64,12 +65,15 @@ def load_encoder_for_index(
     device: str = "cpu",
     image_size: int | None = None,
     preloaded: tuple | None = None,
+    export_dir: str | os.PathLike | None = None,
 ):
     """:func:`sbir.engine.runtime.load_encoder` plus the weights' absolute path:
     returns (encoder, cfg, model_id, absolute path or None, note)."""
     spec_s = default_model_spec() if spec is None else str(spec)
     use_pre = preloaded if runtime in ("auto", "torch") else None
-    enc, cfg, model_id, note = load_encoder(spec_s, runtime, device=device, image_size=image_size, preloaded=use_pre)
+    enc, cfg, model_id, note = load_encoder(
+        spec_s, runtime, device=device, export_dir=export_dir, image_size=image_size, preloaded=use_pre
+    )
     return enc, cfg, model_id, spec_path(spec_s), note
 
 

@@ -250,7 +250,9 @@ def embed_files_ray(
     return _collect(batches, len(paths))
 
 
-def load_spec_model(spec: str, runtime: str, device: str, image_size: int | None, expect_id: str):
+def load_spec_model(
+    spec: str, runtime: str, device: str, image_size: int | None, expect_id: str, export_dir: str | None = None
+):
     """Inside an actor: the model a new index is built with, by its spec (run folder, .safetensors, pretrained).
 
     ``runtime`` is the one the driver resolved (never ``auto``: every actor must embed like the driver's
@@ -259,7 +261,9 @@ def load_spec_model(spec: str, runtime: str, device: str, image_size: int | None
     from sbir.engine.runtime import load_encoder
     from sbir.index.store import ModelMismatchError
 
-    enc, _cfg, model_id, _note = load_encoder(spec, runtime, device=device, image_size=image_size)
+    enc, _cfg, model_id, _note = load_encoder(
+        spec, runtime, device=device, export_dir=export_dir, image_size=image_size
+    )
     if model_id != expect_id:
         raise ModelMismatchError(
             f"a Ray worker loaded {spec} as model {model_id!r}, but the build uses {expect_id!r}: the weights "
