@@ -160,11 +160,12 @@ def load_model(spec: str | Path | None = None, device: str = "cpu"):
     if pretrained is not None:
         _check_pretrained(path, model, pretrained)
     missing, unexpected = model.load_state_dict(tensors, strict=False)
-    if UNUSED_TENSORS_KEY in meta:  # a packed checkpoint may leave out the classifier, nothing else
-        unused = set(json.loads(meta[UNUSED_TENSORS_KEY])) & set(classifier_tensor_names(model))
-        missing = [k for k in missing if k not in unused]
-    if pretrained is not None:  # ... and the tensors it takes from the installed ImageNet weights
-        missing = [k for k in missing if k not in set(pretrained["names"])]
+    # A packed checkpoint may leave out the classifier and the tensors it takes from the installed ImageNet
+    # weights, nothing else.
+    left_out = set(pretrained["names"]) if pretrained is not None else set()
+    if UNUSED_TENSORS_KEY in meta:
+        left_out |= set(json.loads(meta[UNUSED_TENSORS_KEY])) & set(classifier_tensor_names(model))
+    missing = [k for k in missing if k not in left_out]
     if missing or unexpected:
         raise CheckpointError(
             f"{path} does not fit the model its config describes ({len(missing)} missing, "

@@ -152,19 +152,6 @@ def usable_runtimes(manifest: dict[str, Any], export_dir: Path) -> dict[str, str
     return out
 
 
-def check_export_dir(export_dir: str | os.PathLike, runtime: str) -> None:
-    """An export folder named by the user (``--export``): only with an exported runtime, and holding an export."""
-    if runtime == "torch":
-        raise RuntimeUnavailableError(
-            f"--export {export_dir} is for the exported runtimes; drop it, or use --runtime auto / onnx / openvino"
-        )
-    if not Path(export_dir).is_dir():
-        raise RuntimeUnavailableError(
-            f"--export {export_dir} is not a folder; pass the folder 'sbir export MODEL --format onnx --out DIR' wrote"
-        )
-    read_manifest(export_dir)
-
-
 def pick_runtime(
     requested: str, spec: str | os.PathLike | None, export_dir: str | os.PathLike | None = None
 ) -> tuple[str, Path | None, str]:
@@ -173,12 +160,21 @@ def pick_runtime(
     ``auto`` takes the fastest runtime measured at export time among those installed whose export is
     current (same model id as the weights) and passed its checks (an int8 graph written with
     ``--force`` past its accuracy gate is never picked by ``auto``); without a usable export it is
-    torch, and ``note`` says why. An explicit runtime that cannot be used is an error naming the fix.
+    torch, and ``note`` says why. An explicit runtime that cannot be used is an error naming the fix, and so
+    is an ``export_dir`` named by the caller (``--export``) that cannot serve: never a silent torch.
     """
     from sbir.engine.inference import default_model_spec
 
     if requested not in RUNTIME_CHOICES:
         raise RuntimeUnavailableError(f"--runtime must be one of {', '.join(RUNTIME_CHOICES)}, got {requested!r}")
+    if export_dir is not None and requested == "torch":
+        raise RuntimeUnavailableError(
+            f"--export {export_dir} is for the exported runtimes; drop it, or use --runtime auto / onnx / openvino"
+        )
+    if export_dir is not None and not Path(export_dir).is_dir():
+        raise RuntimeUnavailableError(
+            f"--export {export_dir} is not a folder; pass the folder 'sbir export MODEL --format onnx --out DIR' wrote"
+        )
     if requested == "torch":
         return "torch", None, "torch (requested)"
     edir = Path(export_dir) if export_dir is not None else default_export_dir(spec)
@@ -462,7 +458,7 @@ def load_encoder(
     from sbir.config import config_from_dict
     from sbir.engine.tasks import check_config
 
-    if device != "cpu" and runtime == "auto":
+    if device != "cpu" and runtime == "auto" and export_dir is None:
         return _torch(spec, device, image_size, preloaded) + ("torch (auto: --device is not cpu)",)
     rt, edir, note = pick_runtime(runtime, spec, export_dir)
     if rt == "torch":
@@ -489,7 +485,6 @@ def _torch(spec, device, image_size, preloaded):
 
 __all__ = [
     "DOMAINS",
-    "check_export_dir",
     "EXPORT_FORMAT",
     "RUNTIMES",
     "RUNTIME_CHOICES",

@@ -39,7 +39,6 @@ from sbir.data.image_io import is_image_file
 from sbir.data.records import FileRef
 from sbir.engine.embed import EmbedResult, embed_images
 from sbir.engine.inference import default_model_spec
-from sbir.engine.runtime import check_export_dir
 from sbir.errors import DataError, SbirError
 from sbir.fileio import sha256_file
 from sbir.index.dba import DEFAULT_DBA
@@ -544,8 +543,6 @@ def build_index(
     if sketch_stats is not None and not Path(sketch_stats).is_dir():
         raise HubnessError(f"--sketch-stats {sketch_stats} is not a folder; pass a folder of sketch images")
     _check_ray(ray, ray_workers)
-    if export_dir is not None:
-        check_export_dir(export_dir, runtime)
     enc, cfg, model_id, path, note = load_encoder_for_index(
         model_spec, runtime, device=device, image_size=image_size, preloaded=preloaded, export_dir=export_dir
     )
