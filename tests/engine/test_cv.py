@@ -34,6 +34,7 @@ def test_cv_trains_and_tests_each_fold_once(tiny_paired_dataset: Path, tmp_path:
         metrics = json.loads((out / f"fold-{fold}" / "eval-test" / "metrics.json").read_text())
         assert metrics["n_gallery"] == len(held[-1]) == len(split["cv"]["heldout_photo_ids"])
         assert metrics["acc@1"] == pytest.approx(report["per_fold"][fold]["acc@1"])
+        assert report["per_fold"][fold]["n_gallery"] == len(held[-1])
     assert not (held[0] & held[1] or held[0] & held[2] or held[1] & held[2])
     assert len(set().union(*held)) == 24  # every training photo (24, all with sketches) tested once
 

@@ -108,6 +108,7 @@ def cross_validate(cfg: TrainConfig, out_dir: str | Path, folds: int = DEFAULT_F
         row.update(
             fold=fold,
             n_queries=metrics.get("n_queries"),
+            n_gallery=metrics.get("n_gallery"),  # Acc@K falls as the gallery grows: folds of other sizes differ
             best_epoch=summary["best_epoch"],
             epochs_run=summary["epochs_run"],
             train_seconds=round(sum(h["seconds"] for h in summary["history"]), 1),
