@@ -103,6 +103,12 @@ class ModelConfig:
     # Category / zero-shot (one shared encoder): the same map, each training sketch's target being the mean of
     # its class's centred photos, solved in the primal (sbir.models.heads.ridge_map_low_rank).
     ridge_lambda: float = 1.0
+    # Fine-grained ridge head trained by gradient (optim.epochs > 0): a map fitted on the training pairs matches
+    # them all, so a loss through it has almost nothing to learn from. With ridge_crossfit each epoch splits the
+    # training photos into two random halves, fits one ridge map on each half's pairs (eval-mode features) and
+    # sends every training pair through the map fitted on the *other* half; BatchNorm keeps its statistics in
+    # training, as the maps were fitted in eval mode. Validation and search use the map fitted on all pairs.
+    ridge_crossfit: bool = False
     # Category / zero-shot ridge head: keep the map's correction W - I to its ridge_rank largest singular
     # directions (2 * rank * D numbers instead of D^2, for a small shipped file); unset keeps all.
     ridge_rank: int | None = None
@@ -166,6 +172,13 @@ class ModelConfig:
             raise ConfigError(f"model.head must be 'linear', 'mlp', 'identity' or 'ridge', got {self.head!r}")
         if not self.ridge_lambda > 0:
             raise ConfigError(f"model.ridge_lambda must be > 0, got {self.ridge_lambda}")
+        if self.ridge_crossfit and self.head != "ridge":
+            raise ConfigError(
+                f"model.ridge_crossfit trains through the ridge head's maps: set model.head=ridge with it "
+                f"(model.head is {self.head!r}), or unset model.ridge_crossfit"
+            )
+        if self.ridge_crossfit and self.rerank:
+            raise ConfigError("model.ridge_crossfit cannot train model.rerank's token re-ranker: unset one of them")
         if self.freeze_stages < 0:
             raise ConfigError(f"model.freeze_stages must be >= 0, got {self.freeze_stages}")
         if self.feature_level is not None and self.feature_level < 0:

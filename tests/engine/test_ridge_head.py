@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from sbir.cli import main
-from sbir.config import ModelConfig, TrainConfig
+from sbir.config import ModelConfig, OptimConfig, TrainConfig
 from sbir.data.formats import load_dataset
 from sbir.data.transforms import eval_transform
 from sbir.engine.inference import load_model
@@ -97,3 +97,69 @@ def test_other_tasks_refuse_the_ridge_head(task, method):
 def test_ridge_head_settings_are_checked():
     with pytest.raises(ConfigError, match="model.ridge_lambda must be > 0"):
         ModelConfig(head="ridge", ridge_lambda=0.0).validate()
+
+
+def _batchnorm_buffers(model) -> dict[str, torch.Tensor]:
+    return {k: v.clone() for k, v in model.state_dict().items() if k.endswith(("running_mean", "running_var"))}
+
+
+def test_ridge_crossfit_trains_the_encoder_through_maps_fitted_on_the_other_half(
+    tiny_paired_dataset: Path, tmp_path: Path
+):
+    from sbir.config import load_config
+    from sbir.engine.tasks import build_task
+
+    overrides = [f"data.path={tiny_paired_dataset}", *GRID, "optim.epochs=2", "model.ridge_crossfit=true"]
+    cfg = check_config(load_config(None, [*overrides, "loss.weight_sketch=0", "loss.weight_photo=0"]))
+    task = build_task(cfg, tmp_path / "task", progress=False)
+    start_bn = _batchnorm_buffers(task.model)
+    task.model.train()
+    batches = task.train_batches(1)
+    batch = next(batches)
+    # No in-modal terms: one view of each sketch and photo is drawn.
+    assert "sketch_aug" not in batch and "photo_aug" not in batch
+    halves = task.crossfit.half
+    n_photos = len(task.train_split.photos)
+    assert len(halves) == n_photos and int(halves.sum()) == n_photos - n_photos // 2
+    # Training keeps BatchNorm in eval mode (the maps were fitted on eval-mode features), the rest trains.
+    batchnorms = [m for m in task.model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    assert batchnorms and not any(m.training for m in batchnorms) and task.model.training
+
+    loss, parts = task.compute_loss(batch, torch.device("cpu"))
+    loss.backward()
+    grads = [p.grad for p in task.model.parameters() if p.grad is not None]
+    assert torch.isfinite(loss) and grads and sum(float(g.abs().sum()) for g in grads) > 0
+    # The loss compares each sketch, mapped by the other half's map, with its centred photo.
+    with torch.no_grad():
+        task.model.eval()
+        s = task.crossfit.sketches(task.model.features(batch["sketch"], "sketch"), batch["group"])
+        p = task.crossfit.photos(task.model.features(batch["photo"], "photo"))
+        pos = (s * p).sum(1)
+        assert pos.mean() > (s @ p.T).mean()  # the maps already pair them better than chance
+    list(batches)
+
+    # Each epoch draws its own halves, the same ones again for the same epoch (a resumed run).
+    again = task._fit_crossfit_maps(1).half
+    assert torch.equal(again, halves) and not torch.equal(task._fit_crossfit_maps(2).half, halves)
+
+    # Through `sbir train`: the encoder moved, BatchNorm statistics did not, and the saved head is the
+    # map fitted on all training pairs for the trained encoder.
+    run = tmp_path / "run"
+    _train(tiny_paired_dataset, run, 2, "model.ridge_crossfit=true", "loss.weight_sketch=0", "loss.weight_photo=0")
+    model, _, _ = load_model(run)
+    trained = model.state_dict()
+    assert all(torch.equal(trained[k], v) for k, v in start_bn.items())
+    start = build_task(cfg, tmp_path / "fresh", progress=False).model.state_dict()
+    assert any(not torch.equal(trained[k], start[k]) for k in start if k.endswith("weight") and "encoder" in k)
+    s, _ = _training_pairs(tiny_paired_dataset, run, model)
+    assert torch.allclose(model.sketch_head.proj.mean, s.mean(0), atol=1e-4)
+    assert model.sketch_head.proj.left.shape[1] == len(s)
+
+
+def test_ridge_crossfit_settings_are_checked():
+    with pytest.raises(ConfigError, match="model.ridge_crossfit trains through the ridge head"):
+        ModelConfig(head="linear", ridge_crossfit=True).validate()
+    with pytest.raises(ConfigError, match="optim.epochs is 0"):
+        check_config(TrainConfig(model=ModelConfig(head="ridge", ridge_crossfit=True), optim=OptimConfig(epochs=0)))
+    with pytest.raises(ConfigError, match="model.ridge_crossfit is for fine-grained runs"):
+        check_config(TrainConfig(task="category", model=ModelConfig(head="ridge", ridge_crossfit=True)))

@@ -6,7 +6,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from sbir.models.heads import CentredMap, DomainCentredMaps, ProjectionHead, ridge_map, ridge_map_low_rank
+from sbir.models.heads import (
+    CentredMap,
+    CrossFitMaps,
+    DomainCentredMaps,
+    ProjectionHead,
+    ridge_map,
+    ridge_map_low_rank,
+)
 
 
 def _wt(a, b, lam):
@@ -208,3 +215,43 @@ def test_domain_centred_maps_load_a_fitted_state():
     x, ids = torch.randn(4, 6), torch.tensor([1, 0, 1, 0])
     assert fresh.sketch.left.shape == (6, 2) and fresh.photo.left.shape == (6, 0)
     assert torch.allclose(fresh(x, ids), maps(x, ids))
+
+
+def test_crossfit_maps_send_each_pair_through_the_map_fitted_on_the_other_half():
+    torch.manual_seed(0)
+    sketches, photos = torch.randn(7, 5, dtype=torch.float64), torch.randn(4, 5, dtype=torch.float64)
+    owner = torch.tensor([0, 0, 1, 2, 3, 3, 1])  # each sketch's photo
+    half = torch.tensor([0, 1, 1, 0])  # photos 0 and 3 in half 0, photos 1 and 2 in half 1
+    maps = CrossFitMaps.fit(sketches, photos, owner, half, 0.5)
+
+    # By hand: both domains centred on their means over all pairs and normalised; each half's map in the
+    # primal form W^T = (a^T a + lam I)^-1 (a^T b + lam I) over that half's pairs only.
+    a = F.normalize(sketches - sketches.mean(0), dim=-1)
+    b = F.normalize(photos - photos.mean(0), dim=-1)
+    eye = torch.eye(5, dtype=torch.float64)
+
+    def primal(rows):
+        x, y = a[rows], b[owner[rows]]
+        return torch.linalg.solve(x.T @ x + 0.5 * eye, x.T @ y + 0.5 * eye)
+
+    w_half0, w_half1 = primal(half[owner] == 0), primal(half[owner] == 1)
+    assert not torch.allclose(w_half0, w_half1)
+    expected = torch.stack(
+        [F.normalize(a[i] @ (w_half1 if half[owner[i]] == 0 else w_half0), dim=0) for i in range(len(a))]
+    )
+    assert torch.allclose(maps.sketches(sketches.float(), owner), expected.float(), atol=1e-5)
+    assert torch.allclose(maps.photos(photos.float()), b.float(), atol=1e-6)
+
+    # A sketch's map depends on its photo's half only: the same features under a photo of the other half move.
+    moved = maps.sketches(sketches[:1].float(), torch.tensor([1]))
+    assert torch.allclose(moved[0], F.normalize(a[0] @ w_half0, dim=0).float(), atol=1e-5)
+    # Gradients reach the features (the loss trains the encoder through the fixed maps).
+    feats = sketches.float().requires_grad_()
+    maps.sketches(feats, owner).sum().backward()
+    assert feats.grad is not None and feats.grad.abs().sum() > 0
+
+
+def test_crossfit_maps_need_pairs_in_both_halves():
+    sketches, photos = torch.randn(3, 4), torch.randn(2, 4)
+    with pytest.raises(ValueError, match="half 1 of the training photos has no sketch"):
+        CrossFitMaps.fit(sketches, photos, torch.tensor([0, 0, 1]), torch.tensor([0, 0]), 1.0)

@@ -24,6 +24,7 @@ from sbir.engine.evaluate import evaluate_finegrained
 from sbir.engine.tasks import TaskSpec, build_criterion, build_model, register_task
 from sbir.errors import ConfigError
 from sbir.losses.rerank import rerank_loss
+from sbir.models.heads import CrossFitMaps
 
 # Training sets up to this many images are decoded into memory once.
 PRELOAD_MAX_IMAGES = 20_000
@@ -35,6 +36,14 @@ def unique_photo_sampler(task) -> Any:
 
     groups = task.pairs.photo_ids_for_sampler()
     return UniquePhotoBatchSampler(groups, task.cfg.optim.batch_size, seed=task.cfg.seed, drop_last=True)
+
+
+def batchnorm_eval(model: nn.Module) -> None:
+    """Put ``model``'s BatchNorm layers in eval mode (running statistics used and kept; their affine
+    parameters still train)."""
+    for module in model.modules():
+        if isinstance(module, nn.modules.batchnorm._BatchNorm):
+            module.eval()
 
 
 def pretrained_photo_distances(model: nn.Module, photos, cfg: TrainConfig, progress: bool = True) -> torch.Tensor:
@@ -78,10 +87,12 @@ class FineGrainedTask(SplitTask):
                 else [[] for _ in self.train_split.sketches]
             )
         self.model = build_model(cfg)
+        # Second, augmented views only for the loss terms that compare a view with its augmented twin.
+        needed = getattr(self.criterion, "required_keys", lambda: ("sketch_aug", "photo_aug"))()
         self.pairs = FineGrainedPairs(
             self.train_split,
             *self.train_transforms(),
-            two_views=True,
+            two_views=any(k.endswith("_aug") for k in needed),
             negatives=negatives,
             hard_ratio=cfg.data.annotation_negatives,
             seed=cfg.seed,
@@ -102,6 +113,8 @@ class FineGrainedTask(SplitTask):
         self.train_step = self._topology_meta_step if cfg.loss.topology_meta else None
         # model.head=ridge: the trainer calls fit_closed_form before every validation.
         self.fit_closed_form = self._fit_ridge_heads if cfg.model.head == "ridge" else None
+        # model.ridge_crossfit: the two half-split maps the epoch's loss goes through (set in train_batches).
+        self.crossfit: CrossFitMaps | None = None
 
     @torch.no_grad()
     def _fit_ridge_heads(self) -> None:
@@ -109,19 +122,44 @@ class FineGrainedTask(SplitTask):
         are now: each domain's mean, and the sketch map ``W`` (:func:`sbir.models.heads.ridge_map`, shrunk
         towards the identity by ``model.ridge_lambda``) that takes a centred sketch to its centred photo. The
         photo map stays the identity. Eval transforms, no augmentation: the map sees what search sees."""
-        from sbir.engine.embed import PooledFeatures
         from sbir.models.heads import ridge_map
 
-        split, cfg = self.train_split, self.cfg
+        s_raw, p_raw, owner = self._training_pair_features()
+        s_mean, p_mean = s_raw.mean(0), p_raw.mean(0)
+        a = F.normalize(s_raw - s_mean, dim=-1)
+        b = F.normalize(p_raw - p_mean, dim=-1)[owner]
+        left, right = ridge_map(a, b, self.cfg.model.ridge_lambda)
+        self.model.sketch_head.proj.set_map(s_mean, left, right)
+        self.model.photo_head.proj.set_map(p_mean)  # photos: centring only
+
+    def _training_pair_features(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Raw pooled features (eval mode, eval transforms) of the training sketches that have a photo and of
+        the training photos, and each sketch's photo row: ``(S, D)``, ``(P, D)``, ``(S,)``."""
+        from sbir.engine.embed import PooledFeatures
+
+        split = self.train_split
         sketches = [s for s in split.sketches if s.photo_id is not None]
         photo_index = split.photo_index()
         s_raw, p_raw = self.features_for_fit(PooledFeatures(self.model, normalize=False), sketches, split.photos)
-        s_mean, p_mean = s_raw.mean(0), p_raw.mean(0)
-        a = F.normalize(s_raw - s_mean, dim=-1)
-        b = F.normalize(p_raw - p_mean, dim=-1)[torch.tensor([photo_index[s.photo_id] for s in sketches])]
-        left, right = ridge_map(a, b, cfg.model.ridge_lambda)
-        self.model.sketch_head.proj.set_map(s_mean, left, right)
-        self.model.photo_head.proj.set_map(p_mean)  # photos: centring only
+        return s_raw, p_raw, torch.tensor([photo_index[s.photo_id] for s in sketches])
+
+    def train_batches(self, epoch: int):
+        if self.cfg.model.ridge_crossfit:
+            self.crossfit = self._fit_crossfit_maps(epoch)
+            batchnorm_eval(self.model)  # the maps were fitted on eval-mode features: train on the same
+        yield from super().train_batches(epoch)
+
+    @torch.no_grad()
+    def _fit_crossfit_maps(self, epoch: int) -> CrossFitMaps:
+        """``model.ridge_crossfit``: this epoch's random halves of the training photos and a ridge map fitted
+        on each half's pairs, as the encoders are now (seeded by ``seed`` and ``epoch``, so a resumed run
+        draws the same halves)."""
+        s_raw, p_raw, owner = self._training_pair_features()
+        n_photos = len(p_raw)
+        generator = torch.Generator().manual_seed(self.cfg.seed * 100_003 + epoch)
+        half = torch.zeros(n_photos, dtype=torch.long)
+        half[torch.randperm(n_photos, generator=generator)[n_photos // 2 :]] = 1
+        return CrossFitMaps.fit(s_raw, p_raw, owner, half, self.cfg.model.ridge_lambda)
 
     def _trainable(self) -> list[torch.Tensor]:
         seen: set[int] = set()
@@ -179,24 +217,31 @@ class FineGrainedTask(SplitTask):
     def compute_loss(self, batch: dict, device: torch.device):
         model = self.model
         b = batch["sketch"].shape[0]
+        groups = batch["group"].to(device)
         # One forward per encoder over both views keeps BatchNorm statistics per domain.
-        x_sketch = torch.cat([batch["sketch"], batch["sketch_aug"]]).to(device, non_blocking=True)
-        x_photo = torch.cat([batch["photo"], batch["photo_aug"]]).to(device, non_blocking=True)
+        x_sketch = torch.cat([batch[k] for k in ("sketch", "sketch_aug") if k in batch]).to(device, non_blocking=True)
+        x_photo = torch.cat([batch[k] for k in ("photo", "photo_aug") if k in batch]).to(device, non_blocking=True)
         reranker = getattr(model, "reranker", None)
         if reranker is not None:
             sketches, s_tok = model.embed_with_tokens(x_sketch, "sketch")
             photos, p_tok = model.embed_with_tokens(x_photo, "photo")
+        elif self.crossfit is not None:
+            sketches = self.crossfit.sketches(model.features(x_sketch, "sketch"), groups.repeat(len(x_sketch) // b))
+            photos = self.crossfit.photos(model.features(x_photo, "photo"))
         else:
             sketches, photos = model.embed(x_sketch, "sketch"), model.embed(x_photo, "photo")
-        embs = {
-            "sketch": sketches[:b],
-            "sketch_aug": sketches[b:],
-            "photo": photos[:b],
-            "photo_aug": photos[b:],
-            "groups": batch["group"].to(device),
-        }
+        embs = {"sketch": sketches[:b], "photo": photos[:b], "groups": groups}
+        if len(sketches) > b:
+            embs["sketch_aug"] = sketches[b:]
+        if len(photos) > b:
+            embs["photo_aug"] = photos[b:]
         if "negative" in batch:
-            embs["negative"] = model.embed(batch["negative"].to(device, non_blocking=True), "photo")
+            x_negative = batch["negative"].to(device, non_blocking=True)
+            embs["negative"] = (
+                self.crossfit.photos(model.features(x_negative, "photo"))
+                if self.crossfit is not None
+                else model.embed(x_negative, "photo")
+            )
         # Under torchrun the batch-wise losses (NT-Xent, batch-hard triplet, topology) see the global batch:
         # every rank's rows, gathered with gradients (sbir.engine.distributed); a no-op in one process.
         embs = gather_batch(embs)

@@ -186,6 +186,12 @@ def check_config(cfg: TrainConfig) -> TrainConfig:
             f"model.head=ridge is for fine-grained, category and zero-shot runs; choose linear, mlp or identity "
             f"for task {spec.name}"
         )
+    if cfg.model.ridge_crossfit and spec.name != "finegrained":
+        raise ConfigError(f"model.ridge_crossfit is for fine-grained runs; unset it for task {spec.name}")
+    if cfg.model.ridge_crossfit and cfg.optim.epochs == 0:
+        raise ConfigError(
+            "model.ridge_crossfit shapes gradient training, and optim.epochs is 0: set optim.epochs > 0 with it"
+        )
     if cfg.model.head == "ridge" and spec.model == "category" and not loss_spec(cfg).normalized:
         raise ConfigError(
             f"model.head=ridge gives cosine embeddings, but loss {loss_name(cfg)} tests with euclidean distance; "

@@ -86,6 +86,51 @@ def class_centre_ridge(
     return s_mean, left, right, p_mean
 
 
+class CrossFitMaps:
+    """The fine-grained ridge head's training-time form (``model.ridge_crossfit``): two maps, each fitted on
+    one half of the training pairs, every pair embedded through the map fitted on the *other* half.
+
+    A map fitted on all pairs takes each training sketch to its own photo already (training Acc@1 100), so a
+    loss through it has almost no gradient. Cross-fitting gives each training sketch the map it would meet as
+    a new query. With ``half[p]`` the half of training photo ``p`` and ``(left_h, right_h)`` the
+    :func:`ridge_map` factors fitted on half ``h``'s pairs (each domain centred on its mean over all the
+    training pairs, then normalised, as :class:`CentredMap` does)::
+
+        sketch x of photo p:  z = normalize(x - sketch_mean),  normalize(z + (z @ left_h) @ right_h),  h = 1 - half[p]
+        photo y:              normalize(y - photo_mean)
+
+    ``fit(sketch_feats, photo_feats, owner, half, lam)``: raw features ``(S, D)`` and ``(P, D)``, ``owner``
+    ``(S,)`` each sketch's photo row, ``half`` ``(P,)`` of 0 / 1. Both halves need pairs.
+    """
+
+    def __init__(self, sketch_mean, photo_mean, half, maps):
+        self.sketch_mean, self.photo_mean, self.half, self.maps = sketch_mean, photo_mean, half, maps
+
+    @classmethod
+    def fit(cls, sketch_feats, photo_feats, owner, half, lam: float) -> CrossFitMaps:
+        s_mean, p_mean = sketch_feats.mean(0), photo_feats.mean(0)
+        a = F.normalize(sketch_feats - s_mean, dim=-1)
+        b = F.normalize(photo_feats - p_mean, dim=-1)[owner]
+        maps = []
+        for h in (0, 1):
+            rows = half[owner] == h
+            if not rows.any():
+                raise ValueError(f"CrossFitMaps: half {h} of the training photos has no sketch to fit a map on")
+            left, right = ridge_map(a[rows], b[rows], lam)
+            maps.append((left.float(), right.float()))
+        return cls(s_mean.float(), p_mean.float(), half.clone(), maps)
+
+    def sketches(self, feats: torch.Tensor, groups: torch.Tensor) -> torch.Tensor:
+        """L2-normalised embeddings of sketches ``feats`` ``(B, D)`` of training photos ``groups`` ``(B,)``."""
+        z = F.normalize(feats - self.sketch_mean.to(feats), dim=-1)
+        other = (1 - self.half.to(groups.device)[groups]).bool()[:, None]  # True: half 1's map (fitted without it)
+        mapped = [z + (z @ left.to(z)) @ right.to(z) for left, right in self.maps]
+        return F.normalize(torch.where(other, mapped[1], mapped[0]), dim=-1)
+
+    def photos(self, feats: torch.Tensor) -> torch.Tensor:
+        return F.normalize(feats - self.photo_mean.to(feats), dim=-1)
+
+
 class CentredMap(nn.Module):
     """``x -> z + (z @ left) @ right`` with ``z = normalize(x - mean)``: one domain's centring and linear map
     ``W^T = I + left @ right``, fitted in closed form.
