@@ -88,11 +88,10 @@ class FineGrainedTask(SplitTask):
             )
         self.model = build_model(cfg)
         # Second, augmented views only for the loss terms that compare a view with its augmented twin.
-        needed = getattr(self.criterion, "required_keys", lambda: ("sketch_aug", "photo_aug"))()
         self.pairs = FineGrainedPairs(
             self.train_split,
             *self.train_transforms(),
-            two_views=any(k.endswith("_aug") for k in needed),
+            two_views=any(k.endswith("_aug") for k in self.criterion.required_keys()),
             negatives=negatives,
             hard_ratio=cfg.data.annotation_negatives,
             seed=cfg.seed,
