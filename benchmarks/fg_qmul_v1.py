@@ -374,6 +374,7 @@ def ablation_table() -> int:
     difference to the recipe pooled over the categories both have, and whether it beats the pooled spread."""
     import json
     import math
+    import statistics
 
     from _common import RESULTS_DIR
 
@@ -413,7 +414,7 @@ def ablation_table() -> int:
         pairs = [(row["categories"][c].get("per_fold", []), ref[c].get("per_fold", [])) for c in common]
         if all(len(x) == len(y) > 1 for x, y in pairs):
             diffs = [[a - b for a, b in zip(x, y, strict=True)] for x, y in pairs]
-            var = [sum((v - sum(d) / len(d)) ** 2 for v in d) / (len(d) - 1) for d in diffs]
+            var = [statistics.variance(d) for d in diffs]
             row["paired_fold_delta_std"] = round(math.sqrt(sum(var) / len(var)), 2)
     lines = [
         "| 5-fold CV, Acc@1 (mean +- std) | shoes | chairs | handbags | train min/fold | vs reference (pooled) |",
