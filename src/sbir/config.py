@@ -329,8 +329,14 @@ class OptimConfig:
     # that the mean epoch time so far leaves room for in the budget, so the learning rate decays fully instead
     # of being cut off; optim.epochs is then the most it may run.
     epochs_from_budget: bool = False
+    # Which epoch's weights become best.safetensors: "best" (highest validation select_metric) or "last" (the
+    # final epoch, whatever validation says; it is still run and reported). On a small validation split the
+    # best epoch is mostly noise; a schedule whose length cross-validation chose keeps its last epoch.
+    keep_epoch: str = "best"
 
     def validate(self) -> None:
+        if self.keep_epoch not in ("best", "last"):
+            raise ConfigError(f"optim.keep_epoch must be 'best' or 'last', got {self.keep_epoch!r}")
         if self.epochs_from_budget and self.time_budget_minutes is None:
             raise ConfigError("optim.epochs_from_budget needs optim.time_budget_minutes")
         if self.average_last is not None and self.average_last < 2:

@@ -4,7 +4,8 @@ A *task* (registered in :mod:`sbir.engine.tasks`; e.g. :mod:`sbir.engine.finegra
 knows its data, model, loss and validation metric; the :class:`Trainer` owns
 everything else: seeding, the
 optimizer and LR schedule, mixed precision on GPU, progress bars, per-epoch
-validation, best-epoch selection on the validation split (never test),
+validation, best-epoch selection on the validation split (never test; or the
+last epoch, ``optim.keep_epoch``),
 ``metrics.csv`` and the training-curve PNG, and an atomic checkpoint every
 epoch from which ``--resume`` continues to the same result as an
 uninterrupted run.
@@ -335,7 +336,8 @@ class Trainer:
             score = val.get(select)
             if score is None:
                 raise ConfigError(f"select_metric {select!r} is not a validation metric; have {sorted(val)}")
-            improved = score > self.best_score
+            # keep_epoch "last": every epoch replaces the kept weights, so the final one stays.
+            improved = score > self.best_score or cfg.optim.keep_epoch == "last"
             if improved:
                 self.best_score = float(score)
                 self.best_epoch = epoch
@@ -348,12 +350,13 @@ class Trainer:
                 self._write_metrics()
                 save_training_checkpoint(self.run_dir, self.model, cfg, train_state, keep=cfg.optim.average_last or 1)
             msg = f"epoch {epoch}: loss {row['train_loss']:.4f}  val {select} {score:.2f}"
-            msg += "  (best)" if improved else f"  (best {self.best_score:.2f} @ {self.best_epoch})"
+            kept = "best" if cfg.optim.keep_epoch == "best" else "kept"
+            msg += f"  ({kept})" if improved else f"  (best {self.best_score:.2f} @ {self.best_epoch})"
             if self.progress:
                 print(msg, file=sys.stderr)
             if improved and self.is_main:
                 write_retrieval_grid(
-                    evaluation, self.run_dir / "val_retrieval.png", title="validation retrieval (best epoch)"
+                    evaluation, self.run_dir / "val_retrieval.png", title=f"validation retrieval ({kept} epoch)"
                 )
                 self.task.on_best(self.run_dir)
             distributed.barrier()  # the epoch's files are written before any rank goes on
