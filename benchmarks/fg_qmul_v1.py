@@ -347,6 +347,7 @@ ABLATION_ROWS = (
         "",
         RECIPE,
     ),
+    ("recipe at 144 px (data.image_size=144)", "fg_qmul_v1-cv-size144", "", RECIPE),
 )
 REFERENCE_ROW = 1  # the recipe the options above the grid rows were measured against
 
