@@ -348,6 +348,12 @@ ABLATION_ROWS = (
         RECIPE,
     ),
     ("recipe at 144 px (data.image_size=144)", "fg_qmul_v1-cv-size144", "", RECIPE),
+    (
+        "recipe at 144 px + 10 epochs through cross-fitted ridge maps, last epoch kept (optim.keep_epoch=last)",
+        "fg_qmul_v1-cv-size144-crossfit",
+        "",
+        RECIPE,
+    ),
 )
 REFERENCE_ROW = 1  # the recipe the options above the grid rows were measured against
 
