@@ -92,6 +92,12 @@ def main(argv=None) -> int:
         help="with --cv: also test every fold's checkpoint with 10-view testing (eval.multiview; no retraining)",
     )
     ap.add_argument(
+        "--ensemble-with",
+        metavar="TAG",
+        help="with --cv: also test every fold's checkpoint in an ensemble (sbir eval --ensemble) with the same "
+        "fold of the --cv run tagged TAG (no retraining; both members were trained without the held-out fold)",
+    )
+    ap.add_argument(
         "--untrained",
         action="store_true",
         help="with --cv: do not train; test the configured backbone's untrained features (its ImageNet weights, "
@@ -102,8 +108,10 @@ def main(argv=None) -> int:
         ap.error("--untrained goes with --cv K (it tests untrained features on the cross-validation folds)")
     if args.no_cv and (args.cv or args.table or args.from_runs):
         ap.error("--no-cv goes with the default validation-split runs, not with --cv, --table or --from-runs")
-    if args.untrained and (args.multiview or args.rerank):
-        ap.error("--untrained tests features without training: --multiview and --rerank need trained folds")
+    if args.untrained and (args.multiview or args.rerank or args.ensemble_with):
+        ap.error("--untrained tests untrained features: --multiview, --rerank and --ensemble-with need trained folds")
+    if args.ensemble_with and not args.cv:
+        ap.error("--ensemble-with goes with --cv K (it tests the folds of two cross-validated runs together)")
     if args.table:
         return ablation_table()
     if args.cv:
@@ -209,6 +217,26 @@ def _multiview_on_folds(cv_dir: Path, folds: int) -> dict:
     return fold_stats(per_fold)
 
 
+def _ensemble_on_folds(cv_dir: Path, other_dir: Path, folds: int) -> dict:
+    """Each fold's best checkpoint tested again on its held-out fold, its scores averaged with those of the
+    same fold of ``other_dir`` (``sbir eval --ensemble``)."""
+    import json
+
+    from sbir.engine.evaluate import evaluate_run
+
+    per_fold = []
+    for fold in range(folds):
+        run, member = cv_dir / f"fold-{fold}", other_dir / f"fold-{fold}"
+        if not (member / "best.safetensors").is_file():
+            raise SystemExit(f"error: {member} holds no finished fold; run --cv {folds} with that tag first")
+        held = [json.loads((d / "split.json").read_text())["cv"]["heldout_photo_ids"] for d in (run, member)]
+        if sorted(held[0]) != sorted(held[1]):  # another fold seed or data: the member saw this fold's photos
+            raise SystemExit(f"error: {member} held out other photos than {run}; use runs of the same folds")
+        m, _ = evaluate_run(run, split="test", ensemble=[member], progress=False, out_dir=run / "eval-ensemble")
+        per_fold.append({k: m[k] for k in ("acc@1", "acc@5", "acc@10", "%corr") if k in m})
+    return {"with": portable_path(other_dir), **fold_stats(per_fold)}
+
+
 def _baseline_on_folds(cfg, folds: int) -> dict:
     """The untrained features of ``cfg``'s backbone (ImageNet weights, its model.feature_level and
     model.pool_grid, no projection head) on the same held-out folds: mean and std of Acc@K."""
@@ -257,6 +285,9 @@ def cross_validate_categories(args, argv) -> int:
         entry["wall_s"] = round(time.time() - t0, 1)
         if args.multiview:
             entry["multiview"] = _multiview_on_folds(out, args.cv)
+        if args.ensemble_with:
+            other = Path(args.runs) / f"cv{args.cv}-{cat}-{args.ensemble_with}"
+            entry["ensemble"] = _ensemble_on_folds(out, other, args.cv)
         if not (args.no_baseline or args.untrained):
             entry["imagenet_baseline"] = _baseline_on_folds(cfg, args.cv)
         entry.update(command=command_line(__file__, argv), date=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
@@ -268,8 +299,9 @@ def cross_validate_categories(args, argv) -> int:
             + (f"  (ImageNet features acc@1 {base['acc@1_mean']:.1f})" if base else ""),
             file=sys.stderr,
         )
-        if "rerank_acc@1_mean" in report:
-            print(f"{cat}: re-ranked acc@1 {report['rerank_acc@1_mean']:.1f} +- {report['rerank_acc@1_std']:.1f}")
+        for prefix, what in (("rerank_", "re-ranked"), ("averaged_", "averaged weights")):
+            if f"{prefix}acc@1_mean" in report:
+                print(f"{cat}: {what} acc@1 {report[f'{prefix}acc@1_mean']:.1f} +- {report[f'{prefix}acc@1_std']:.1f}")
     name = "fg_qmul_v1-cv" + (f"-{args.tag}" if args.tag else "")
     results = merge_previous(name, results, to_dict(cfg))  # categories run earlier with the same recipe
     write_result(name, {"config": to_dict(cfg), "overrides": args.set, "folds": args.cv, "results": results})
@@ -277,7 +309,8 @@ def cross_validate_categories(args, argv) -> int:
 
 
 # The ablation table's rows: (option, results file(s) of its --cv runs, where its metrics are in each category's
-# entry: "" = the entry itself, "multiview" / "imagenet_baseline" = that sub-dict, "rerank_" = the re-ranked keys).
+# entry: "" = the entry itself, "multiview" / "imagenet_baseline" / "ensemble" = that sub-dict, "rerank_" = the
+# re-ranked keys, "averaged_" = the averaged weights' keys, optim.average_last).
 # With several files, a category is taken from the first file that holds it. A fourth element names the row an
 # option is compared with when it is not the recipe (options measured on top of another option), None for none.
 GRID = "mid-level grid features, untrained (model.feature_level=3, model.pool_grid=4; --untrained)"
@@ -358,9 +391,12 @@ ABLATION_ROWS = (
 REFERENCE_ROW = 1  # the recipe the options above the grid rows were measured against
 
 
+SUB_RESULTS = ("multiview", "imagenet_baseline", "ensemble")  # evaluation-only results kept beside a --cv entry
+
+
 def _row_stats(entry: dict, where: str) -> dict | None:
     """Acc@1 mean/std/variance over folds and mean training seconds per fold of one category's entry."""
-    if where in ("multiview", "imagenet_baseline"):
+    if where in SUB_RESULTS:
         sub = entry.get(where)
         key = "acc@1"
     else:
@@ -368,10 +404,11 @@ def _row_stats(entry: dict, where: str) -> dict | None:
     if not sub or f"{key}_mean" not in sub:
         return None
     folds = [f for f in entry.get("per_fold", []) if "train_seconds" in f]
-    # Evaluation-only rows (the untrained features, multi-view testing of the recipe's checkpoints) train nothing.
-    trains = folds and where not in ("imagenet_baseline", "multiview")
+    # Evaluation-only rows (the untrained features, multi-view testing or ensembles of trained checkpoints) train
+    # nothing of their own.
+    trains = folds and where not in SUB_RESULTS
     train_s = sum(f["train_seconds"] for f in folds) / len(folds) if trains else 0.0
-    per_fold = [f[key] for f in entry.get("per_fold", [])] if where == "" else []
+    per_fold = [f[key] for f in entry.get("per_fold", []) if key in f] if sub is entry else []
     out = {"mean": sub[f"{key}_mean"], "std": sub[f"{key}_std"], "train_s_per_fold": round(train_s, 1)}
     return {**out, "per_fold": per_fold} if per_fold else out
 

@@ -138,3 +138,23 @@ def test_epochs_zero_refuses_averaging(tiny_paired_dataset: Path, tmp_path: Path
             "optim.average_last=2"]  # fmt: skip
     assert main(args) == 2
     assert "optim.epochs=0 trains nothing" in capsys.readouterr().err
+
+
+def test_cv_tests_the_averaged_weights_of_each_fold_too(tiny_paired_dataset: Path, tmp_path: Path):
+    # optim.average_last: the averaged weights face the held-out fold as well, so the option can be cross-validated.
+    out = tmp_path / "cv"
+    args = [a if a != "1" else "2" for a in ARGS] + ["optim.average_last=2"]
+    assert args[args.index("--epochs") + 1] == "2"
+    assert main(["cv", "--data", str(tiny_paired_dataset), "--folds", "2", "--out", str(out), *args]) == 0
+    report = json.loads((out / "cv.json").read_text())
+    for fold, row in enumerate(report["per_fold"]):
+        best = json.loads((out / f"fold-{fold}" / "eval-test" / "metrics.json").read_text())
+        averaged = json.loads((out / f"fold-{fold}" / "eval-test-averaged" / "metrics.json").read_text())
+        assert averaged["model_id"] != best["model_id"]  # another set of weights was tested
+        assert averaged["n_gallery"] == best["n_gallery"] == row["n_gallery"]  # on the same held-out fold
+        for k in ("acc@1", "acc@5", "acc@10"):
+            assert row[f"averaged_{k}"] == pytest.approx(averaged[k])
+            assert row[k] == pytest.approx(best[k])
+    values = [r["averaged_acc@1"] for r in report["per_fold"]]
+    assert report["averaged_acc@1_mean"] == pytest.approx(statistics.mean(values))
+    assert report["averaged_acc@1_std"] == pytest.approx(statistics.stdev(values))

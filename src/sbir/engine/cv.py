@@ -4,7 +4,9 @@ A validation split of 30 to 60 queries moves 2 to 3 points per query, so it
 cannot tell two recipes apart. Cross-validation trains one run per fold
 (``data.cv_folds`` / ``data.cv_fold``): the fold's photos and their sketches
 are held out, the best epoch is chosen on a validation split carved from the
-*other* folds, and the best checkpoint is then tested on the held-out fold. A
+*other* folds, and the best checkpoint is then tested on the held-out fold
+(with ``optim.average_last``, the averaged weights are tested too, as
+``averaged_<metric>``: the option is cross-validated like any other). A
 zero-shot run holds out a fold of the classes instead: they are its unseen classes,
 and whole classes of the other folds choose its epoch. No
 fold's score ever selected anything. The report holds each fold's metrics and
@@ -105,6 +107,11 @@ def cross_validate(cfg: TrainConfig, out_dir: str | Path, folds: int = DEFAULT_F
         metrics, _ = evaluate_run(run_dir, split="test", progress=False)
         # A run with a token re-ranker (model.rerank) is also scored re-ranked: rerank_acc@K.
         row = {k: metrics[k] for k in (*keys, *(f"rerank_{k}" for k in keys)) if k in metrics}
+        if "averaged" in summary:  # optim.average_last: its averaged weights face the held-out fold too
+            averaged, _ = evaluate_run(
+                run_dir / "averaged.safetensors", split="test", progress=False, out_dir=run_dir / "eval-test-averaged"
+            )
+            row.update({f"averaged_{k}": averaged[k] for k in keys if k in averaged})
         row.update(
             fold=fold,
             n_queries=metrics.get("n_queries"),
@@ -115,7 +122,7 @@ def cross_validate(cfg: TrainConfig, out_dir: str | Path, folds: int = DEFAULT_F
         )
         per_fold.append(row)
     report: dict[str, Any] = {"folds": folds, "task": cfg.task, "per_fold": per_fold}
-    for k in (*keys, *(f"rerank_{k}" for k in keys)):
+    for k in (*keys, *(f"{prefix}_{k}" for prefix in ("rerank", "averaged") for k in keys)):
         values = [r[k] for r in per_fold if k in r]
         if values:
             report[f"{k}_mean"], report[f"{k}_std"] = _mean_std(values)

@@ -337,8 +337,8 @@ class Trainer:
             if score is None:
                 raise ConfigError(f"select_metric {select!r} is not a validation metric; have {sorted(val)}")
             # keep_epoch "last": every epoch replaces the kept weights, so the final one stays.
-            improved = score > self.best_score or cfg.optim.keep_epoch == "last"
-            if improved:
+            keep_this_epoch = score > self.best_score or cfg.optim.keep_epoch == "last"
+            if keep_this_epoch:
                 self.best_score = float(score)
                 self.best_epoch = epoch
                 if self.is_main:
@@ -351,10 +351,10 @@ class Trainer:
                 save_training_checkpoint(self.run_dir, self.model, cfg, train_state, keep=cfg.optim.average_last or 1)
             msg = f"epoch {epoch}: loss {row['train_loss']:.4f}  val {select} {score:.2f}"
             kept = "best" if cfg.optim.keep_epoch == "best" else "kept"
-            msg += f"  ({kept})" if improved else f"  (best {self.best_score:.2f} @ {self.best_epoch})"
+            msg += f"  ({kept})" if keep_this_epoch else f"  (best {self.best_score:.2f} @ {self.best_epoch})"
             if self.progress:
                 print(msg, file=sys.stderr)
-            if improved and self.is_main:
+            if keep_this_epoch and self.is_main:
                 write_retrieval_grid(
                     evaluation, self.run_dir / "val_retrieval.png", title=f"validation retrieval ({kept} epoch)"
                 )
