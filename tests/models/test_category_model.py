@@ -104,3 +104,21 @@ def test_the_task_picks_normalisation_from_the_loss():
     with pytest.raises(ConfigError, match="loss.name"):
         build_model(TrainConfig(task="category", model=model_cfg, loss=LossConfig(name="ntxent")))
     assert isinstance(build_category_model(model_cfg, normalize=True), CategorySBIRModel)
+
+
+@pytest.mark.parametrize("task", ["category", "finegrained"])
+def test_extra_backbones_are_built_with_the_backbone_kwargs_too(task):
+    # model.backbone_kwargs is passed to timm for every backbone of the concatenation, not the first one only.
+    from sbir.models.fgsbir import SBIRModel
+
+    kw = dict(backbone="efficientnet_lite0", extra_backbones=["efficientnet_lite1"])
+    kw["backbone_kwargs"] = {"drop_path_rate": 0.2}
+    if task == "category":
+        members = make(dase=False, **kw).backbone.members
+    else:
+        cfg = ModelConfig(pretrained=False, shared_encoder=True, feature_level=3, pool_grid=2, head="identity", **kw)
+        members = SBIRModel(cfg).sketch_encoder.members
+    assert len(members) == 2
+    for member in members:
+        rates = [m.drop_prob for m in member.modules() if type(m).__name__ == "DropPath"]
+        assert rates and 0.1 < max(rates) < 0.2  # timm spreads the rate over the blocks, rising to 0.2

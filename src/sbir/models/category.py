@@ -63,7 +63,9 @@ class CategorySBIRModel(nn.Module):
             cfg.backbone, pretrained=use_pretrained, weights_path=cfg.weights_path, **cfg.backbone_kwargs
         )
         if cfg.extra_backbones:  # an ensemble in one embedding: the backbones' pooled features, concatenated
-            extras = [create_backbone(name, pretrained=use_pretrained) for name in cfg.extra_backbones]
+            extras = [
+                create_backbone(name, pretrained=use_pretrained, **cfg.backbone_kwargs) for name in cfg.extra_backbones
+            ]
             self.backbone = ConcatFeatures([self.backbone, *extras])
         self.dase_blocks = insert_dase(self.backbone, where=dase_where) if dase else []
         nf = self.backbone.num_features
