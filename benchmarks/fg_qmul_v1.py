@@ -302,6 +302,9 @@ def cross_validate_categories(args, argv) -> int:
         for prefix, what in (("rerank_", "re-ranked"), ("averaged_", "averaged weights")):
             if f"{prefix}acc@1_mean" in report:
                 print(f"{cat}: {what} acc@1 {report[f'{prefix}acc@1_mean']:.1f} +- {report[f'{prefix}acc@1_std']:.1f}")
+        for sub, what in (("multiview", "10-view testing"), ("ensemble", f"ensemble with {args.ensemble_with}")):
+            if sub in entry:
+                print(f"{cat}: {what} acc@1 {entry[sub]['acc@1_mean']:.1f} +- {entry[sub]['acc@1_std']:.1f}")
     name = "fg_qmul_v1-cv" + (f"-{args.tag}" if args.tag else "")
     results = merge_previous(name, results, to_dict(cfg))  # categories run earlier with the same recipe
     write_result(name, {"config": to_dict(cfg), "overrides": args.set, "folds": args.cv, "results": results})
@@ -387,6 +390,12 @@ ABLATION_ROWS = (
         "",
         RECIPE,
     ),
+    (
+        "recipe at 144 px + cross-fit (the row above), ensembled with the recipe at 144 px (sbir eval --ensemble)",
+        "fg_qmul_v1-cv-size144-crossfit",
+        "ensemble",
+        RECIPE,
+    ),
 )
 REFERENCE_ROW = 1  # the recipe the options above the grid rows were measured against
 
@@ -404,11 +413,11 @@ def _row_stats(entry: dict, where: str) -> dict | None:
     if not sub or f"{key}_mean" not in sub:
         return None
     folds = [f for f in entry.get("per_fold", []) if "train_seconds" in f]
-    # Evaluation-only rows (the untrained features, multi-view testing or ensembles of trained checkpoints) train
-    # nothing of their own.
-    trains = folds and where not in SUB_RESULTS
+    # Evaluation-only rows (the untrained features, multi-view testing of trained checkpoints) train nothing of
+    # their own; an ensemble row shows its entry's training (its other member's is not counted).
+    trains = folds and where not in ("multiview", "imagenet_baseline")
     train_s = sum(f["train_seconds"] for f in folds) / len(folds) if trains else 0.0
-    per_fold = [f[key] for f in entry.get("per_fold", []) if key in f] if sub is entry else []
+    per_fold = [f[key] for f in sub.get("per_fold", []) if key in f]
     out = {"mean": sub[f"{key}_mean"], "std": sub[f"{key}_std"], "train_s_per_fold": round(train_s, 1)}
     return {**out, "per_fold": per_fold} if per_fold else out
 
