@@ -396,6 +396,12 @@ ABLATION_ROWS = (
         "ensemble",
         RECIPE,
     ),
+    (
+        "recipe at 144 px + cross-fit, its last 5 epochs' weights averaged (optim.average_last=5)",
+        "fg_qmul_v1-cv-size144-crossfit-avg5",
+        "averaged_",
+        RECIPE,
+    ),
 )
 REFERENCE_ROW = 1  # the recipe the options above the grid rows were measured against
 
