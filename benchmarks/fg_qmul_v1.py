@@ -205,16 +205,24 @@ def main(argv=None) -> int:
     return ablation_table()
 
 
-def _multiview_on_folds(cv_dir: Path, folds: int) -> dict:
-    """Each fold's best checkpoint tested again on its held-out fold with 10-view testing."""
+FOLD_KEYS = ("acc@1", "acc@5", "acc@10", "%corr")  # what the evaluation-only results keep of each fold
+
+
+def _retest_folds(cv_dir: Path, folds: int, out_name: str, fold_kwargs) -> dict:
+    """Each fold's best checkpoint tested again on its held-out fold with ``evaluate_run(**fold_kwargs(fold))``."""
     from sbir.engine.evaluate import evaluate_run
 
     per_fold = []
     for fold in range(folds):
         run = cv_dir / f"fold-{fold}"
-        m, _ = evaluate_run(run, split="test", multiview=True, progress=False, out_dir=run / "eval-multiview")
-        per_fold.append({k: m[k] for k in ("acc@1", "acc@5", "acc@10", "%corr") if k in m})
+        m, _ = evaluate_run(run, split="test", progress=False, out_dir=run / out_name, **fold_kwargs(fold))
+        per_fold.append({k: m[k] for k in FOLD_KEYS if k in m})
     return fold_stats(per_fold)
+
+
+def _multiview_on_folds(cv_dir: Path, folds: int) -> dict:
+    """Each fold's best checkpoint tested again on its held-out fold with 10-view testing."""
+    return _retest_folds(cv_dir, folds, "eval-multiview", lambda fold: {"multiview": True})
 
 
 def _ensemble_on_folds(cv_dir: Path, other_dir: Path, folds: int) -> dict:
@@ -222,9 +230,7 @@ def _ensemble_on_folds(cv_dir: Path, other_dir: Path, folds: int) -> dict:
     same fold of ``other_dir`` (``sbir eval --ensemble``)."""
     import json
 
-    from sbir.engine.evaluate import evaluate_run
-
-    per_fold = []
+    members = []
     for fold in range(folds):
         run, member = cv_dir / f"fold-{fold}", other_dir / f"fold-{fold}"
         if not (member / "best.safetensors").is_file():
@@ -232,9 +238,9 @@ def _ensemble_on_folds(cv_dir: Path, other_dir: Path, folds: int) -> dict:
         held = [json.loads((d / "split.json").read_text())["cv"]["heldout_photo_ids"] for d in (run, member)]
         if sorted(held[0]) != sorted(held[1]):  # another fold seed or data: the member saw this fold's photos
             raise SystemExit(f"error: {member} held out other photos than {run}; use runs of the same folds")
-        m, _ = evaluate_run(run, split="test", ensemble=[member], progress=False, out_dir=run / "eval-ensemble")
-        per_fold.append({k: m[k] for k in ("acc@1", "acc@5", "acc@10", "%corr") if k in m})
-    return {"with": portable_path(other_dir), **fold_stats(per_fold)}
+        members.append(member)
+    stats = _retest_folds(cv_dir, folds, "eval-ensemble", lambda fold: {"ensemble": [members[fold]]})
+    return {"with": portable_path(other_dir), **stats}
 
 
 def _baseline_on_folds(cfg, folds: int) -> dict:
@@ -257,7 +263,7 @@ def _baseline_on_folds(cfg, folds: int) -> dict:
     for fold in range(folds):
         _, held_out, _ = hold_out_fold(train, folds, fold, cfg.data.split_seed)
         m = evaluate_finegrained(base, base_cfg, held_out, progress=False).metrics
-        per_fold.append({k: m[k] for k in ("acc@1", "acc@5", "acc@10", "%corr") if k in m})
+        per_fold.append({k: m[k] for k in FOLD_KEYS if k in m})
     return fold_stats(per_fold)
 
 
