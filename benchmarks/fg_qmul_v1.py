@@ -413,6 +413,8 @@ REFERENCE_ROW = 1  # the recipe the options above the grid rows were measured ag
 
 
 SUB_RESULTS = ("multiview", "imagenet_baseline", "ensemble")  # evaluation-only results kept beside a --cv entry
+# Of those, the ones that re-test no training of their own (an ensemble row shows its entry's training).
+UNTRAINED_SUB_RESULTS = ("multiview", "imagenet_baseline")
 
 
 def _row_stats(entry: dict, where: str) -> dict | None:
@@ -425,9 +427,8 @@ def _row_stats(entry: dict, where: str) -> dict | None:
     if not sub or f"{key}_mean" not in sub:
         return None
     folds = [f for f in entry.get("per_fold", []) if "train_seconds" in f]
-    # Evaluation-only rows (the untrained features, multi-view testing of trained checkpoints) train nothing of
-    # their own; an ensemble row shows its entry's training (its other member's is not counted).
-    trains = folds and where not in ("multiview", "imagenet_baseline")
+    # An ensemble row shows its entry's training only (its other member's is not counted).
+    trains = folds and where not in UNTRAINED_SUB_RESULTS
     train_s = sum(f["train_seconds"] for f in folds) / len(folds) if trains else 0.0
     per_fold = [f[key] for f in sub.get("per_fold", []) if key in f]
     out = {"mean": sub[f"{key}_mean"], "std": sub[f"{key}_std"], "train_s_per_fold": round(train_s, 1)}
