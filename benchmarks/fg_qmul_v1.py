@@ -408,6 +408,12 @@ ABLATION_ROWS = (
         "averaged_",
         RECIPE,
     ),
+    (
+        "recipe at 144 px + cross-fit, with annotated negatives (loss.weight_negative_triplet=5)",
+        "fg_qmul_v1-cv-size144-crossfit-neg",
+        "",
+        RECIPE,
+    ),
 )
 REFERENCE_ROW = 1  # the recipe the options above the grid rows were measured against
 
