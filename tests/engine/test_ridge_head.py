@@ -156,6 +156,40 @@ def test_ridge_crossfit_trains_the_encoder_through_maps_fitted_on_the_other_half
     assert model.sketch_head.proj.left.shape[1] == len(s)
 
 
+def test_the_topology_term_goes_through_the_crossfit_maps_like_the_retrieval_loss(
+    tiny_paired_dataset: Path, tmp_path: Path
+):
+    """The meta update's topology loss (``task.topology_loss``) ranks the same cross-fitted embeddings the
+    retrieval loss trains, not the model's un-mapped ones."""
+    from sbir.config import load_config
+    from sbir.engine.tasks import build_task
+
+    overrides = [f"data.path={tiny_paired_dataset}", *GRID, "optim.epochs=2", "model.ridge_crossfit=true"]
+    topology = ["loss.weight_topology=1", "loss.topology_meta=true", "loss.topology_pairs=20"]
+    topology.append("loss.topology_margin=0.5")  # wide: most pairs active, so the two embeddings' losses differ
+    cfg = check_config(load_config(None, [*overrides, "loss.weight_sketch=0", "loss.weight_photo=0", *topology]))
+    task = build_task(cfg, tmp_path / "task", progress=False)
+    task.model.train()
+    batches = task.train_batches(1)
+    batch = next(batches)
+    with torch.no_grad():
+        torch.manual_seed(5)
+        got = task.topology_loss(batch, torch.device("cpu"))
+        g = batch["group"]
+        ref = task.ref_photo_dist[g][:, g]
+        mapped_s = task.crossfit.sketches(task.model.features(batch["sketch"], "sketch"), g)
+        mapped_p = task.crossfit.photos(task.model.features(batch["photo"], "photo"))
+        torch.manual_seed(5)
+        through_maps = task.criterion.topology(mapped_s, mapped_p, ref)
+        torch.manual_seed(5)
+        unmapped = task.criterion.topology(
+            task.model.embed(batch["sketch"], "sketch"), task.model.embed(batch["photo"], "photo"), ref
+        )
+    assert float(got) > 0 and torch.allclose(got, through_maps, atol=1e-6)
+    assert not torch.allclose(got, unmapped, atol=1e-4)
+    list(batches)
+
+
 def test_ridge_crossfit_settings_are_checked():
     with pytest.raises(ConfigError, match="model.ridge_crossfit trains through the ridge head"):
         ModelConfig(head="linear", ridge_crossfit=True).validate()

@@ -169,13 +169,24 @@ class FineGrainedTask(SplitTask):
                 out.append(p)
         return out
 
+    def _embed(self, x: torch.Tensor, domain: str, groups: torch.Tensor | None = None) -> torch.Tensor:
+        """Training-time embeddings of images ``x``: through this epoch's cross-fitted maps under
+        ``model.ridge_crossfit`` (a sketch needs its photo's row ``groups`` to pick the other half's map),
+        else the model's own embedding."""
+        if self.crossfit is None:
+            return self.model.embed(x, domain)
+        feats = self.model.features(x, domain)
+        return self.crossfit.sketches(feats, groups) if domain == "sketch" else self.crossfit.photos(feats)
+
     def topology_loss(self, batch: dict, device: torch.device) -> torch.Tensor:
-        """The topology term of the batch's first views under the model's current parameters."""
+        """The topology term of the batch's first views under the model's current parameters (through the
+        cross-fitted maps when training through them, like the retrieval loss)."""
+        groups = batch["group"].to(device)
         embs = gather_batch(
             {
-                "sketch": self.model.embed(batch["sketch"].to(device, non_blocking=True), "sketch"),
-                "photo": self.model.embed(batch["photo"].to(device, non_blocking=True), "photo"),
-                "groups": batch["group"].to(device),
+                "sketch": self._embed(batch["sketch"].to(device, non_blocking=True), "sketch", groups),
+                "photo": self._embed(batch["photo"].to(device, non_blocking=True), "photo"),
+                "groups": groups,
             }
         )
         g = embs["groups"].cpu()
@@ -224,23 +235,16 @@ class FineGrainedTask(SplitTask):
         if reranker is not None:
             sketches, s_tok = model.embed_with_tokens(x_sketch, "sketch")
             photos, p_tok = model.embed_with_tokens(x_photo, "photo")
-        elif self.crossfit is not None:
-            sketches = self.crossfit.sketches(model.features(x_sketch, "sketch"), groups.repeat(len(x_sketch) // b))
-            photos = self.crossfit.photos(model.features(x_photo, "photo"))
         else:
-            sketches, photos = model.embed(x_sketch, "sketch"), model.embed(x_photo, "photo")
+            sketches = self._embed(x_sketch, "sketch", groups.repeat(len(x_sketch) // b))
+            photos = self._embed(x_photo, "photo")
         embs = {"sketch": sketches[:b], "photo": photos[:b], "groups": groups}
         if len(sketches) > b:
             embs["sketch_aug"] = sketches[b:]
         if len(photos) > b:
             embs["photo_aug"] = photos[b:]
         if "negative" in batch:
-            x_negative = batch["negative"].to(device, non_blocking=True)
-            embs["negative"] = (
-                self.crossfit.photos(model.features(x_negative, "photo"))
-                if self.crossfit is not None
-                else model.embed(x_negative, "photo")
-            )
+            embs["negative"] = self._embed(batch["negative"].to(device, non_blocking=True), "photo")
         # Under torchrun the batch-wise losses (NT-Xent, batch-hard triplet, topology) see the global batch:
         # every rank's rows, gathered with gradients (sbir.engine.distributed); a no-op in one process.
         embs = gather_batch(embs)
