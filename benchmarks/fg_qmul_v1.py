@@ -414,6 +414,12 @@ ABLATION_ROWS = (
         "",
         RECIPE,
     ),
+    (
+        "recipe at 144 px + cross-fit, with the topology term (loss.weight_topology=10)",
+        "fg_qmul_v1-cv-size144-crossfit-topology",
+        "",
+        RECIPE,
+    ),
 )
 REFERENCE_ROW = 1  # the recipe the options above the grid rows were measured against
 
