@@ -420,6 +420,12 @@ ABLATION_ROWS = (
         "",
         RECIPE,
     ),
+    (
+        "recipe at 144 px, images cropped to their ink (model.content_crop=0.1)",
+        "fg_qmul_v1-cv-size144-crop",
+        "",
+        RECIPE,
+    ),
 )
 REFERENCE_ROW = 1  # the recipe the options above the grid rows were measured against
 

@@ -120,6 +120,11 @@ class ModelConfig:
     # (sbir.models.grid_features). Unset: the last layer, globally pooled.
     feature_level: int | None = None
     pool_grid: int = 1
+    # Fine-grained: crop every image to the square box around its ink (pixels darker than 200/255), widened by
+    # this margin (a fraction of the box's side on each side), before the encoder, so that sketches drawn at any
+    # size or place and photos with their own margins meet in one frame (sbir.models.content_crop). Part of
+    # the model: evaluation, indexes, the service and exported graphs crop the same way. Unset: no crop.
+    content_crop: float | None = None
     # More timm backbones on the same input, their features concatenated after `backbone`'s: an ensemble in
     # one embedding (sbir.models.grid_features.ConcatFeatures), e.g. [efficientnet_lite1, efficientnet_lite2].
     # Fine-grained: each cut at feature_level and pooled to pool_grid like `backbone` (needs feature_level).
@@ -189,6 +194,15 @@ class ModelConfig:
             raise ConfigError(
                 "model.pool_grid needs model.feature_level (the feature map to pool); set both, e.g. "
                 "model.feature_level=3 model.pool_grid=4"
+            )
+        if self.content_crop is not None and (
+            isinstance(self.content_crop, bool)
+            or not isinstance(self.content_crop, (int, float))
+            or not 0 <= self.content_crop <= 1
+        ):
+            raise ConfigError(
+                f"model.content_crop is the margin around the ink box, a number in [0, 1] (e.g. 0.1), or unset; "
+                f"got {self.content_crop!r}"
             )
         if self.ridge_rank is not None and self.ridge_rank < 1:
             raise ConfigError(f"model.ridge_rank must be >= 1 (or unset: full rank), got {self.ridge_rank}")

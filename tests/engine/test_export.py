@@ -369,3 +369,31 @@ def test_grid_feature_model_exports_and_matches_pytorch(tmp_path: Path, tiny_pai
     x = _batch()
     for d in ("sketch", "photo"):
         assert np.abs(torch_enc.embed(x, d) - onnx_enc.embed(x, d)).max() < 1e-4
+
+
+def test_an_exported_graph_crops_to_the_ink_like_the_model(tmp_path: Path):
+    """model.content_crop is part of the graph: ONNX Runtime gets the same embedding as PyTorch for a drawing
+    off to one side, also at another input size (the graph's height and width are dynamic)."""
+    import onnxruntime as ort
+    import torch
+
+    from sbir.config import ModelConfig
+    from sbir.data.transforms import eval_transform
+    from sbir.engine.export import export_graph
+    from sbir.models.fgsbir import SBIRModel
+    from tests.models.test_content_crop import _shoe
+
+    torch.manual_seed(0)
+    cfg = ModelConfig(
+        backbone="test_efficientnet", pretrained=False, shared_encoder=True, embed_dim=16, content_crop=0.1
+    )
+    model = SBIRModel(cfg).eval()
+    export_graph(model, "sketch", 64, tmp_path / "sketch.onnx")
+    session = ort.InferenceSession(str(tmp_path / "sketch.onnx"), providers=["CPUExecutionProvider"])
+    for size in (64, 80):
+        tf = eval_transform(size, model.mean, model.std)
+        x = torch.stack([tf(_shoe(256, (20, 120, 120, 200))), tf(_shoe(256, (60, 40, 250, 192), width=6))])
+        with torch.no_grad():
+            want = model.embed(x, "sketch").numpy()
+        got = session.run(None, {"image": x.numpy()})[0]
+        np.testing.assert_allclose(got, want, atol=1e-4)

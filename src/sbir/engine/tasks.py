@@ -186,6 +186,8 @@ def check_config(cfg: TrainConfig) -> TrainConfig:
             f"model.head=ridge is for fine-grained, category and zero-shot runs; choose linear, mlp or identity "
             f"for task {spec.name}"
         )
+    if cfg.model.content_crop is not None and spec.name != "finegrained":
+        raise ConfigError(f"model.content_crop crops the fine-grained model's input; unset it for task {spec.name}")
     if cfg.model.ridge_crossfit and spec.name != "finegrained":
         raise ConfigError(f"model.ridge_crossfit is for fine-grained runs; unset it for task {spec.name}")
     if cfg.model.ridge_crossfit and cfg.optim.epochs == 0:

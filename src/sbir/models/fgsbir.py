@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from sbir.config import ModelConfig
+from sbir.models.content_crop import ContentCrop
 from sbir.models.factory import register_model
 from sbir.models.grid_features import ConcatFeatures, GridFeatures
 from sbir.models.heads import ProjectionHead
@@ -60,6 +61,10 @@ class SBIRModel(nn.Module):
         self.photo_head = copy.deepcopy(self.sketch_head)
         self.mean = tuple(sketch_backbone.mean)
         self.std = tuple(sketch_backbone.std)
+        # model.content_crop: every path into the encoders (features, embed, tokens) crops first.
+        self.content_crop = (
+            nn.Identity() if cfg.content_crop is None else ContentCrop(cfg.content_crop, self.mean, self.std)
+        )
         self.embed_dim = cfg.embed_dim
         self.reranker: TokenReranker | None = None
         self.rerank_top_k = int(cfg.rerank_top_k)
@@ -85,7 +90,7 @@ class SBIRModel(nn.Module):
 
     def features(self, x: torch.Tensor, domain: str) -> torch.Tensor:
         """Pooled backbone features of ``domain``'s encoder, before the head (as the category model's)."""
-        return self.encoder(domain)(x)
+        return self.encoder(domain)(self.content_crop(x))
 
     def backbone_encoders(self) -> dict[str, nn.Module]:
         """The backbones ``model.init_from`` loads, by state-dict prefix (one shared module when tied)."""
@@ -95,15 +100,15 @@ class SBIRModel(nn.Module):
         return self.sketch_head if domain == "sketch" else self.photo_head
 
     def embed(self, x: torch.Tensor, domain: str) -> torch.Tensor:
-        return self.head(domain)(self.encoder(domain)(x))
+        return self.head(domain)(self.features(x, domain))
 
     def embed_with_tokens(self, x: torch.Tensor, domain: str) -> tuple[torch.Tensor, torch.Tensor]:
         """``(embedding (B, embed_dim), tokens (B, N, D))`` from one forward pass of ``domain``'s encoder."""
-        pooled, tokens = self.encoder(domain).forward_with_tokens(x)
+        pooled, tokens = self.encoder(domain).forward_with_tokens(self.content_crop(x))
         return self.head(domain)(pooled), tokens
 
     def tokens(self, x: torch.Tensor, domain: str) -> torch.Tensor:
-        return self.encoder(domain).tokens(x)
+        return self.encoder(domain).tokens(self.content_crop(x))
 
     @torch.no_grad()
     def hubness_statistics(self) -> np.ndarray | None:

@@ -60,6 +60,7 @@ def vit_attention_distances(model, cfg, split, n_images: int = ATTN_IMAGES) -> d
         tf = eval_transform(cfg.data.image_size, model.mean, model.std)
         device = next(model.parameters()).device
         x = torch.stack([tf(r.image.load()) for r in records]).to(device)
+        x = getattr(model, "content_crop", torch.nn.Identity())(x)  # what the encoders see (model.content_crop)
         enc.eval()
         maps = enc.attention_maps(x)
         grid = enc.grid_size(x)
