@@ -426,6 +426,12 @@ ABLATION_ROWS = (
         "",
         RECIPE,
     ),
+    (
+        "recipe at 144 px, cropped to the ink, + 10 epochs through cross-fitted ridge maps, last epoch kept",
+        "fg_qmul_v1-cv-size144-crop-crossfit",
+        "",
+        RECIPE,
+    ),
 )
 REFERENCE_ROW = 1  # the recipe the options above the grid rows were measured against
 
