@@ -377,22 +377,14 @@ def test_an_exported_graph_crops_to_the_ink_like_the_model(tmp_path: Path):
     import onnxruntime as ort
     import torch
 
-    from sbir.config import ModelConfig
-    from sbir.data.transforms import eval_transform
     from sbir.engine.export import export_graph
-    from sbir.models.fgsbir import SBIRModel
-    from tests.models.test_content_crop import _shoe
+    from tests.models.test_content_crop import _drawings, _model
 
-    torch.manual_seed(0)
-    cfg = ModelConfig(
-        backbone="test_efficientnet", pretrained=False, shared_encoder=True, embed_dim=16, content_crop=0.1
-    )
-    model = SBIRModel(cfg).eval()
+    model = _model(0.1)
     export_graph(model, "sketch", 64, tmp_path / "sketch.onnx")
     session = ort.InferenceSession(str(tmp_path / "sketch.onnx"), providers=["CPUExecutionProvider"])
     for size in (64, 80):
-        tf = eval_transform(size, model.mean, model.std)
-        x = torch.stack([tf(_shoe(256, (20, 120, 120, 200))), tf(_shoe(256, (60, 40, 250, 192), width=6))])
+        x = _drawings(size)
         with torch.no_grad():
             want = model.embed(x, "sketch").numpy()
         got = session.run(None, {"image": x.numpy()})[0]
@@ -404,23 +396,15 @@ def test_openvino_runs_the_cropping_graph_like_the_model(tmp_path: Path):
     ov = pytest.importorskip("openvino")
     import torch
 
-    from sbir.config import ModelConfig
-    from sbir.data.transforms import eval_transform
     from sbir.engine.export import export_graph
-    from sbir.models.fgsbir import SBIRModel
-    from tests.models.test_content_crop import _shoe
+    from tests.models.test_content_crop import _drawings, _model
 
-    torch.manual_seed(0)
-    cfg = ModelConfig(
-        backbone="test_efficientnet", pretrained=False, shared_encoder=True, embed_dim=16, content_crop=0.1
-    )
-    model = SBIRModel(cfg).eval()
+    model = _model(0.1)
     export_graph(model, "photo", 64, tmp_path / "photo.onnx")
     graph = ov.Core().read_model(str(tmp_path / "photo.onnx"))
     graph.reshape({"image": [2, 3, 64, 64]})
     compiled = ov.Core().compile_model(graph, "CPU")
-    tf = eval_transform(64, model.mean, model.std)
-    x = torch.stack([tf(_shoe(256, (20, 120, 120, 200))), tf(_shoe(256, (60, 40, 250, 192), width=6))])
+    x = _drawings(64)
     with torch.no_grad():
         want = model.embed(x, "photo").numpy()
     np.testing.assert_allclose(compiled([x.numpy()])[0], want, atol=1e-4)

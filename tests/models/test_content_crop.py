@@ -42,6 +42,12 @@ def _shoe(canvas: int, box: tuple[int, int, int, int], width: int = 3) -> Image.
     return img
 
 
+def _drawings(size: int) -> torch.Tensor:
+    """(2, 3, size, size): the shoe drawn small on the left and large on the right, eval-transformed."""
+    tf = eval_transform(size, MEAN, STD)
+    return torch.stack([tf(_shoe(256, (20, 120, 120, 200))), tf(_shoe(256, (60, 40, 250, 192), width=6))])
+
+
 def test_a_rectangle_fills_the_frame_along_its_longer_side_and_is_centred():
     rgb = np.full((64, 64, 3), 255, np.uint8)
     rgb[10:20, 30:50] = 0  # rows 10..19, columns 30..49: a 20 x 10 box, centre (40, 15)
@@ -70,10 +76,8 @@ def test_an_image_without_ink_is_returned_unchanged():
 
 
 def test_the_same_drawing_at_another_place_and_size_comes_out_the_same():
-    tf = eval_transform(96, MEAN, STD)
     crop = ContentCrop(0.1, MEAN, STD)
-    small_left = tf(_shoe(256, (20, 120, 120, 200), width=3))[None]
-    big_right = tf(_shoe(256, (60, 40, 250, 192), width=6))[None]
+    small_left, big_right = _drawings(96).split(1)
 
     def box(x):
         ink = _pixels(x) < 0.7
