@@ -36,6 +36,10 @@ def test_yaml_then_overrides(tmp_path):
         ("optim.nope=1", "unknown config key 'optim.nope'"),
         ("task=segmentation", "task must be one of"),
         ("lr", "must look like key.sub=value"),
+        # YAML reads true / yes / no as booleans: never silently 1.0, 1 or "False"
+        ("model.content_crop=true", "model.content_crop' expects float, got the boolean True"),
+        ("optim.epochs=yes", "optim.epochs' expects int, got the boolean True"),
+        ("model.backbone=no", "model.backbone' expects str, got the boolean False .quote it"),
     ],
 )
 def test_bad_values_name_the_key(override, message):
@@ -59,3 +63,13 @@ def test_config_from_dict_rejects_partial_garbage():
     cfg = TrainConfig()
     apply_overrides(cfg, ["eval.flip_tta=yes"])
     assert cfg.eval.flip_tta is True
+
+
+def test_yaml_booleans_are_refused_for_numbers_and_names(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("model:\n  ridge_lambda: true\n")
+    with pytest.raises(ConfigError, match="model.ridge_lambda' expects float, got the boolean True"):
+        load_config(path)
+    path.write_text("model:\n  backbone: 'no'\n  ridge_lambda: 1\n")  # quoted: the word, an int for a float
+    cfg = load_config(path)
+    assert cfg.model.backbone == "no" and cfg.model.ridge_lambda == 1.0

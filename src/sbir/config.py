@@ -497,6 +497,13 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
             if isinstance(value, int) and value in (0, 1):
                 return bool(value)
             raise ValueError(value)
+        if isinstance(value, bool) and tp in (int, float, str):
+            # YAML reads true/false/yes/no/on/off as booleans; int(True) == 1 and str(False) == "False" would
+            # silently turn `model.content_crop=true` into 1.0 or a name into "False".
+            raise ConfigError(
+                f"config key '{key}' expects {tp.__name__}, got the boolean {value!r}"
+                + (" (quote it to mean the word)" if tp is str else "")
+            )
         if tp is int:
             if isinstance(value, float) and not value.is_integer():
                 raise ValueError(value)
