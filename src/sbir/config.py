@@ -207,10 +207,10 @@ class ModelConfig:
         if self.ridge_rank is not None and self.ridge_rank < 1:
             raise ConfigError(f"model.ridge_rank must be >= 1 (or unset: full rank), got {self.ridge_rank}")
         if self.extra_backbones:
-            if self.rerank or self.weights_path or self.init_from:
+            if self.rerank or self.weights_path:
                 raise ConfigError(
-                    "model.extra_backbones cannot be combined with model.rerank, model.weights_path or "
-                    "model.init_from (they concern one backbone); unset model.extra_backbones or those keys"
+                    "model.extra_backbones cannot be combined with model.rerank or model.weights_path (they "
+                    "concern one backbone); unset model.extra_backbones or those keys"
                 )
             if len(set([self.backbone, *self.extra_backbones])) != len(self.extra_backbones) + 1:
                 raise ConfigError(

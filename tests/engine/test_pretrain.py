@@ -154,6 +154,57 @@ def test_init_from_fills_a_backbone_cut_for_grid_features(pretrain_run: Path):
     assert all(torch.equal(v, tensors[f"encoder.{k}"]) for k, v in sd.items())
 
 
+def _concat_cfg(init_from, backbones=("efficientnet_lite0", "efficientnet_lite1")) -> TrainConfig:
+    cfg = TrainConfig()
+    cfg.model.pretrained, cfg.model.shared_encoder = False, True
+    cfg.model.backbone, cfg.model.extra_backbones = backbones[0], list(backbones[1:])
+    cfg.model.feature_level, cfg.model.pool_grid, cfg.model.init_from = 3, 4, init_from
+    return cfg
+
+
+def test_init_from_fills_the_matching_member_of_extra_backbones(pretrain_run: Path):
+    # The recipe concatenates Lite0, Lite1 and Lite2 grids: a Lite0 pretraining run fills the Lite0 member
+    # (up to the cut) and leaves the others as they were built.
+    from sbir.engine.checkpoint import read_weights
+    from sbir.engine.tasks import build_model
+
+    tensors, _ = read_weights(pretrain_run / "best.safetensors")
+    torch.manual_seed(0)
+    model = build_model(_concat_cfg(str(pretrain_run)))
+    torch.manual_seed(0)
+    fresh = build_model(_concat_cfg(str(pretrain_run)), pretrained=False)  # inference skips init_from
+    lite0, lite1 = model.sketch_encoder.members
+    sd = lite0.backbone.state_dict()
+    assert sd and all(torch.equal(v, tensors[f"encoder.{k}"]) for k, v in sd.items())
+    assert not all(torch.equal(v, fresh.sketch_encoder.members[0].backbone.state_dict()[k]) for k, v in sd.items())
+    fresh1 = fresh.sketch_encoder.members[1].state_dict()
+    assert all(torch.equal(v, fresh1[k]) for k, v in lite1.state_dict().items())
+
+    with pytest.raises(CheckpointError, match=r"one backbone that fits none of efficientnet_lite1\+efficientnet_lite2"):
+        build_model(_concat_cfg(str(pretrain_run), ("efficientnet_lite1", "efficientnet_lite2")))
+
+
+def test_init_from_a_run_with_the_same_extra_backbones(tmp_path: Path):
+    from sbir.engine.checkpoint import save_weights
+    from sbir.engine.tasks import build_model
+
+    cfg = _concat_cfg(None)
+    source = build_model(cfg)
+    with torch.no_grad():
+        for p in source.sketch_encoder.parameters():
+            p.add_(0.5)  # weights no fresh build has
+    save_weights(source, tmp_path / "run.safetensors", cfg)
+    model = build_model(_concat_cfg(str(tmp_path / "run.safetensors")))
+    want = source.sketch_encoder.state_dict()
+    assert all(torch.equal(v, want[k]) for k, v in model.sketch_encoder.state_dict().items())
+    assert model.photo_encoder is model.sketch_encoder
+
+    other = _concat_cfg(str(tmp_path / "run.safetensors"), ("efficientnet_lite0", "efficientnet_lite2"))
+    with pytest.raises(CheckpointError, match="does not fit") as err:
+        build_model(other)
+    assert "\n" not in str(err.value)
+
+
 def test_init_from_errors_are_one_line(pretrain_run: Path, tmp_path: Path):
     from sbir.engine.tasks import build_model
 

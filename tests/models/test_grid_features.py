@@ -175,8 +175,8 @@ def test_extra_backbones_must_share_the_input_normalisation():
             "cannot be combined with model.rerank",
         ),
         (
-            {"extra_backbones": ["efficientnet_lite1"], "feature_level": 3, "init_from": "runs/pre"},
-            "cannot be combined with",
+            {"extra_backbones": ["efficientnet_lite1"], "feature_level": 3, "weights_path": "w.pth"},
+            "cannot be combined with model.rerank or model.weights_path",
         ),
         ({"extra_backbones": ["efficientnet_lite0"], "feature_level": 3}, "repeats a backbone"),
     ],

@@ -38,7 +38,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from sbir.errors import ConfigError
+from sbir.errors import CheckpointError, ConfigError
 from sbir.models.registry import TimmBackbone
 
 
@@ -148,6 +148,24 @@ class ConcatFeatures(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return torch.cat([m(x) for m in self.members], dim=1)
+
+    def loadable_part(self, source: dict[str, torch.Tensor]) -> tuple[nn.Module, dict[str, torch.Tensor]]:
+        """``(module, tensors)`` that ``model.init_from`` loads. From a run with the same backbones in the same
+        order (keys ``members.N...``): the whole concatenation (``init_from`` checks the fit). From one backbone
+        (a pretraining run): the first member it fits exactly, e.g. ``model.backbone``'s; the others keep their
+        initial (ImageNet) weights."""
+        if any(k.startswith("members.") for k in source):
+            return self, source
+        for member in self.members:
+            part = getattr(member, "loadable_part", None)
+            target, tensors = part(source) if part else (member, source)
+            own = target.state_dict()
+            if own and set(own) == set(tensors) and all(own[k].shape == tensors[k].shape for k in own):
+                return target, tensors
+        raise CheckpointError(
+            f"model.init_from holds one backbone that fits none of {self.name} (model.backbone and "
+            "model.extra_backbones): start from a run of one of them"
+        )
 
     def stages(self) -> list[nn.Module]:
         """Stage ``i`` is every member's stage ``i``: freezing the first N stages freezes N in each backbone."""
