@@ -23,6 +23,7 @@ from torch import nn
 
 from sbir.engine.checkpoint import read_weights
 from sbir.errors import CheckpointError
+from sbir.models.registry import state_dict_mismatch
 
 # State-dict prefixes of backbones in sbir checkpoints (see each model's backbone_encoders()).
 SOURCE_PREFIXES = ("encoder", "sketch_encoder", "photo_encoder", "backbone")
@@ -52,24 +53,6 @@ def _source_backbones(tensors: dict[str, torch.Tensor]) -> dict[str, dict[str, t
         if sub:
             out[prefix] = sub
     return out
-
-
-def _mismatch(target: dict[str, torch.Tensor], source: dict[str, torch.Tensor]) -> str | None:
-    """A one-clause description of how ``source`` fails to fit ``target``; None when it fits exactly."""
-    missing = [k for k in target if k not in source]
-    unexpected = [k for k in source if k not in target]
-    shapes = [k for k in target if k in source and tuple(target[k].shape) != tuple(source[k].shape)]
-    if not (missing or unexpected or shapes):
-        return None
-    parts = []
-    if missing:
-        parts.append(f"{len(missing)} missing (e.g. {missing[0]})")
-    if unexpected:
-        parts.append(f"{len(unexpected)} unexpected (e.g. {unexpected[0]})")
-    if shapes:
-        k = shapes[0]
-        parts.append(f"{len(shapes)} of another shape (e.g. {k} {tuple(source[k].shape)} vs {tuple(target[k].shape)})")
-    return ", ".join(parts)
 
 
 def load_backbone_weights(model: nn.Module, spec: str | Path) -> dict[str, str]:
@@ -107,7 +90,7 @@ def load_backbone_weights(model: nn.Module, spec: str | Path) -> dict[str, str]:
         loadable_part = getattr(module, "loadable_part", None)
         target, source = loadable_part(sources[src_name]) if loadable_part else (module, sources[src_name])
         own = target.state_dict()
-        problem = _mismatch(own, source)
+        problem = state_dict_mismatch(own, source)
         if problem is not None:
             mine = getattr(getattr(model, "cfg", None), "backbone", "?")
             raise CheckpointError(

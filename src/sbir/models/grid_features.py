@@ -39,7 +39,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from sbir.errors import CheckpointError, ConfigError
-from sbir.models.registry import TimmBackbone
+from sbir.models.registry import TimmBackbone, state_dict_mismatch
 
 
 def feature_levels(backbone: nn.Module) -> list[dict]:
@@ -160,7 +160,7 @@ class ConcatFeatures(nn.Module):
             part = getattr(member, "loadable_part", None)
             target, tensors = part(source) if part else (member, source)
             own = target.state_dict()
-            if own and set(own) == set(tensors) and all(own[k].shape == tensors[k].shape for k in own):
+            if own and state_dict_mismatch(own, tensors) is None:
                 return target, tensors
         raise CheckpointError(
             f"model.init_from holds one backbone that fits none of {self.name} (model.backbone and "

@@ -166,6 +166,24 @@ def load_weights_file(model: nn.Module, path: str | Path) -> None:
         )
 
 
+def state_dict_mismatch(target: dict[str, torch.Tensor], source: dict[str, torch.Tensor]) -> str | None:
+    """A one-clause description of how ``source`` fails to fit ``target``; None when it fits exactly."""
+    missing = [k for k in target if k not in source]
+    unexpected = [k for k in source if k not in target]
+    shapes = [k for k in target if k in source and tuple(target[k].shape) != tuple(source[k].shape)]
+    if not (missing or unexpected or shapes):
+        return None
+    parts = []
+    if missing:
+        parts.append(f"{len(missing)} missing (e.g. {missing[0]})")
+    if unexpected:
+        parts.append(f"{len(unexpected)} unexpected (e.g. {unexpected[0]})")
+    if shapes:
+        k = shapes[0]
+        parts.append(f"{len(shapes)} of another shape (e.g. {k} {tuple(source[k].shape)} vs {tuple(target[k].shape)})")
+    return ", ".join(parts)
+
+
 def create_backbone(
     name: str,
     pretrained: bool = True,
