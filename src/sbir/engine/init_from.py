@@ -55,12 +55,17 @@ def _source_backbones(tensors: dict[str, torch.Tensor]) -> dict[str, dict[str, t
     return out
 
 
+def _backbone_names(model_cfg: dict) -> str:
+    """``model.backbone``, with ``model.extra_backbones`` after it (``a+b+c``, as ConcatFeatures names itself)."""
+    return "+".join([model_cfg["backbone"], *(model_cfg.get("extra_backbones") or [])])
+
+
 def load_backbone_weights(model: nn.Module, spec: str | Path) -> dict[str, str]:
     """Load the backbone(s) of checkpoint ``spec`` into ``model``'s; returns ``{target prefix: source prefix}``."""
     path = init_weights_file(spec)
     tensors, meta = read_weights(path)
     try:
-        src_backbone = json.loads(meta["config"])["model"]["backbone"]
+        src_backbone = _backbone_names(json.loads(meta["config"])["model"])
     except (ValueError, KeyError, TypeError):
         src_backbone = "?"
     targets = getattr(model, "backbone_encoders", None)
@@ -92,10 +97,11 @@ def load_backbone_weights(model: nn.Module, spec: str | Path) -> dict[str, str]:
         own = target.state_dict()
         problem = state_dict_mismatch(own, source)
         if problem is not None:
-            mine = getattr(getattr(model, "cfg", None), "backbone", "?")
+            cfg = getattr(model, "cfg", None)
+            mine = _backbone_names(vars(cfg)) if cfg is not None and hasattr(cfg, "backbone") else "?"
             raise CheckpointError(
                 f"model.init_from {path}: its {src_name} ({src_backbone}) does not fit this model's {name} "
-                f"({mine}): {problem}; pretrain with the same model.backbone"
+                f"({mine}): {problem}; start from a run with the same model.backbone (and model.extra_backbones)"
             )
         target.load_state_dict({k: v.to(own[k].dtype) for k, v in source.items()}, strict=True)
         loaded.add(id(module))
