@@ -180,8 +180,11 @@ def test_init_from_fills_the_matching_member_of_extra_backbones(pretrain_run: Pa
     fresh1 = fresh.sketch_encoder.members[1].state_dict()
     assert all(torch.equal(v, fresh1[k]) for k, v in lite1.state_dict().items())
 
-    with pytest.raises(CheckpointError, match=r"one backbone that fits none of efficientnet_lite1\+efficientnet_lite2"):
+    with pytest.raises(CheckpointError) as refused:
         build_model(_concat_cfg(str(pretrain_run), ("efficientnet_lite1", "efficientnet_lite2")))
+    message = str(refused.value)
+    assert str(pretrain_run) in message and "(efficientnet_lite0)" in message, message
+    assert "one backbone fits none of efficientnet_lite1+efficientnet_lite2" in message, message
 
 
 def test_init_from_a_run_with_the_same_extra_backbones(tmp_path: Path):

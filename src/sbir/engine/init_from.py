@@ -93,7 +93,10 @@ def load_backbone_weights(model: nn.Module, spec: str | Path) -> dict[str, str]:
             continue
         # A backbone holding only part of its source (GridFeatures, cut at model.feature_level) says which part.
         loadable_part = getattr(module, "loadable_part", None)
-        target, source = loadable_part(sources[src_name]) if loadable_part else (module, sources[src_name])
+        try:
+            target, source = loadable_part(sources[src_name]) if loadable_part else (module, sources[src_name])
+        except CheckpointError as exc:  # the part says what does not fit; the file and its backbone are named here
+            raise CheckpointError(f"model.init_from {path} ({src_backbone}): {exc}") from None
         own = target.state_dict()
         problem = state_dict_mismatch(own, source)
         if problem is not None:

@@ -163,8 +163,8 @@ class ConcatFeatures(nn.Module):
             if own and state_dict_mismatch(own, tensors) is None:
                 return target, tensors
         raise CheckpointError(
-            f"model.init_from holds one backbone that fits none of {self.name} (model.backbone and "
-            "model.extra_backbones): start from a run of one of them"
+            f"its one backbone fits none of {self.name} (model.backbone and model.extra_backbones): start from a "
+            "run of one of them"
         )
 
     def stages(self) -> list[nn.Module]:
