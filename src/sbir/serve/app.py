@@ -20,8 +20,9 @@ The strokes JSON is :class:`sbir.data.query.SketchQuery` (one model and one set 
 limits shared with ``sbir search``). A new index generation written by ``sbir
 index update`` is picked up by the next request (see :meth:`SearchService.refresh`).
 
-Capacity: a query whose estimated response time (queue length and the running average
-batch time) exceeds ``max_queue_ms`` gets 503 with ``Retry-After`` instead of waiting.
+Capacity: a query whose estimated response time (the time its request took to read and
+decode, the queue length and the running average batch time) exceeds ``max_queue_ms`` gets
+503 with ``Retry-After`` instead of waiting.
 With an API key, every ``/api/`` endpoint needs the header ``X-API-Key`` (401 otherwise);
 the page, its static files, the docs, ``/healthz`` and ``/metrics`` stay public.
 
@@ -444,7 +445,7 @@ def create_app(
             )
         k = parse_k(k_raw, settings)
         t1 = time.perf_counter()
-        outcome = await asyncio.wrap_future(service.submit(img, k))
+        outcome = await asyncio.wrap_future(service.submit(img, k, spent_s=t1 - t0))
         t2 = time.perf_counter()
         tm = outcome.timings_ms
         return SearchResponse(
@@ -477,7 +478,7 @@ def create_app(
         ks = [parse_k(q.k, settings) for q in queries]
         images = await run_in_threadpool(lambda: [q.to_image(RASTER_SIZE) for q in queries])
         t1 = time.perf_counter()
-        futures = service.submit_many(images, ks)
+        futures = service.submit_many(images, ks, spent_s=t1 - t0)
         outcomes: list[SearchOutcome] = [await asyncio.wrap_future(f) for f in futures]
         t2 = time.perf_counter()
         return BatchResponse(

@@ -72,7 +72,9 @@ class ServeSettings:
     thumb_cache: int = 2048  # thumbnails kept in memory (LRU); 0 = no cache
     max_batch: int = 16
     max_queue: int = 1024  # queries waiting for the model; beyond this a request gets 503
-    max_queue_ms: int = 1000  # refuse (503) a query whose estimated response time exceeds this
+    # Refuse (503) a query whose estimated response time exceeds this: the time it already spent in the server
+    # before reaching the queue (reading and decoding it, `spent_s`) plus its estimated wait for the model.
+    max_queue_ms: int = 1000
     max_batch_queries: int = 64  # sketches in one POST /api/search/batch
     # Re-score each query's top hits with the checkpoint's token re-ranker (model.rerank), when it has one.
     rerank: bool = True
@@ -362,8 +364,9 @@ class SearchService:
         full, rest = divmod(n, self.settings.max_batch)
         return current + full * cost(self.settings.max_batch) + (cost(rest) if rest else 0.0)
 
-    def _admit(self, n: int) -> None:
-        """Raise :class:`Busy` (counted) if ``n`` more queries cannot be answered within ``max_queue_ms``."""
+    def _admit(self, n: int, spent_s: float = 0.0) -> None:
+        """Raise :class:`Busy` (counted) if ``n`` more queries, ``spent_s`` seconds into their request already,
+        cannot be answered within ``max_queue_ms`` of its start."""
         waiting = self._queue.qsize()
         if waiting + n > self.settings.max_queue:
             self._reject(n)
@@ -372,6 +375,10 @@ class SearchService:
         bound = self.settings.max_queue_ms / 1e3
         if est is None:  # no batch timed yet: nothing to estimate from, only max_queue applies
             return
+        # Under load the requests also wait to be read and decoded (the GIL, the thread pool); that time counts
+        # against the bound too, or a query admitted with a short queue still answers far beyond it. A query
+        # finding the model idle is always admitted: refusing it would not answer anyone sooner.
+        est += max(0.0, spent_s)
         if est > bound and (waiting > 0 or self._busy_since is not None):
             self._reject(n)
             behind = self.estimate_wait(0) or est
@@ -385,18 +392,20 @@ class SearchService:
         self.rejected += n
         self.metrics.rejected.inc(n)
 
-    def submit(self, image: Image.Image, k: int) -> Future:
+    def submit(self, image: Image.Image, k: int, spent_s: float = 0.0) -> Future:
         """Queue one decoded sketch; the future resolves to a :class:`SearchOutcome`.
 
-        :class:`Busy` (HTTP 503) instead when the estimated response time would exceed ``max_queue_ms``.
+        :class:`Busy` (HTTP 503) instead when the estimated response time would exceed ``max_queue_ms``;
+        ``spent_s`` is the time the request already took before this call (reading and decoding it).
         """
-        return self.submit_many([image], [k])[0]
+        return self.submit_many([image], [k], spent_s)[0]
 
-    def submit_many(self, images: list[Image.Image], ks: list[int]) -> list[Future]:
-        """Queue several sketches, all or none (:class:`Busy`); one future per sketch."""
+    def submit_many(self, images: list[Image.Image], ks: list[int], spent_s: float = 0.0) -> list[Future]:
+        """Queue several sketches, all or none (:class:`Busy`); one future per sketch (``spent_s``: see
+        :meth:`submit`)."""
         self._ensure_worker()
         with self._admit_lock:
-            self._admit(len(images))
+            self._admit(len(images), spent_s)
             futures = []
             now = time.perf_counter()
             for image, k in zip(images, ks, strict=True):
