@@ -103,7 +103,7 @@ def test_time_already_spent_on_a_request_counts_against_the_bound(slow_service):
     svc.search_image(img, 3)  # times one batch: about BATCH_S
     assert svc.submit(img, 3, spent_s=10.0).result(timeout=30).hits  # idle: admitted
     running = svc.submit(img, 3)  # the model is busy (or about to be) for about BATCH_S
-    with pytest.raises(Busy, match="400 ms bound"):
+    with pytest.raises(Busy, match=r"after 350 ms reading and decoding it, above the 400 ms bound"):
         svc.submit(img, 3, spent_s=0.4 - BATCH_S / 2)
     fresh = svc.submit(img, 3, spent_s=0.0)
     assert running.result(timeout=30).hits and fresh.result(timeout=30).hits

@@ -378,12 +378,13 @@ class SearchService:
         # Under load the requests also wait to be read and decoded (the GIL, the thread pool); that time counts
         # against the bound too, or a query admitted with a short queue still answers far beyond it. A query
         # finding the model idle is always admitted: refusing it would not answer anyone sooner.
-        est += max(0.0, spent_s)
-        if est > bound and (waiting > 0 or self._busy_since is not None):
+        spent_s = max(0.0, spent_s)
+        if est + spent_s > bound and (waiting > 0 or self._busy_since is not None):
             self._reject(n)
             behind = self.estimate_wait(0) or est
+            spent = f" after {spent_s * 1e3:.0f} ms reading and decoding it" if spent_s >= 1e-3 else ""
             raise Busy(
-                f"the server is at capacity: {waiting} queries are waiting, about {est * 1e3:.0f} ms, above "
+                f"the server is at capacity: {waiting} queries are waiting, about {est * 1e3:.0f} ms{spent}, above "
                 f"the {self.settings.max_queue_ms} ms bound; retry in a moment",
                 retry_after=math.ceil(behind),
             )
