@@ -190,3 +190,23 @@ def resolve_overrides(overrides: Iterable[str]) -> list[str]:
             item = f"{key}={resolve_path(value)}"
         out.append(item)
     return out
+
+
+def run_main(main) -> int:
+    """Run a benchmark's ``main()`` as ``sbir`` runs a command: an :class:`~sbir.errors.SbirError` (a data folder
+    that is not there, a bad option value) is one line on stderr and exit code 2, not a traceback; otherwise the
+    exit code ``main()`` returns (0 when it returns something else, e.g. its result)."""
+    from sbir.cli import EXIT_USER_ERROR
+    from sbir.errors import SbirError
+
+    try:
+        status = main()
+    except SbirError as exc:
+        hint = (
+            ""
+            if SHARED_DATA.is_dir()
+            else f" (the shared data folder {SHARED_DATA} does not exist: set SBIR_SHARED_DATA to it)"
+        )
+        print(f"error: {exc}{hint}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    return status if isinstance(status, int) else 0  # some mains return their result for callers

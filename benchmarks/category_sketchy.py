@@ -50,6 +50,7 @@ from _common import (  # noqa: E402
     portable_path,
     resolve_overrides,
     resolve_path,
+    run_main,
     write_result,
 )
 
@@ -278,4 +279,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_main(main))

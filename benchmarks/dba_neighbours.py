@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import write_result  # noqa: E402
+from _common import run_main, write_result  # noqa: E402
 from index_search import embeddings_like  # noqa: E402
 
 from sbir.index.dba import DEFAULT_DBA, EXACT_NEIGHBOURS_UP_TO, gallery_neighbours  # noqa: E402
@@ -70,4 +70,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_main(main))

@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import REPO_ROOT, machine, write_result  # noqa: E402
+from _common import REPO_ROOT, machine, run_main, write_result  # noqa: E402
 
 
 def _train(nproc: int, data: Path, out: Path, args: argparse.Namespace) -> dict:
@@ -99,4 +99,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_main(main))

@@ -30,7 +30,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-from _common import REPO_ROOT, machine, write_result  # noqa: E402
+from _common import REPO_ROOT, machine, run_main, write_result  # noqa: E402
 
 from sbir.engine.export import export_graph, quantize_graph  # noqa: E402
 from sbir.engine.inference import load_model  # noqa: E402
@@ -249,4 +249,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_main(main))

@@ -35,7 +35,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import command_line, portable, resolve_path  # noqa: E402
+from _common import command_line, portable, resolve_path, run_main  # noqa: E402
 
 from sbir.metrics import category_report  # noqa: E402
 
@@ -155,4 +155,4 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_main(main))

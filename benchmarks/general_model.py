@@ -38,7 +38,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import REPO_ROOT, fold_stats, resolve_overrides, write_result  # noqa: E402
+from _common import REPO_ROOT, fold_stats, resolve_overrides, run_main, write_result  # noqa: E402
 from query_expansion import expanded_scores, measure  # noqa: E402
 
 from sbir.config import load_config  # noqa: E402
@@ -212,4 +212,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_main(main))

@@ -39,7 +39,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import REPO_ROOT, SHARED_DATA, write_result  # noqa: E402
+from _common import REPO_ROOT, SHARED_DATA, run_main, write_result  # noqa: E402
 
 from sbir.data.image_io import is_image_file  # noqa: E402
 from sbir.data.records import FileRef  # noqa: E402
@@ -206,4 +206,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_main(main))

@@ -34,7 +34,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-from _common import SHARED_DATA, resolve_path, write_result  # noqa: E402
+from _common import SHARED_DATA, resolve_path, run_main, write_result  # noqa: E402
 
 from sbir.engine.inference import load_model  # noqa: E402
 from sbir.index import Index, build_index, update_index  # noqa: E402
@@ -173,4 +173,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_main(main))

@@ -49,7 +49,7 @@ import faiss
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import write_result  # noqa: E402
+from _common import run_main, write_result  # noqa: E402
 
 from sbir.index.faiss_ops import HNSW_DEFAULTS, IVFPQ_DEFAULTS, Searcher, build_faiss  # noqa: E402
 
@@ -258,4 +258,4 @@ def write_partial(args, results) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_main(main))

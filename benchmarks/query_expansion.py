@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import SHARED_DATA, write_result  # noqa: E402
+from _common import SHARED_DATA, run_main, write_result  # noqa: E402
 from hubness import accuracy, class_files, hub_stats, rel  # noqa: E402
 
 from sbir.data.records import FileRef  # noqa: E402
@@ -154,4 +154,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_main(main))

@@ -53,7 +53,7 @@ import httpx
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import REPO_ROOT, SHARED_DATA, portable_path, resolve_path, write_result  # noqa: E402
+from _common import REPO_ROOT, SHARED_DATA, portable_path, resolve_path, run_main, write_result  # noqa: E402
 
 
 def make_gallery(photos: Path, dst: Path, n: int) -> int:
@@ -458,4 +458,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_main(main))
