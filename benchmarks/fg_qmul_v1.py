@@ -547,12 +547,21 @@ def merge_previous(name: str, results: dict, config: dict) -> dict:
         return results
     old = json.loads(path.read_text())
 
-    def recipe(c: dict) -> dict:
-        c = portable(c)  # results files hold portable paths (see _common)
-        c.get("data", {}).pop("path", None)
+    from sbir.config import config_from_dict, to_dict
+    from sbir.errors import ConfigError
+
+    def recipe(c: dict) -> dict | None:
+        # Results files hold portable paths (see _common); read through TrainConfig, a file written before a
+        # config key existed has that key at its default, which is the recipe it ran.
+        try:
+            c = to_dict(config_from_dict(portable(c)))
+        except ConfigError:  # a key since removed, or no config at all: not comparable
+            return None
+        c["data"].pop("path", None)
         return c
 
-    if recipe(old.get("config", {})) != recipe(config):
+    mine = recipe(config)
+    if mine is None or recipe(old.get("config", {})) != mine:
         print(f"note: {path} holds another recipe; replacing it", file=sys.stderr)
         return results
     return {**old.get("results", {}), **results}
