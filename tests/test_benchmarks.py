@@ -50,3 +50,57 @@ def test_fg_benchmark_keeps_earlier_categories_of_the_same_recipe(tmp_path, monk
     other = json.loads(json.dumps(config))
     other["model"]["ridge_lambda"] = 3.0
     assert fg_qmul_v1.merge_previous("fg", {"shoes": 3}, other) == {"shoes": 3}
+
+
+def _probes(monkeypatch):
+    monkeypatch.syspath_prepend(str(REPO / "benchmarks"))
+    import fg_ridge_probes
+
+    return fg_ridge_probes
+
+
+def test_jittered_images_are_seeded_per_image_and_white_outside(monkeypatch):
+    import torch
+
+    probes = _probes(monkeypatch)
+    mean, std = torch.tensor([0.5, 0.4, 0.3]), torch.tensor([0.2, 0.25, 0.3])
+    images = torch.rand(3, 3, 32, 32)
+    x = (images - mean.view(1, 3, 1, 1)) / std.view(1, 3, 1, 1)
+    # Magnitude 0 is the identity; the same seed moves an image the same way in any batch; seeds differ.
+    assert torch.allclose(probes.jitter_images(x, mean, std, [1, 2, 3], 0.0), x, atol=1e-5)
+    batch = probes.jitter_images(x, mean, std, [7, 8, 9], 1.0)
+    alone = probes.jitter_images(x[1:2], mean, std, [8], 1.0)
+    assert torch.allclose(batch[1:2], alone, atol=1e-6)
+    assert not torch.allclose(batch[0], probes.jitter_images(x[:1], mean, std, [10], 1.0)[0], atol=1e-3)
+    assert not torch.allclose(batch, x, atol=1e-3)
+    # A white image stays white: what the shift or rotation brings in is white paper, not black.
+    white = ((1 - mean) / std).view(1, 3, 1, 1).expand(2, 3, 32, 32)
+    assert torch.allclose(probes.jitter_images(white, mean, std, [1, 2], 1.0), white, atol=1e-5)
+
+
+def test_drawer_directions_are_where_sketches_of_one_photo_differ(monkeypatch):
+    import pytest
+    import torch
+
+    from sbir.errors import DataError
+
+    probes = _probes(monkeypatch)
+    gen = torch.Generator().manual_seed(0)
+    photos = torch.randn(6, 8, generator=gen, dtype=torch.float64) * 3.0
+    photos[:, 2] = 0.0  # what tells the photos apart (larger) lies outside axis 2 ...
+    offsets = torch.tensor([-1.0, 0.0, 1.0], dtype=torch.float64)
+    rows, groups = [], []
+    for i, p in enumerate(photos):
+        for o in offsets:  # ... and three drawers of each photo differ along axis 2 only
+            rows.append(p + o * torch.eye(8, dtype=torch.float64)[2])
+            groups.append(f"photo{i}")
+    rows.append(photos[0] * 2)
+    groups.append("lonely")  # a group of one adds nothing
+    directions = probes.drawer_directions(torch.stack(rows), groups, 3)
+    assert directions.shape == (3, 8)
+    assert torch.allclose(directions @ directions.T, torch.eye(3, dtype=torch.float64), atol=1e-8)
+    assert abs(directions[0, 2]) > 0.9  # the first direction is (mostly) the drawers' axis
+    z = torch.nn.functional.normalize(torch.stack(rows) - torch.stack(rows).mean(0), dim=-1)
+    assert abs(torch.linalg.svd(z - z.mean(0))[2][0, 2]) < 0.5  # where all sketches differ most is elsewhere
+    with pytest.raises(DataError, match="no group has two sketches"):
+        probes.drawer_directions(torch.stack(rows[:2]), ["a", "b"], 1)
