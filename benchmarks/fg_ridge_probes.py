@@ -231,8 +231,17 @@ def main(argv=None) -> int:
     ap.add_argument("--tag", default="")
     ap.add_argument("--no-progress", action="store_true")
     args = ap.parse_args(argv)
-    if args.folds < 2 or args.copies < 1 or args.jitter <= 0 or min(args.lambdas) <= 0 or min(args.directions) < 1:
-        raise ConfigError("--folds needs >= 2, --copies >= 1, --jitter > 0, --lambdas > 0 and --directions >= 1")
+    for flag, bad, need in (
+        ("--folds", args.folds < 2, "a whole number >= 2"),
+        ("--copies", args.copies < 1, "a whole number >= 1"),
+        ("--jitter", not args.jitter > 0, "a number > 0"),
+        ("--lambdas", not min(args.lambdas) > 0, "numbers > 0"),
+        ("--directions", min(args.directions) < 1, "whole numbers >= 1"),
+    ):
+        if bad:
+            value = getattr(args, flag[2:])
+            shown = " ".join(map(str, value)) if isinstance(value, list) else value
+            raise ConfigError(f"{flag} needs {need}, got {shown}")
     cfg = load_config(args.config)
     if cfg.model.head != "ridge" or cfg.optim.epochs != 0 or cfg.eval.hubness != "csls":
         raise ConfigError(

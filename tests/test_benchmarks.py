@@ -104,3 +104,15 @@ def test_drawer_directions_are_where_sketches_of_one_photo_differ(monkeypatch):
     assert abs(torch.linalg.svd(z - z.mean(0))[2][0, 2]) < 0.5  # where all sketches differ most is elsewhere
     with pytest.raises(DataError, match="no group has two sketches"):
         probes.drawer_directions(torch.stack(rows[:2]), ["a", "b"], 1)
+
+
+def test_ridge_probes_name_a_bad_flag_in_one_line():
+    proc = subprocess.run(
+        [sys.executable, "benchmarks/fg_ridge_probes.py", "--folds", "1", "--no-progress"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.strip() == "error: --folds needs a whole number >= 2, got 1", proc.stderr
