@@ -142,10 +142,9 @@ class Category:
 
 
 def evaluate(cat: Category, train, held, lam: float, extra_pairs=(), project: torch.Tensor | None = None) -> dict:
-    """The recipe's ridge head (``ridge_lambda`` ``lam``) and CSLS on one fold, the map fitted on ``train``'s pairs
-    plus ``extra_pairs``
-    (``(sketch_feats, photo_feats)`` raw rows, paired by row); ``project`` directions removed from every
-    centred, normalised feature first. Returns Acc@1/5/10 on ``held``."""
+    """The recipe's ridge head (``ridge_lambda`` ``lam``) and CSLS on one fold: the map fitted on ``train``'s pairs
+    plus ``extra_pairs`` (``(sketch_feats, photo_feats)`` raw rows, paired by row), with the ``project``
+    directions removed from every centred, normalised feature first. Returns Acc@1/5/10 on ``held``."""
     sketches = [s for s in train.sketches if s.photo_id is not None]
     s_raw = torch.stack([cat.sketch[s.id] for s in sketches])
     s_mean = s_raw.mean(0)
