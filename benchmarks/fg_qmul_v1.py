@@ -422,6 +422,12 @@ ABLATION_ROWS = (
         RECIPE,
     ),
     (
+        "recipe at 144 px + cross-fit, the topology term as the paper's first-order meta update (loss.topology_meta)",
+        "fg_qmul_v1-cv-size144-crossfit-topology-meta",
+        "",
+        RECIPE,
+    ),
+    (
         "recipe at 144 px, images cropped to their ink (model.content_crop=0.1)",
         "fg_qmul_v1-cv-size144-crop",
         "",
