@@ -46,7 +46,6 @@ from _common import REPO_ROOT, SHARED_DATA, fold_stats, resolve_path, run_main, 
 
 from sbir.config import load_config  # noqa: E402
 from sbir.data.formats import load_dataset  # noqa: E402
-from sbir.data.records import FileRef  # noqa: E402
 from sbir.data.splits import carve_validation, hold_out_fold  # noqa: E402
 from sbir.engine.embed import PooledFeatures, embed_images  # noqa: E402
 from sbir.errors import ConfigError, DataError  # noqa: E402
@@ -83,12 +82,12 @@ class JitteredFeatures(torch.nn.Module):
         self.features = PooledFeatures(model, normalize=False)
         self.mean, self.std = model.mean, model.std
         self.seed, self.magnitude, self.seen = seed, magnitude, 0
+        self.mean_t, self.std_t = torch.tensor(self.mean), torch.tensor(self.std)
 
     def embed(self, x: torch.Tensor, domain: str) -> torch.Tensor:
         seeds = [self.seed * 1_000_003 + self.seen + i for i in range(len(x))]
         self.seen += len(x)
-        mean, std = torch.tensor(self.mean), torch.tensor(self.std)
-        return self.features.embed(jitter_images(x, mean, std, seeds, self.magnitude), domain)
+        return self.features.embed(jitter_images(x, self.mean_t, self.std_t, seeds, self.magnitude), domain)
 
 
 def embed(model, refs, domain: str, size: int, progress: bool, desc: str) -> torch.Tensor:
@@ -200,13 +199,11 @@ def extra_sketch_pairs(copies: list[dict], photo_copies: list[dict] | None, cat:
 
 
 def sketchy_sketch_features(model, size: int, progress: bool) -> tuple[torch.Tensor, list[str]]:
-    root = SHARED_DATA / "sketchy_mini" / "sketch"
-    files = sorted(root.glob("*/*.png"))
-    if not files:
-        raise DataError(f"no sketches in {root}: the drawer probe needs sketchy_mini (set SBIR_SHARED_DATA)")
-    refs = [FileRef(p) for p in files]
+    """Raw recipe features of the ``sketchy_mini`` sketches and the photo each one names (its group)."""
+    sketches = load_dataset(str(SHARED_DATA / "sketchy_mini")).split("train").sketches
+    refs = [s.image for s in sketches]
     feats = embed(PooledFeatures(model, normalize=False), refs, "sketch", size, progress, "sketchy sketches")
-    return feats, [f"{p.parent.name}/{p.stem.rsplit('-', 1)[0]}" for p in files]  # <photo_id>-<n>.png
+    return feats, [s.photo_id for s in sketches]
 
 
 def pooled(rows: dict) -> float:
